@@ -1,0 +1,88 @@
+"""Self-describing stage artifacts, identified by a fingerprint of (stage, config, inputs).
+
+An artifact is a directory `<storage>/<stage>/<fingerprint>/` holding the stage's payload, the
+resolved config (`config.json`) and, written last, `manifest.json`. A stage builds its artifact in
+a private staging directory and renames it into place only when complete, so a crash or a retry
+never leaves a half-written artifact where a reader would take it for a finished one; an artifact
+with a manifest is finished and is reused as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pajama
+
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(stage: str, config: dict, inputs: dict[str, str]) -> str:
+    """Identity of a stage's output: its name, resolved config, upstream fingerprints and the
+    code's version (a new release may change what a stage produces)."""
+    payload = {"stage": stage, "config": config, "inputs": inputs, "pajama": pajama.__version__}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    fingerprint: str
+    path: Path
+    manifest: dict
+
+    @property
+    def run_id(self) -> str | None:
+        return self.manifest.get("mlflow_run_id")
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_for(self, stage: str, fp: str) -> Path:
+        return self.root / stage / fp
+
+    def find(self, stage: str, fp: str) -> Artifact | None:
+        path = self.path_for(stage, fp)
+        manifest = path / MANIFEST
+        if not manifest.exists():
+            return None
+        return Artifact(stage, fp, path, json.loads(manifest.read_text()))
+
+    def staging_dir(self, stage: str, fp: str) -> Path:
+        path = self.root / stage / f".staging-{fp}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+        return path
+
+    def commit(self, staging: Path, stage: str, fp: str, config: dict, inputs: dict[str, str],
+               manifest: dict) -> Artifact:
+        """Write config and manifest (last) into `staging` and move it into place atomically."""
+        (staging / CONFIG).write_text(json.dumps({"stage": stage, "config": config, "inputs": inputs},
+                                                 indent=2, sort_keys=True, default=str))
+        full = {"stage": stage, "fingerprint": fp, "inputs": inputs, "created": time.time(),
+                "pajama_version": pajama.__version__, **manifest}
+        tmp = staging / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, staging / MANIFEST)
+        final = self.path_for(stage, fp)
+        if final.exists():
+            # A concurrent or earlier attempt finished first; same fingerprint, same content.
+            if (final / MANIFEST).exists():
+                shutil.rmtree(staging, ignore_errors=True)
+                return self.find(stage, fp)
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return Artifact(stage, fp, final, full)

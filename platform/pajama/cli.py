@@ -1,0 +1,108 @@
+"""The `pajama` command: run the DAG or one stage, serve the models, show lineage and config.
+
+    pajama run                       the whole DAG on the tiny recipe (CPU, bundled data)
+    pajama pretrain --recipe 3b      one stage (and whatever upstream is not up to date)
+    pajama serve                     keep the OpenAI-compatible app up on 127.0.0.1:8000
+    pajama lineage [RUN_ID]          the DAG of a run: stages, runs, fingerprints, artifacts
+    pajama config --set data.seq_len=512   the resolved config, validated
+
+Storage and tracking come from the recipe, or from PAJAMA_STORAGE_URI and MLFLOW_TRACKING_URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pajama.config import ConfigError, load_config
+
+STAGE_COMMANDS = {
+    "data": "prepare the data: read, clean, quality signals, filters, dedup, tokenizer, packed shards",
+    "pretrain": "train the GPT-NeoX base model on Ray Train and register it as pajama-base",
+    "instruct": "fine-tune the base model on instructions; registers pajama-instruct",
+    "chat": "fine-tune the base model on conversations; registers pajama-chat",
+}
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="tiny",
+                   help="recipe name in pipelines/ (tiny, 3b, 7b) or a path to a YAML file (default: tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set chat.learning_rate=5e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pajama", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the whole DAG (stages that are up to date are reused)")
+    _recipe_args(p)
+    for stage, text in STAGE_COMMANDS.items():
+        _recipe_args(sub.add_parser(stage, help=text))
+    p = sub.add_parser("serve", help="serve base, instruct and chat models (OpenAI API) until Ctrl-C")
+    _recipe_args(p)
+    p.add_argument("--host", help="listen address (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default: serve.port, 8000)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
+                   help="serve this model instead of the recipe's, e.g. pajama-chat=models:/pajama-chat@prod")
+    p = sub.add_parser("lineage", help="print the DAG of a run (default: the latest)")
+    _recipe_args(p)
+    p.add_argument("run_id", nargs="?", help="an MLflow DAG run id (default: the latest DAG run)")
+    p.add_argument("--format", choices=["text", "mermaid"], default="text")
+    p = sub.add_parser("config", help="print the resolved, validated config as JSON")
+    _recipe_args(p)
+    return parser
+
+
+def _serve(cfg, recipe: str, args) -> None:
+    from pajama import dag
+    from pajama.serve.app import serve_forever
+    from pajama.serve.stage import app_args
+
+    if args.model:
+        models = []
+        for item in args.model:
+            name, _, source = item.partition("=")
+            models.append({"name": name, "source": source, "kind": "chat" if "chat" in name else
+                           "instruct" if "instruct" in name else "base"})
+        app = {"models": models, "tracking_uri": cfg.project.resolved_tracking_uri,
+               "api_key_env": cfg.serve.api_key_env}
+    else:
+        targets = [dag.MODEL_STAGE_OF[m] for m in cfg.serve.models]
+        artifacts = dag.run_dag(cfg, recipe, targets)
+        app = app_args(cfg, {s: artifacts[s] for s in targets})
+    serve_forever(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port)
+
+
+def _lineage(cfg, args) -> None:
+    from pajama import lineage, tracking
+
+    tracking.setup(cfg)
+    run_id = args.run_id or tracking.latest_dag_run(cfg.project.experiment)
+    nodes = lineage.dag_lineage(run_id)
+    print(lineage.render_mermaid(nodes) if args.format == "mermaid" else lineage.render_text(run_id, nodes))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+    except ConfigError as err:
+        print(f"pajama: {err}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    elif args.command == "lineage":
+        _lineage(cfg, args)
+    elif args.command == "serve":
+        _serve(cfg, args.recipe, args)
+    else:
+        from pajama.dag import run_dag
+
+        run_dag(cfg, args.recipe, None if args.command == "run" else [args.command])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

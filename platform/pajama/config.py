@@ -1,0 +1,361 @@
+"""Pajama's one typed config tree, loaded from recipes in `pipelines/*.yaml`.
+
+A recipe is YAML with the sections of `PajamaConfig` (project, data, pretrain, instruct, chat,
+serve). `inherit: <name>` starts from another recipe and deep-merges this one over it, so the 3B
+and 7B presets only state what differs from the tiny default. `--set a.b=value` overrides apply
+last. Every model forbids unknown keys, and constraints are checked here, when the config is
+built, so a bad recipe fails before any Ray work with an error that names the field.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import pajama
+
+PACKAGE_DIR = Path(pajama.__file__).resolve().parent
+RESOURCES_DIR = PACKAGE_DIR / "resources"
+# Recipes live in the repo's pipelines/ (an installed wheel ships a copy as package data).
+PIPELINES_DIR = next(
+    (p for p in (PACKAGE_DIR.parents[1] / "pipelines", RESOURCES_DIR / "pipelines") if p.is_dir()),
+    PACKAGE_DIR.parents[1] / "pipelines",
+)
+BUNDLED_PREFIX = "bundled:"
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the field or path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def resolve_path(path: str) -> str:
+    """`bundled:x` names a file under the package's resources; URIs and other paths pass through."""
+    if path.startswith(BUNDLED_PREFIX):
+        return str(RESOURCES_DIR / path[len(BUNDLED_PREFIX) :])
+    return path
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def check_local_path_exists(path: str) -> str:
+    """Fail at config time for a local path or glob that matches nothing."""
+    resolved = resolve_path(path)
+    if not is_remote(resolved) and not glob.glob(resolved.removeprefix("file://")):
+        raise ValueError(f"path {path!r} does not exist (resolved to {resolved!r})")
+    return path
+
+
+class ProjectConfig(Strict):
+    name: str = "pajama"
+    # Artifacts (shards, models, checkpoints) go here; PAJAMA_STORAGE_URI overrides it.
+    storage: str = ".pajama"
+    # None: a SQLite store under `storage`; MLFLOW_TRACKING_URI overrides it.
+    tracking_uri: str | None = None
+    experiment: str = "pajama"
+    # None: start a local Ray instance, or join the cluster named by RAY_ADDRESS.
+    ray_address: str | None = None
+    seed: int = 0
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(os.environ.get("PAJAMA_STORAGE_URI") or self.storage).expanduser().resolve()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        return uri or f"sqlite:///{self.storage_path / 'mlflow.db'}"
+
+
+class SourceConfig(Strict):
+    format: Literal[
+        "jsonl", "parquet", "hf_disk", "hf_hub", "warc", "wet", "mediawiki", "github", "arxiv",
+        "stackexchange", "text",
+    ] = "jsonl"
+    path: str
+    slice: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: str, info) -> str:
+        if info.data.get("format") == "hf_hub":
+            return v
+        return check_local_path_exists(v)
+
+    @field_validator("slice")
+    @classmethod
+    def _known_slice(cls, v: str | None) -> str | None:
+        from pajama.data.slices import check_slice
+
+        return None if v is None else check_slice(v)
+
+
+class TokenizerConfig(Strict):
+    # Train a byte-level BPE on a sample of the kept documents, or load a Hugging Face tokenizer
+    # by hub name or local path (GPT-NeoX-20B for the INCITE presets).
+    train: bool = True
+    name_or_path: str | None = None
+    vocab_size: int = Field(4096, ge=260)
+    sample_documents: int = Field(20_000, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TokenizerConfig":
+        if not self.train and not self.name_or_path:
+            raise ValueError("set tokenizer.name_or_path when tokenizer.train is false")
+        return self
+
+
+class FuzzyDedupConfig(Strict):
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, lt=1)
+    num_perm: int = Field(128, ge=16)
+    ngram: int = Field(13, ge=1)
+    bands: int | None = None
+    rows: int | None = None
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "FuzzyDedupConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both fuzzy_dedup.bands and fuzzy_dedup.rows, or neither")
+        if self.bands and self.bands * self.rows > self.num_perm:
+            raise ValueError("fuzzy_dedup.bands * rows must not exceed num_perm")
+        return self
+
+
+class DataConfig(Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    # Filter recipes by name (pipelines/filters/<name>.yaml) or path, applied in order.
+    filters: list[str] = Field(default_factory=lambda: ["gopher", "c4", "rpv1_github"])
+    exact_dedup: bool = True
+    fuzzy_dedup: FuzzyDedupConfig = Field(default_factory=FuzzyDedupConfig)
+    # Keep the dropped documents with their reason under the artifact's quarantine/.
+    quarantine: bool = True
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    seq_len: int = Field(256, ge=8)
+    # Per-slice sampling weight (1.0 keeps a slice as is, 0.5 halves it, 2.0 doubles it), or a
+    # named preset such as "rpv1" (RedPajama-1T's token proportions).
+    mixture: dict[str, float] | str | None = None
+    eval_fraction: float = Field(0.05, ge=0, lt=0.5)
+    sequences_per_shard: int = Field(4096, ge=1)
+
+
+class ModelConfig(Strict):
+    """A GPT-NeoX shape (transformers' GPTNeoXConfig)."""
+
+    hidden_size: int = Field(ge=8)
+    num_hidden_layers: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    intermediate_size: int | None = None  # None: 4 x hidden_size
+    rotary_pct: float = Field(1.0, gt=0, le=1)
+    use_parallel_residual: bool = False
+    max_position_embeddings: int = Field(2048, ge=8)
+    # None: the tokenizer's size rounded up to a multiple of 128 (INCITE: 50432 for GPT-NeoX-20B).
+    vocab_size: int | None = None
+    tie_word_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("model.hidden_size must be divisible by model.num_attention_heads")
+        return self
+
+
+class ScalingConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(1, ge=0)
+
+
+class TrainingConfig(Strict):
+    """What pretraining and fine-tuning share: the Ray Train loop, optimiser and checkpoints."""
+
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    micro_batch_size: int = Field(8, ge=1)
+    # Sequences per optimiser step across all workers; must be micro_batch_size x num_workers x k.
+    global_batch_size: int = Field(16, ge=1)
+    max_steps: int = Field(100, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    min_learning_rate: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int = Field(50, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    max_failures: int = Field(1, ge=0)
+    log_every: int = Field(1, ge=1)
+    # Peak FLOP/s per worker for MFU; None: look the device up in a table of known GPUs.
+    peak_flops: float | None = None
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainingConfig":
+        per_step = self.micro_batch_size * self.scaling.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"micro_batch_size x scaling.num_workers ({per_step})"
+            )
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError("min_learning_rate must not exceed learning_rate")
+        if self.precision == "bf16" and not self.scaling.use_gpu:
+            raise ValueError("precision bf16 needs scaling.use_gpu: true (CPU runs train in fp32)")
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.scaling.num_workers)
+
+
+class PretrainConfig(TrainingConfig):
+    model: ModelConfig
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query_key_value", "dense"])
+
+
+class SFTDataConfig(Strict):
+    format: Literal["instruct_jsonl", "chat_jsonl", "p3", "dolly", "oasst1", "hf"] = "instruct_jsonl"
+    path: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: str, info) -> str:
+        return v if info.data.get("format") == "hf" else check_local_path_exists(v)
+
+
+class SFTConfig(TrainingConfig):
+    style: Literal["instruct", "chat"]
+    datasets: list[SFTDataConfig] = Field(min_length=1)
+    # Evaluation sets whose 10-grams must not appear in training examples.
+    decontaminate_against: list[SFTDataConfig] = Field(default_factory=list)
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    max_length: int = Field(256, ge=16)
+    eval_fraction: float = Field(0.1, ge=0, lt=0.5)
+    # The base model: None follows the DAG (this run's pretrain stage); otherwise a local HF
+    # directory, an MLflow run id (`runs:/<id>`), or a registry URI `models:/pajama-base/3`,
+    # `models:/pajama-base@champion`.
+    base_model: str | None = None
+    learning_rate: float = Field(1e-4, gt=0)
+    min_learning_rate: float = Field(1e-5, ge=0)
+
+
+class ServeConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Which trained models the app serves.
+    models: list[Literal["base", "instruct", "chat"]] = Field(default_factory=lambda: ["base", "instruct", "chat"])
+    probe_message: str = "What does the json module do?"
+    max_tokens: int = Field(32, ge=1)
+    api_key_env: str = "PAJAMA_API_KEY"
+
+
+class PajamaConfig(Strict):
+    project: ProjectConfig = Field(default_factory=ProjectConfig)
+    data: DataConfig
+    pretrain: PretrainConfig
+    instruct: SFTConfig
+    chat: SFTConfig
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _styles(self) -> "PajamaConfig":
+        if self.instruct.style != "instruct" or self.chat.style != "chat":
+            raise ValueError("instruct.style must be 'instruct' and chat.style must be 'chat'")
+        if self.pretrain.model.max_position_embeddings < self.data.seq_len:
+            raise ValueError("pretrain.model.max_position_embeddings must be >= data.seq_len")
+        return self
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise ConfigError(f"recipe file {name_or_path!r} does not exist")
+        return path
+    path = PIPELINES_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown recipe {name_or_path!r}; known: {', '.join(known)}")
+    return path
+
+
+def _load_raw(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = recipe_path(name_or_path)
+    if str(path) in seen:
+        raise ConfigError(f"recipe inheritance cycle through {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a mapping")
+    parent = raw.pop("inherit", None)
+    if parent:
+        raw = _deep_merge(_load_raw(parent, seen + (str(path),)), raw)
+    return raw
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like section.field=value")
+    return key.split("."), yaml.safe_load(value)
+
+
+def _apply_override(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(recipe: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> PajamaConfig:
+    """Build and validate the config tree of a recipe plus `a.b=value` overrides."""
+    raw = _load_raw(recipe)
+    for override in overrides:
+        _apply_override(raw, *parse_override(override))
+    try:
+        return PajamaConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"recipe {recipe!r}")) from None

@@ -1,0 +1,1 @@
+"""The data milestone: RedPajama-style pretraining data on Ray Data."""

@@ -1,0 +1,279 @@
+"""The data stage: raw slices -> quality signals -> filters -> dedup -> tokenizer -> packed shards.
+
+Everything runs on Ray Data with documents as rows, processed in Arrow batches, and persisted
+between phases as parquet inside the artifact, so each phase streams from storage with bounded
+memory on any cluster size. The artifact holds:
+
+- `documents/`   every input document with its RedPajama-V2 signals and filter verdict
+- `quarantine/`  the dropped documents with their reason (first failing rule, or duplicate)
+- `tokenizer/`   the Hugging Face tokenizer the shards were made with
+- `shards/train`, `shards/eval`  packed `input_ids` sequences (+ `slice_id`) in a seeded order
+- `report.md`, `report.png`, `stats.json`  per-slice statistics
+
+Counts add up per slice: documents in = dropped by each rule + duplicates removed + kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from pajama.config import DataConfig, resolve_path
+from pajama.data import dedup, filters, readers, signals
+from pajama.data.slices import SLICES
+from pajama.data.tokenizer import load_tokenizer, train_bpe
+
+log = logging.getLogger(__name__)
+
+# RedPajama-1T's token counts per slice (billions), the "rpv1" mixture preset.
+RPV1_TOKENS_B = {"common_crawl": 878, "c4": 175, "github": 59, "books": 26, "arxiv": 28, "wikipedia": 24,
+                 "stackexchange": 20}
+
+
+def _hash_unit(key: str, salt: str) -> float:
+    """A deterministic number in [0, 1) per document: eval split and fractional up-sampling."""
+    return int.from_bytes(hashlib.sha1(f"{salt}:{key}".encode()).digest()[:8], "big") / 2**64
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(str(p) for p in path.rglob("*.parquet"))
+
+
+def _read(path: Path) -> ray.data.Dataset:
+    return ray.data.read_parquet(_files(path))
+
+
+def read_sources(cfg: DataConfig) -> ray.data.Dataset:
+    datasets = [readers.read_source(src.format, resolve_path(src.path), src.slice, **src.options)
+                for src in cfg.sources]
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int]) -> dict[str, float]:
+    """Sampling weight per slice: explicit weights, or those that reach RedPajama-1T's proportions."""
+    if cfg.mixture is None:
+        return {s: 1.0 for s in bytes_per_slice}
+    if isinstance(cfg.mixture, dict):
+        unknown = set(cfg.mixture) - set(SLICES)
+        if unknown:
+            raise ValueError(f"data.mixture names unknown slices: {sorted(unknown)}")
+        return {s: cfg.mixture.get(s, 1.0) for s in bytes_per_slice}
+    if cfg.mixture != "rpv1":
+        raise ValueError(f"data.mixture preset {cfg.mixture!r} is unknown; use 'rpv1' or a slice->weight map")
+    present = {s: b for s, b in bytes_per_slice.items() if b > 0}
+    total_target = sum(RPV1_TOKENS_B[s] for s in present)
+    total = sum(present.values())
+    return {s: (RPV1_TOKENS_B[s] / total_target) * total / b for s, b in present.items()}
+
+
+class _Packer:
+    """Tokenize documents, append EOD, and cut each slice's token stream into seq_len rows."""
+
+    def __init__(self, tokenizer_dir: str, seq_len: int, slices: list[str]):
+        self.tok = load_tokenizer(tokenizer_dir)
+        self.seq_len = seq_len
+        self.slice_ids = {s: i for i, s in enumerate(slices)}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        encoded = self.tok(batch.column("text").to_pylist(), add_special_tokens=False)["input_ids"]
+        streams: dict[str, list[int]] = defaultdict(list)
+        for ids, slice_name in zip(encoded, batch.column("slice").to_pylist()):
+            streams[slice_name].extend(ids + [self.tok.eos_token_id])
+        rows, slice_ids, dropped = [], [], 0
+        for slice_name, stream in streams.items():
+            n = len(stream) // self.seq_len
+            dropped += len(stream) - n * self.seq_len
+            rows.extend(np.asarray(stream[: n * self.seq_len], dtype=np.int32).reshape(n, self.seq_len))
+            slice_ids.extend([self.slice_ids[slice_name]] * n)
+        return pa.table({
+            "input_ids": pa.array([r.tolist() for r in rows], type=pa.list_(pa.int32())),
+            "slice_id": pa.array(slice_ids, type=pa.int16()),
+            # One row per batch carries the tail tokens that did not fill a sequence, for the report.
+            "dropped_tail_tokens": pa.array([dropped] + [0] * (len(rows) - 1) if rows else [], type=pa.int64()),
+        })
+
+
+def _upsample(batch: pa.Table, weights: dict[str, float], salt: str) -> pa.Table:
+    repeats = []
+    for doc_id, slice_name in zip(batch.column("doc_id").to_pylist(), batch.column("slice").to_pylist()):
+        w = weights.get(slice_name, 1.0)
+        repeats.append(int(w) + (1 if _hash_unit(doc_id, salt) < w - int(w) else 0))
+    return batch.take(pa.array(np.repeat(np.arange(len(repeats)), repeats), type=pa.int64()))
+
+
+def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
+    """Build the data artifact in `out`; returns the manifest fields (stats, slices, sequences)."""
+    rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
+
+    print("[pajama] data: reading sources, computing quality signals, applying filters")
+    annotated = (read_sources(cfg)
+                 .map_batches(signals.compute_signals, batch_format="pyarrow")
+                 .map_batches(filters.apply_filters, fn_kwargs={"rules": rules}, batch_format="pyarrow"))
+    annotated.write_parquet(str(out / "documents"))
+    documents = _read(out / "documents")
+
+    kept = documents.filter(expr="keep")
+    if cfg.exact_dedup:
+        print("[pajama] data: exact dedup")
+        kept = dedup.exact_dedup(kept)
+    if cfg.fuzzy_dedup.enabled:
+        print("[pajama] data: MinHash LSH dedup")
+        fz = cfg.fuzzy_dedup
+        kept = dedup.fuzzy_dedup(kept, threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
+                                 bands=fz.bands, rows=fz.rows, seed=seed)
+    kept.write_parquet(str(out / "deduped"))
+    deduped = _read(out / "deduped")
+    dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
+    is_dup = " or ".join(f"({c} is not null)" for c in dup_columns) or "False"
+    final = deduped.filter(expr=f"not ({is_dup})") if dup_columns else deduped
+
+    stats = _slice_stats(documents, deduped, dup_columns)
+    if cfg.quarantine:
+        _write_quarantine(documents, deduped, dup_columns, out / "quarantine")
+
+    print("[pajama] data: tokenizer")
+    final_docs = final.select_columns(["doc_id", "slice", "text"])
+    if cfg.tokenizer.train:
+        sample = [r["text"] for r in final_docs.limit(cfg.tokenizer.sample_documents).iter_rows()]
+        tokenizer = train_bpe(sample, cfg.tokenizer.vocab_size)
+    else:
+        tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
+    tokenizer.save_pretrained(out / "tokenizer")
+
+    print("[pajama] data: tokenizing and packing")
+    slices = sorted(stats["slices"])
+    salt = str(seed)
+    in_eval = lambda b: pa.array([_hash_unit(d, salt + ":eval") < cfg.eval_fraction  # noqa: E731
+                                  for d in b.column("doc_id").to_pylist()])
+    eval_docs = final_docs.map_batches(lambda b: b.filter(in_eval(b)), batch_format="pyarrow")
+    train_docs = final_docs.map_batches(lambda b: b.filter(pc.invert(in_eval(b))), batch_format="pyarrow")
+    weights = mixture_weights(cfg, {s: stats["slices"][s]["bytes_out"] for s in slices})
+    if any(w != 1.0 for w in weights.values()):
+        train_docs = train_docs.map_batches(_upsample, fn_kwargs={"weights": weights, "salt": salt},
+                                            batch_format="pyarrow")
+    packer = dict(fn_constructor_kwargs={"tokenizer_dir": str(out / "tokenizer"), "seq_len": cfg.seq_len,
+                                         "slices": slices},
+                  batch_format="pyarrow", batch_size=256, concurrency=(1, max(1, int(ray.cluster_resources().get("CPU", 1)))))
+    for split, docs in (("train", train_docs), ("eval", eval_docs)):
+        packed = docs.map_batches(_Packer, **packer).random_shuffle(seed=seed).materialize()
+        tails = packed.sum("dropped_tail_tokens") or 0
+        packed.drop_columns(["dropped_tail_tokens"]).write_parquet(
+            str(out / "shards" / split), min_rows_per_file=cfg.sequences_per_shard)
+        counts = _count_by(_read(out / "shards" / split), "slice_id")
+        stats[f"{split}_sequences"] = sum(counts.values())
+        stats[f"{split}_tail_tokens_dropped"] = int(tails)
+        for sid, n in counts.items():
+            stats["slices"][slices[sid]][f"{split}_tokens"] = n * cfg.seq_len
+    stats["mixture_weights"] = weights
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    write_report(stats, out)
+    return {"slices": slices, "seq_len": cfg.seq_len, "stats": stats,
+            "tokenizer": cfg.tokenizer.name_or_path or "trained-bpe", "vocab_size": len(tokenizer)}
+
+
+def _count_by(ds: ray.data.Dataset, *keys: str) -> dict:
+    counts = {}
+    for row in ds.groupby(list(keys) if len(keys) > 1 else keys[0]).count().iter_rows():
+        key = tuple(row[k] for k in keys) if len(keys) > 1 else row[keys[0]]
+        counts[key] = row["count()"]
+    return counts
+
+
+def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_columns: list[str]) -> dict:
+    per_slice: dict[str, dict] = {}
+
+    def entry(s):
+        return per_slice.setdefault(s, {"documents_in": 0, "bytes_in": 0, "dropped": {}, "exact_duplicates": 0,
+                                        "near_duplicates": 0, "documents_out": 0, "bytes_out": 0})
+
+    sizes = documents.map_batches(
+        lambda b: pa.table({"slice": b.column("slice"), "keep": b.column("keep"),
+                            "drop_reason": b.column("drop_reason"),
+                            "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
+        batch_format="pyarrow")
+    for row in sizes.groupby(["slice", "keep", "drop_reason"]).aggregate(
+            ray.data.aggregate.Count(), ray.data.aggregate.Sum("bytes")).iter_rows():
+        e = entry(row["slice"])
+        e["documents_in"] += row["count()"]
+        e["bytes_in"] += int(row["sum(bytes)"] or 0)
+        if not row["keep"]:
+            e["dropped"][row["drop_reason"]] = e["dropped"].get(row["drop_reason"], 0) + row["count()"]
+    kinds = {"exact_dup_of": "exact_duplicates", "fuzzy_dup_of": "near_duplicates"}
+    flags = deduped.map_batches(
+        lambda b: pa.table({"slice": b.column("slice"),
+                            "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary())),
+                            **{kinds[c]: pc.is_valid(b.column(c)) for c in dup_columns}}),
+        batch_format="pyarrow")
+    group = ["slice", *[kinds[c] for c in dup_columns]]
+    for row in flags.groupby(group).aggregate(ray.data.aggregate.Count(), ray.data.aggregate.Sum("bytes")).iter_rows():
+        e = entry(row["slice"])
+        # A document flagged by both dedup passes counts once, as an exact duplicate.
+        if row.get("exact_duplicates"):
+            e["exact_duplicates"] += row["count()"]
+        elif row.get("near_duplicates"):
+            e["near_duplicates"] += row["count()"]
+        else:
+            e["documents_out"] += row["count()"]
+            e["bytes_out"] += int(row["sum(bytes)"] or 0)
+    for name, e in per_slice.items():
+        accounted = sum(e["dropped"].values()) + e["exact_duplicates"] + e["near_duplicates"] + e["documents_out"]
+        if accounted != e["documents_in"]:
+            raise RuntimeError(f"slice {name}: {e['documents_in']} documents in but {accounted} accounted for")
+    return {"slices": per_slice}
+
+
+def _write_quarantine(documents, deduped, dup_columns: list[str], path: Path) -> None:
+    keep_cols = ["doc_id", "slice", "text", "meta"]
+    dropped = documents.filter(expr="not keep").map_batches(
+        lambda b: b.select(keep_cols).append_column("reason", b.column("drop_reason")), batch_format="pyarrow")
+    parts = [dropped]
+    for column, reason in (("exact_dup_of", "exact_duplicate"), ("fuzzy_dup_of", "near_duplicate")):
+        if column in dup_columns:
+            parts.append(deduped.filter(expr=f"{column} is not null").map_batches(
+                lambda b, c=column, r=reason: b.select(keep_cols).append_column(
+                    "reason", pa.array([f"{r} of {d}" for d in b.column(c).to_pylist()], type=pa.string())),
+                batch_format="pyarrow"))
+    parts[0].union(*parts[1:]).write_parquet(str(path))
+
+
+def write_report(stats: dict, out: Path) -> None:
+    """A readable per-slice table (markdown) and a bar chart of documents kept and dropped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ["| slice | docs in | dropped (by rule) | exact dups | near dups | docs out | MB in | MB out | train tokens |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    names = sorted(stats["slices"])
+    for s in names:
+        e = stats["slices"][s]
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(e["dropped"].items())) or "-"
+        rows.append(f"| {s} | {e['documents_in']} | {dropped} | {e['exact_duplicates']} | {e['near_duplicates']} | "
+                    f"{e['documents_out']} | {e['bytes_in'] / 1e6:.2f} | {e['bytes_out'] / 1e6:.2f} | "
+                    f"{e.get('train_tokens', 0)} |")
+    (out / "report.md").write_text("# Data report\n\n" + "\n".join(rows) + "\n")
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(len(names))
+    kept = [stats["slices"][s]["documents_out"] for s in names]
+    filt = [sum(stats["slices"][s]["dropped"].values()) for s in names]
+    dups = [stats["slices"][s]["exact_duplicates"] + stats["slices"][s]["near_duplicates"] for s in names]
+    ax.bar(x, kept, label="kept")
+    ax.bar(x, filt, bottom=kept, label="dropped by filters")
+    ax.bar(x, dups, bottom=np.add(kept, filt), label="duplicates")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("documents")
+    ax.set_title("Documents per slice")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "report.png", dpi=100)
+    plt.close(fig)

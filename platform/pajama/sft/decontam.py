@@ -1,0 +1,55 @@
+"""Drop training examples that share a word n-gram (default 10) with the evaluation sets.
+
+Text is normalised before n-grams are taken: Unicode NFKC, lower case, every character that is
+neither a letter/digit nor whitespace deleted (so "json.dumps()" is the word "jsondumps" and
+"Don't" is "dont"), then split on whitespace. N-grams are taken within one message's content, never
+across turns, for the training examples and the evaluation examples alike (prompts and responses).
+An evaluation text shorter than n words contributes no n-gram, so it cannot flag anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+def normalized_words(text: str) -> list[str]:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(c for c in text if c.isalnum() or c.isspace()).split()
+
+
+def ngrams(text: str, n: int) -> Iterator[tuple[str, ...]]:
+    words = normalized_words(text)
+    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def eval_ngrams(eval_examples: Iterable[dict], n: int = 10) -> set[tuple[str, ...]]:
+    """Every n-gram of every message of the evaluation examples."""
+    return {gram for example in eval_examples for message in example["messages"] for gram in ngrams(message["content"], n)}
+
+
+def decontaminate(
+    examples: Iterable[dict],
+    eval_examples: Iterable[dict],
+    n: int = 10,
+) -> tuple[list[dict], dict[str, int]]:
+    """(kept examples, {task: dropped count}) after dropping those sharing an n-gram with `eval_examples`.
+
+    The report names only tasks that lost examples; kept + sum(report) == number of examples.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    contaminated = eval_ngrams(eval_examples, n)
+    kept, dropped = [], Counter()
+    for example in examples:
+        if any(gram in contaminated for message in example["messages"] for gram in ngrams(message["content"], n)):
+            dropped[example["task"]] += 1
+        else:
+            kept.append(example)
+    if dropped:
+        log.warning("decontamination dropped %d example(s) sharing a %d-gram with the eval sets: %s", sum(dropped.values()), n, dict(dropped))
+    return kept, dict(dropped)

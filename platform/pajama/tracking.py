@@ -1,0 +1,148 @@
+"""MLflow tracking: one parent run per DAG run, one child run per stage, models in the registry.
+
+The default store is SQLite under the project's storage directory (so the registry works with no
+server); `MLFLOW_TRACKING_URI` points a team at `mlflow server`. Each stage run carries its
+resolved config as params, its fingerprint and upstream runs as tags, and its inputs as MLflow
+dataset inputs (the upstream artifacts) or model inputs (the upstream logged model), so the DAG
+can be browsed in the MLflow UI and rebuilt by `pajama lineage`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import LoggedModelInput
+from mlflow.tracking import MlflowClient
+
+from pajama.artifacts import Artifact
+from pajama.config import PajamaConfig
+
+
+TAG_STAGE = "pajama.stage"
+TAG_FINGERPRINT = "pajama.fingerprint"
+TAG_ARTIFACT = "pajama.artifact"
+TAG_REUSED_FROM = "pajama.reused_from_run"
+TAG_UPSTREAM = "pajama.upstream."  # + stage name -> the upstream stage's run id
+TAG_DAG = "pajama.dag"
+TAG_MODEL_ID = "pajama.model_id"
+PARENT_TAG = "mlflow.parentRunId"
+
+REGISTERED_NAMES = {"pretrain": "pajama-base", "instruct": "pajama-instruct", "chat": "pajama-chat"}
+
+
+def setup(cfg: PajamaConfig) -> str:
+    """Point MLflow at the project's store and make sure the experiment exists."""
+    uri = cfg.project.resolved_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.project.experiment) is None:
+        # A local store keeps artifacts beside the database instead of in ./mlruns of the cwd.
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (cfg.project.storage_path / "mlartifacts").as_uri()
+        mlflow.create_experiment(cfg.project.experiment, artifact_location=location)
+    mlflow.set_experiment(cfg.project.experiment)
+    return uri
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return flat
+
+
+@contextlib.contextmanager
+def dag_run(cfg: PajamaConfig, recipe: str, stages: list[str]) -> Iterator[mlflow.ActiveRun]:
+    with mlflow.start_run(run_name=f"{cfg.project.name}-dag") as run:
+        mlflow.set_tags({TAG_DAG: "true", "pajama.recipe": recipe, "pajama.stages": ",".join(stages)})
+        mlflow.log_params({"recipe": recipe, "storage": str(cfg.project.storage_path)})
+        yield run
+
+
+def _log_upstream_inputs(upstream: dict[str, Artifact]) -> None:
+    datasets, contexts, tags, models = [], [], [], []
+    for stage, artifact in upstream.items():
+        mlflow.set_tag(f"{TAG_UPSTREAM}{stage}", artifact.run_id or "")
+        model_id = artifact.manifest.get("mlflow_model_id")
+        if model_id:
+            models.append(LoggedModelInput(model_id))
+        source = resolve_dataset_source(str(artifact.path))
+        datasets.append(MetaDataset(source, name=f"{stage}:{artifact.fingerprint}", digest=artifact.fingerprint[:16]))
+        contexts.append(stage)
+        tags.append({"pajama.upstream_run_id": artifact.run_id or "", "pajama.upstream_stage": stage})
+    if datasets or models:
+        mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags, models=models or None)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, config: dict, fp: str, upstream: dict[str, Artifact]) -> Iterator[mlflow.ActiveRun]:
+    """A child run of the active DAG run for one stage that is about to execute."""
+    with mlflow.start_run(run_name=stage, nested=True) as run:
+        mlflow.set_tags({TAG_STAGE: stage, TAG_FINGERPRINT: fp})
+        params = flatten(config)
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            mlflow.log_params(dict(items[i : i + 100]))
+        _log_upstream_inputs(upstream)
+        yield run
+
+
+def record_reuse(stage: str, artifact: Artifact, upstream: dict[str, Artifact]) -> str:
+    """A child run that says this DAG run reused a finished stage (and which run produced it)."""
+    with mlflow.start_run(run_name=stage, nested=True) as run:
+        mlflow.set_tags({TAG_STAGE: stage, TAG_FINGERPRINT: artifact.fingerprint,
+                         TAG_ARTIFACT: str(artifact.path), TAG_REUSED_FROM: artifact.run_id or ""})
+        for up_stage, up in upstream.items():
+            mlflow.set_tag(f"{TAG_UPSTREAM}{up_stage}", up.run_id or "")
+        return run.info.run_id
+
+
+def log_hf_model(stage: str, hf_dir: Path, fp: str, lineage_tags: dict[str, str]) -> dict[str, str]:
+    """Log an exported Hugging Face directory with the transformers flavour and register it.
+
+    Returns the logged model id and the registered version, which go into the stage manifest.
+    """
+    name = REGISTERED_NAMES[stage]
+    info = mlflow.transformers.log_model(
+        transformers_model=str(hf_dir),
+        name="model",
+        task="text-generation",
+        registered_model_name=name,
+        # Inference of requirements imports torchvision, which a CPU install lacks; state them.
+        pip_requirements=["torch", "transformers>=4.57,<4.58", "tokenizers", "safetensors", "accelerate"],
+        tags={TAG_FINGERPRINT: fp, TAG_STAGE: stage},
+    )
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in {TAG_FINGERPRINT: fp, TAG_STAGE: stage, **lineage_tags}.items():
+        client.set_model_version_tag(name, version, key, value)
+    mlflow.set_tag(TAG_MODEL_ID, info.model_id)
+    return {"mlflow_model_id": info.model_id, "registered_model": name, "registered_version": version}
+
+
+def latest_dag_run(experiment: str) -> str:
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.`{TAG_DAG}` = 'true'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not runs:
+        raise LookupError(f"no DAG run in MLflow experiment {experiment!r}; run `pajama run` first")
+    return runs[0].info.run_id
+
+
+def child_runs(parent_run_id: str) -> list[mlflow.entities.Run]:
+    parent = mlflow.get_run(parent_run_id)
+    return mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"], output_format="list")
+
+

@@ -1,0 +1,65 @@
+"""The instruct and chat stages: supervised fine-tuning of the base model on Ray Train.
+
+Examples are loaded from any supported format, decontaminated against the evaluation sets
+(10-gram overlap), rendered with the RedPajama-INCITE template of the stage's style, tokenized
+with the loss on response tokens only, and packed into fixed-length sequences whose examples
+neither attend to nor score each other. Training reuses the pretraining loop (checkpoints,
+resume, MLflow); the export is a Hugging Face model whose tokenizer carries the chat template.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+
+from pajama.config import SFTConfig, resolve_path
+from pajama.data.tokenizer import load_tokenizer
+from pajama.sft import decontam, formats, packing, templates
+from pajama.train.trainer import fit
+
+PACKED_COLUMNS = ("input_ids", "labels", "position_ids")
+
+
+def _load(datasets) -> list[dict]:
+    return [ex for d in datasets for ex in formats.load_examples(d.format, resolve_path(d.path), **d.options)]
+
+
+def prepare_examples(cfg: SFTConfig, tokenizer, seed: int) -> tuple[pa.Table, pa.Table, dict]:
+    """Packed train and eval tables and a report of what was loaded, dropped and packed."""
+    examples = _load(cfg.datasets)
+    kept, dropped_per_task = decontam.decontaminate(examples, _load(cfg.decontaminate_against))
+    random.Random(seed).shuffle(kept)
+    n_eval = max(1, int(len(kept) * cfg.eval_fraction)) if cfg.eval_fraction else 0
+    splits = {"eval": kept[:n_eval], "train": kept[n_eval:]}
+    tables, report = {}, {"examples_loaded": len(examples), "decontaminated": dropped_per_task}
+    for split, exs in splits.items():
+        tokenized = [templates.tokenize_example(tokenizer, ex, cfg.style) for ex in exs]
+        packed, pack_report = packing.pack_examples(tokenized, cfg.max_length, tokenizer.pad_token_id)
+        report[split] = pack_report
+        tables[split] = pa.table({c: pa.array([row[c] for row in packed], type=pa.list_(pa.int32()))
+                                  for c in PACKED_COLUMNS})
+    return tables["train"], tables["eval"], report
+
+
+def run_sft_stage(cfg: SFTConfig, base_model_dir: Path, out: Path, storage: Path, fp: str, seed: int,
+                  tracking: dict | None) -> dict:
+    tokenizer = load_tokenizer(str(base_model_dir))
+    train, evaluation, report = prepare_examples(cfg, tokenizer, seed)
+    print(f"[pajama] {cfg.style}: {train.num_rows} packed train sequences, {evaluation.num_rows} eval; "
+          f"decontaminated {report['decontaminated'] or 'nothing'}")
+    spec = {
+        "init": str(base_model_dir),
+        "lora": cfg.lora.model_dump() if cfg.method == "lora" else None,
+        "seed": seed,
+        "seq_len": cfg.max_length,
+        "eval_slices": ["response"],
+        "tracking": tracking,
+    }
+    metrics = fit(spec, ray.data.from_arrow(train), ray.data.from_arrow(evaluation), cfg, storage,
+                  run_name=f"{cfg.style}-{fp}", export_to=out / "model")
+    tokenizer.chat_template = templates.CHAT_TEMPLATE if cfg.style == "chat" else templates.INSTRUCT_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out / "model")
+    return {"model_dir": "model", "final_metrics": metrics, "data_report": report, "method": cfg.method}

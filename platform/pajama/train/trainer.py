@@ -1,0 +1,53 @@
+"""The driver side of training: a Ray Train V2 TorchTrainer around `loop.train_loop_per_worker`.
+
+The run is named after the stage's fingerprint under `<storage>/ray_train/`, so relaunching the
+same stage (after a crash or a killed job) finds the run's checkpoints there and resumes from the
+latest one; FailureConfig retries worker failures in place from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.data import ExecutionOptions
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pajama.config import TrainingConfig
+from pajama.train.loop import EXPORT_DIR, train_loop_per_worker
+
+
+def fit(spec: dict, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, training: TrainingConfig,
+        storage: Path, run_name: str, export_to: Path) -> dict:
+    """Train, then copy the exported HF model into `export_to`. Returns the final metrics."""
+    scaling = training.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**spec, "training": {**training.model_dump(), "grad_accum_steps": training.grad_accum_steps}},
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=resources),
+        datasets={"train": train_ds, "eval": eval_ds},
+        # Every worker reads the whole ordered stream and takes its rank's rows (see loop.py).
+        dataset_config=ray.train.DataConfig(datasets_to_split=[],
+                                            execution_options=ExecutionOptions(preserve_order=True)),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage / "ray_train"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without an exported model")
+    with result.checkpoint.as_directory() as path:
+        if export_to.exists():
+            shutil.rmtree(export_to)
+        shutil.copytree(Path(path) / EXPORT_DIR, export_to)
+    return dict(result.metrics or {})
