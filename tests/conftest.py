@@ -1,0 +1,76 @@
+"""Shared fixtures: one real end-to-end DAG run on the tiny recipe, reused by several test modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PajamaRun:
+    returncode: int
+    output: str
+    seconds: float
+
+
+@dataclass
+class Project:
+    """A storage directory with its own MLflow store, and a way to run `pajama` against it."""
+
+    storage: Path
+
+    @property
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+        env.update(PAJAMA_STORAGE_URI=str(self.storage), PYTHONUNBUFFERED="1")
+        return env
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.storage / 'mlflow.db'}"
+
+    def pajama(self, *args: str, timeout: int = 900) -> PajamaRun:
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "pajama", *args], cwd=REPO, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        run = PajamaRun(proc.returncode, proc.stdout + proc.stderr, time.time() - started)
+        log = self.storage / f"pajama-{args[0]}-{int(started)}.log"
+        log.write_text(run.output)
+        return run
+
+    def artifact(self, stage: str) -> tuple[Path, dict]:
+        """The newest finished artifact of a stage."""
+        manifests = sorted((self.storage / "artifacts" / stage).glob("*/manifest.json"),
+                           key=lambda p: json.loads(p.read_text())["created"])
+        assert manifests, f"no finished {stage} artifact under {self.storage}"
+        return manifests[-1].parent, json.loads(manifests[-1].read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Project:
+    return Project(tmp_path_factory.mktemp("pajama-tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dag(tiny_project) -> PajamaRun:
+    """The README's main job: the whole DAG on the tiny recipe, CPU, bundled data."""
+    run = tiny_project.pajama("run", "--set", f"serve.port={free_port()}")
+    print(f"\n[tiny DAG] exit {run.returncode} in {run.seconds:.0f}s")
+    assert run.returncode == 0, run.output[-6000:]
+    return run

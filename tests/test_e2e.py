@@ -1,0 +1,170 @@
+"""The whole DAG on the tiny recipe, end to end on CPU: data -> base -> instruct + chat -> serve.
+
+One real run (the session fixture `tiny_dag`) is inspected from every side a user sees: the
+exported model loaded with plain transformers, the MLflow runs, inputs and registered models,
+`pajama lineage`, and re-runs that reuse or redo exactly the stages they should.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["data", "pretrain", "instruct", "chat", "serve"]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_project, tiny_dag):
+    mlflow.set_tracking_uri(tiny_project.tracking_uri)
+    return MlflowClient(tiny_project.tracking_uri, registry_uri=tiny_project.tracking_uri)
+
+
+def _dag_runs(client):
+    exp = client.get_experiment_by_name("pajama")
+    return client.search_runs([exp.experiment_id], "tags.`pajama.dag` = 'true'", order_by=["attributes.start_time ASC"])
+
+
+def _children(client, parent_id):
+    exp = client.get_experiment_by_name("pajama")
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {r.data.tags["pajama.stage"]: r for r in runs}
+
+
+def test_dag_runs_every_stage_and_serves_a_chat_answer(tiny_project, tiny_dag):
+    for stage in STAGES:
+        assert f"[pajama] {stage}: running" in tiny_dag.output
+    _, serve = tiny_project.artifact("serve")
+    probe = serve["probe"]
+    assert probe["model"] == "pajama-chat" and probe["latency_s"] > 0
+    assert isinstance(probe["answer"], str)
+    print(f"tiny DAG wall time: {tiny_dag.seconds:.0f}s; chat probe latency {probe['latency_s']:.2f}s")
+
+
+def test_data_stage_counts_add_up_and_shards_exist(tiny_project, tiny_dag):
+    path, manifest = tiny_project.artifact("data")
+    stats = manifest["stats"]
+    assert set(stats["slices"]) == {"common_crawl", "c4", "github", "books", "arxiv", "wikipedia", "stackexchange"}
+    for name, e in stats["slices"].items():
+        assert e["documents_in"] == (sum(e["dropped"].values()) + e["exact_duplicates"] + e["near_duplicates"]
+                                     + e["documents_out"]), name
+    assert sum(sum(e["dropped"].values()) for e in stats["slices"].values()) > 0, "filters dropped nothing"
+    assert sum(e["exact_duplicates"] for e in stats["slices"].values()) > 0, "exact dedup found nothing"
+    assert stats["train_sequences"] > 100 and stats["eval_sequences"] > 0
+    assert list((path / "shards" / "train").glob("*.parquet")) and (path / "report.png").stat().st_size > 1000
+    assert (path / "tokenizer" / "tokenizer.json").exists()
+    assert (path / "manifest.json").stat().st_mtime >= (path / "config.json").stat().st_mtime
+
+
+def test_exported_base_model_generates_like_redpajama_incite(tiny_project, tiny_dag):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, manifest = tiny_project.artifact("pretrain")
+    model_dir = path / manifest["model_dir"]
+    assert (model_dir / "model.safetensors").exists() and not list(model_dir.glob("*.bin"))
+    # Exactly the RedPajama-INCITE model card's usage.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16)
+    prompt = "import json\n"
+    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    input_length = inputs.input_ids.shape[1]
+    outputs = model.generate(**inputs, max_new_tokens=128, do_sample=True, temperature=0.7, top_p=0.7, top_k=50,
+                             return_dict_in_generate=True)
+    token = outputs.sequences[0, input_length:]
+    output_str = tokenizer.decode(token)
+    assert model.config.model_type == "gpt_neox" and len(token) > 0 and isinstance(output_str, str)
+
+
+def test_pretraining_loss_falls(client, tiny_project):
+    _, manifest = tiny_project.artifact("pretrain")
+    history = client.get_metric_history(manifest["mlflow_run_id"], "loss")
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(losses) >= 50
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    print(f"pretrain loss {first:.3f} -> {last:.3f} over {len(losses)} steps")
+    assert last < first - 1.0
+    evals = client.get_metric_history(manifest["mlflow_run_id"], "eval_loss")
+    assert evals and evals[-1].value < losses[0]
+
+
+def test_mlflow_holds_the_dag(client, tiny_project):
+    parent = _dag_runs(client)[0]
+    children = _children(client, parent.info.run_id)
+    assert sorted(children) == sorted(STAGES)
+    runs = {s: r.info.run_id for s, r in children.items()}
+    for stage, run in children.items():
+        assert run.data.params, f"{stage} has no params"
+        assert run.data.tags["pajama.fingerprint"]
+    assert children["pretrain"].data.params["stage.learning_rate"] == "0.003"
+    assert children["data"].data.metrics["total.documents_in"] > children["data"].data.metrics["total.documents_out"]
+    assert "eval_loss" in children["pretrain"].data.metrics
+    # Inputs name the upstream run: dataset inputs (artifacts) and model inputs (logged models).
+    for stage, ups in {"pretrain": ["data"], "instruct": ["pretrain"], "chat": ["pretrain"],
+                       "serve": ["pretrain", "instruct", "chat"]}.items():
+        run = client.get_run(runs[stage])
+        tags = [{t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs]
+        inputs = {t["pajama.upstream_stage"]: t["pajama.upstream_run_id"] for t in tags}
+        assert inputs == {u: runs[u] for u in ups}, stage
+        for up in ups:
+            assert run.data.tags[f"pajama.upstream.{up}"] == runs[up]
+    pretrain_model = children["pretrain"].data.tags["pajama.model_id"]
+    for stage in ("instruct", "chat"):
+        model_inputs = client.get_run(runs[stage]).inputs.model_inputs
+        assert [m.model_id for m in model_inputs] == [pretrain_model]
+    # The three registered models point at the runs that trained them.
+    for name, stage in {"pajama-base": "pretrain", "pajama-instruct": "instruct", "pajama-chat": "chat"}.items():
+        version = client.search_model_versions(f"name = '{name}'")[0]
+        assert version.run_id == runs[stage]
+        assert version.tags["pajama.fingerprint"] == children[stage].data.tags["pajama.fingerprint"]
+
+
+def test_finetunes_start_from_the_base_run(tiny_project):
+    _, pretrain = tiny_project.artifact("pretrain")
+    for stage in ("instruct", "chat"):
+        _, manifest = tiny_project.artifact(stage)
+        assert manifest["base_model"] == f"runs:/{pretrain['mlflow_run_id']}"
+        assert manifest["inputs"] == {"pretrain": pretrain["fingerprint"]}
+    tokenizer_config = json.loads((tiny_project.artifact("chat")[0] / "model" / "tokenizer_config.json").read_text())
+    assert "<bot>:" in tokenizer_config["chat_template"]
+
+
+def test_lineage_command(tiny_project, tiny_dag):
+    run = tiny_project.pajama("lineage")
+    assert run.returncode == 0, run.output
+    for stage in STAGES:
+        assert f"- {stage}: run " in run.output
+    assert "models:/pajama-chat/" in run.output
+    mermaid = tiny_project.pajama("lineage", "--format", "mermaid")
+    assert "flowchart LR" in mermaid.output and "pretrain --> chat" in mermaid.output
+
+
+def test_rerun_without_change_reuses_every_stage(tiny_project, tiny_dag):
+    run = tiny_project.pajama("run", "--set", f"serve.port={free_port()}")
+    assert run.returncode == 0, run.output[-4000:]
+    for stage in STAGES:
+        assert re.search(rf"\[pajama\] {stage}: up to date, reusing", run.output), stage
+    assert "Started a local Ray instance" not in run.output
+    print(f"no-change re-run took {run.seconds:.1f}s")
+    assert run.seconds < 30
+
+
+def test_changing_chat_learning_rate_reruns_chat_and_serve_only(tiny_project, tiny_dag, client):
+    run = tiny_project.pajama("run", "--set", "chat.learning_rate=5e-4", "--set", f"serve.port={free_port()}")
+    assert run.returncode == 0, run.output[-4000:]
+    for stage in ("data", "pretrain", "instruct"):
+        assert f"[pajama] {stage}: up to date, reusing" in run.output
+    for stage in ("chat", "serve"):
+        assert f"[pajama] {stage}: running" in run.output
+    latest = _dag_runs(client)[-1]
+    children = _children(client, latest.info.run_id)
+    assert children["chat"].data.params["stage.learning_rate"] == "0.0005"
+    assert "pajama.reused_from_run" in children["instruct"].data.tags
+    assert "pajama.reused_from_run" not in children["chat"].data.tags

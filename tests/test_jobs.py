@@ -1,0 +1,70 @@
+"""`ray job submit` of the job entrypoints against a real local `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A head node of its own (own ports and temp dir), stopped by killing its process group."""
+    dashboard = free_port()
+    temp_dir = tmp_path_factory.mktemp("ray-head")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=5)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("ray start --head did not bring up the dashboard/job API in 180 s")
+            time.sleep(2)
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def submit(address: str, storage: Path, script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Exactly the README's command, with storage passed to the job through its runtime env."""
+    runtime_env = f'{{"env_vars": {{"PAJAMA_STORAGE_URI": "{storage}"}}}}'
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json", runtime_env,
+         "--", "python", f"jobs/{script}", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_job_submit_pretrain(ray_head, tiny_project, tiny_dag):
+    # The tiny DAG's data artifact is reused; pretraining runs for real with fewer steps.
+    proc = submit(ray_head, tiny_project.storage, "pretrain.py", "--set", "pretrain.max_steps=12",
+                  "--set", "pretrain.checkpoint_every=6", "--set", "pretrain.eval_every=6")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    assert "succeeded" in output
+    assert "[pajama] data: up to date, reusing" in output
+    assert "[pajama] pretrain: running" in output and "[pajama] pretrain: done" in output

@@ -1,0 +1,233 @@
+"""Signal values against hand-computed ones on small texts (arithmetic in the comments)."""
+
+import math
+
+import pyarrow as pa
+import pytest
+from pajama.data.signals import SIGNAL_COLUMNS, compute_signals, normalize
+
+
+def signals_of(*texts: str) -> list[dict]:
+    return compute_signals(pa.table({"text": list(texts)})).to_pylist()
+
+
+def approx(value):
+    # RPv2 rounds fractions to 8 decimals
+    return pytest.approx(value, abs=1e-8)
+
+
+# lines: "The cat sat. The cat ran!\n" (26 chars) and "Dogs bark...\n" (13 chars); 39 chars in all
+SIMPLE = "The cat sat. The cat ran!\nDogs bark...\n"
+
+
+def test_normalize_follows_rpv2():
+    # ASCII punctuation dropped, lowercased, whitespace runs (incl. unicode spaces) -> " ", stripped, NFD
+    assert normalize("  Héllo,\u2003WORLD!\n\tIt's  ") == "he\u0301llo world its"
+
+
+def test_word_and_sentence_signals():
+    row = signals_of(SIMPLE)[0]
+    # normalised words: the cat sat the cat ran dogs bark
+    assert row["rps_doc_word_count"] == 8
+    # characters 3+3+3+3+3+3+4+4 = 26, over 8 words
+    assert row["rps_doc_mean_word_length"] == approx(26 / 8)
+    # raw (WordPunct) words: The cat sat . The cat ran ! Dogs bark ... -> 11; symbols: one "..."
+    assert row["rps_doc_symbol_to_word_ratio"] == approx(1 / 11)
+    # 8 of the 11 raw words hold an ASCII letter
+    assert row["rps_doc_frac_no_alph_words"] == approx(1 - 8 / 11)
+    # distinct: the cat sat ran dogs bark -> 6 of 8
+    assert row["rps_doc_frac_unique_words"] == approx(6 / 8)
+    # counts the:2 cat:2 and four words once: -(2 * 2/8 ln(2/8) + 4 * 1/8 ln(1/8))
+    assert row["rps_doc_unigram_entropy"] == approx(-(2 * 0.25 * math.log(0.25) + 4 * 0.125 * math.log(0.125)))
+    assert row["rps_doc_frac_all_caps_words"] == 0.0
+    # stop words are matched case-sensitively on raw words (as RPv2): "The" is not "the"
+    assert row["rps_doc_stop_word_fraction"] == 0.0
+    # r"\b[^.!?]+[.!?]*": "The cat sat." "The cat ran!" "Dogs bark..."
+    assert row["rps_doc_num_sentences"] == 3
+    # line 2 ends with "...": 1 of 2 lines
+    assert row["rps_doc_frac_lines_end_with_ellipsis"] == 0.5
+    assert row["rps_doc_lorem_ipsum"] == 0.0
+    assert row["rps_doc_curly_bracket"] == 0.0
+    assert row["rps_doc_ldnoobw_words"] == 0
+    # "the cat" is the only repeated bigram: (3+3) chars * 2 times / 26 chars; no trigram repeats
+    assert row["rps_doc_frac_chars_top_2gram"] == approx(12 / 26)
+    assert row["rps_doc_frac_chars_top_3gram"] == 0.0
+    assert row["rps_doc_frac_chars_dupe_5grams"] == 0.0
+
+
+def test_line_signals_and_their_aggregates():
+    row = signals_of(SIMPLE)[0]
+    # "...ran!" and "...bark..." both end in a terminal mark ("..." ends with ".")
+    assert row["rps_lines_ending_with_terminal_punctution_mark"] == [1.0, 1.0]
+    assert row["rps_lines_ending_with_terminal_punctution_mark_frac"] == 1.0
+    # normalised lines: "the cat sat the cat ran" (6 words), "dogs bark" (2 words); mean 4
+    assert row["rps_lines_num_words"] == [6, 2]
+    assert row["rps_lines_num_words_mean"] == 4.0
+    # uppercase T, T in 26 chars; D in 13 chars (raw lines keep their "\n")
+    assert row["rps_lines_uppercase_letter_fraction"] == [approx(2 / 26), approx(1 / 13)]
+    assert row["rps_lines_uppercase_letter_fraction_mean"] == approx(2 / 26)
+    assert row["rps_lines_javascript_counts"] == [0, 0]
+    assert row["rps_lines_numerical_chars_fraction"] == [0.0, 0.0]
+    assert row["rps_lines_start_with_bulletpoint"] == [0.0, 0.0]
+    assert row["rps_lines_start_with_bulletpoint_frac"] == 0.0
+
+
+# lines: "• I LOVE lorem ipsum and {javascript}\n" (1+1+1+1+4+1+5+1+5+1+3+1+12+1 = 38 chars)
+#        "– 42 is the answer to it\n"              (1+1+2+1+2+1+3+1+6+1+2+1+2+1 = 25 chars)
+MIXED = "• I LOVE lorem ipsum and {javascript}\n– 42 is the answer to it\n"
+
+
+def test_content_signals():
+    row = signals_of(MIXED)[0]
+    # raw words: • I LOVE lorem ipsum and { javascript } – 42 is the answer to it -> 16
+    # all caps: I LOVE -> 2 of 16
+    assert row["rps_doc_frac_all_caps_words"] == approx(2 / 16)
+    # stop words (RPv2's English list): and is the to it -> 5 of 16
+    assert row["rps_doc_stop_word_fraction"] == approx(5 / 16)
+    # no ASCII letter: • { } – 42 -> 5 of 16
+    assert row["rps_doc_frac_no_alph_words"] == approx(5 / 16)
+    # normalised: "• i love lorem ipsum and javascript – 42 is the answer to it" (35 + 1 + 24 = 60 chars)
+    assert row["rps_doc_lorem_ipsum"] == approx(1 / 60)
+    # "{" and "}" in 38 + 25 = 63 raw chars
+    assert row["rps_doc_curly_bracket"] == approx(2 / 63)
+    # both lines start with a bullet symbol ("•", and RPv2 counts the en dash "–")
+    assert row["rps_lines_start_with_bulletpoint"] == [1.0, 1.0]
+    assert row["rps_lines_start_with_bulletpoint_frac"] == 1.0
+    # "javascript" once in line 1: 1 of 2 lines
+    assert row["rps_lines_javascript_counts"] == [1, 0]
+    assert row["rps_lines_javascript_counts_frac"] == 0.5
+    # uppercase I L O V E: 5 of 38; none of 25
+    assert row["rps_lines_uppercase_letter_fraction"] == [approx(5 / 38), 0.0]
+    # normalised line 2 "– 42 is the answer to it" has 24 chars, 2 of them digits
+    assert row["rps_lines_numerical_chars_fraction"] == [0.0, approx(2 / 24)]
+    assert row["rps_lines_numerical_chars_fraction_mean"] == approx(2 / 24 / 2)
+    assert row["rps_lines_num_words"] == [7, 7]
+
+
+def test_ldnoobw_counts_each_entry_length():
+    # normalised: "nude photos xxx see 2 girls 1 cup": unigrams "nude", "xxx" and the 4-word entry "2 girls 1 cup"
+    assert signals_of("Nude photos? XXX! See 2 girls 1 cup.")[0]["rps_doc_ldnoobw_words"] == 3
+
+
+def test_repeated_ngram_signals():
+    # words: one two three four five one two three four five six; chars (3+3+5+4+4) * 2 + 3 = 41
+    row = signals_of("One two three four five. One two three four five six!")[0]
+    # four bigrams repeat twice; the first seen ("one two", 6 chars) wins the tie: 6 * 2 / 41
+    assert row["rps_doc_frac_chars_top_2gram"] == approx(12 / 41)
+    # "one two three" (11 chars) twice; "one two three four" (15 chars) twice
+    assert row["rps_doc_frac_chars_top_3gram"] == approx(22 / 41)
+    assert row["rps_doc_frac_chars_top_4gram"] == approx(30 / 41)
+    # the 5-gram "one two three four five" occurs twice: words 0..9 covered, 38 of 41 chars
+    assert row["rps_doc_frac_chars_dupe_5grams"] == approx(38 / 41)
+    # every 6-gram is unique
+    assert row["rps_doc_frac_chars_dupe_6grams"] == 0.0
+    assert row["rps_doc_frac_unique_words"] == approx(6 / 11)
+    # five words twice, "six" once
+    assert row["rps_doc_unigram_entropy"] == approx(10 / 11 * math.log(11 / 2) + 1 / 11 * math.log(11))
+
+
+def test_batch_matches_documents_one_by_one():
+    # n-gram ids are batch-wide: a repeat across documents must not count
+    texts = [
+        SIMPLE,
+        "cat ran dogs bark the cat sat",
+        "One two three four five. One two three four five six!",
+        "",
+        MIXED,
+    ]
+    assert signals_of(*texts) == [signals_of(text)[0] for text in texts]
+
+
+def test_gopher_signals():
+    # non-blank lines: Hello there / Hello there / Bye / Hello there / Hello there / Bye -> 4 repeats of 6
+    # repeated characters 11 + 11 + 11 + 3 = 36 in 57; paragraphs: the same 27-char block twice
+    text = "Hello there\nHello there\nBye\n\nHello there\nHello there\nBye\n"
+    row = signals_of(text)[0]
+    assert len(text) == 57
+    assert row["gopher_frac_dupe_lines"] == approx(4 / 6)
+    assert row["gopher_frac_chars_dupe_lines"] == approx(36 / 57)
+    assert row["gopher_frac_dupe_paragraphs"] == approx(1 / 2)
+    assert row["gopher_frac_chars_dupe_paragraphs"] == approx(27 / 57)
+    mixed = signals_of(MIXED)[0]
+    # whitespace words: 14, of which "•", "–", "42" hold no letter
+    assert mixed["gopher_frac_words_with_alpha"] == approx(11 / 14)
+    # Gopher's stop words among normalised words: and, the, to
+    assert mixed["gopher_stop_word_count"] == 3
+
+
+def test_c4_signals():
+    text = (
+        "We use cookies to improve this site for you.\n"  # policy notice: dropped
+        "Please enable JavaScript to view this page now.\n"  # javascript: dropped
+        "Short line here.\n"  # 3 words < 5: dropped
+        "Ends without a mark of any kind\n"  # no terminal punctuation: dropped
+        "Wait for it and see...\n"  # ellipsis: dropped
+        "This line has five words. And another one here!\n"  # kept: 2 sentences
+    )
+    row = signals_of(text)[0]
+    assert row["c4_num_lines_kept"] == 1
+    assert row["c4_num_sentences"] == 2
+    assert row["rps_lines_javascript_counts"][1] == 1
+
+
+def test_rpv1_code_signals():
+    # lines "def f(x):" (9) and "    return x + 1" (16); 27 chars with the two "\n"
+    row = signals_of("def f(x):\n    return x + 1\n")[0]
+    assert row["rpv1_max_line_length"] == 16
+    assert row["rpv1_mean_line_length"] == 27 / 2
+    # alphanumeric: def f x return x 1 -> 3+1+1+6+1+1 = 13 of 27; alphabetic 12
+    assert row["rpv1_frac_alnum_chars"] == approx(13 / 27)
+    # tokens: def f ( x ): return x + 1 -> 9
+    assert row["rpv1_alpha_chars_per_token"] == approx(12 / 9)
+
+
+def test_language_id():
+    english, german, blank = signals_of(
+        "The committee published its annual report on public transport and road safety this morning.",
+        "Der Ausschuss hat heute Morgen seinen Jahresbericht über den öffentlichen Verkehr veröffentlicht.",
+        " \n ",
+    )
+    assert english["language"] == "en" and 0.5 < english["language_score"] <= 1.0
+    assert german["language"] == "de" and 0.5 < german["language_score"] <= 1.0
+    assert blank["language"] is None and blank["language_score"] is None
+
+
+def test_empty_document_gives_nulls_where_undefined():
+    row = signals_of("")[0]
+    assert row["rps_doc_word_count"] == 0
+    for name in (
+        "rps_doc_mean_word_length",
+        "rps_doc_frac_unique_words",
+        "rps_doc_frac_no_alph_words",
+        "rps_lines_num_words_mean",
+        "gopher_frac_words_with_alpha",
+        "rpv1_alpha_chars_per_token",
+    ):
+        assert row[name] is None, name
+    # where RPv2 (or RPv1) reports 0 for an empty document, so do we
+    for name in (
+        "rps_doc_stop_word_fraction",
+        "rps_doc_curly_bracket",
+        "rps_doc_frac_chars_top_2gram",
+        "rps_doc_frac_chars_dupe_5grams",
+        "rpv1_frac_alnum_chars",
+    ):
+        assert row[name] == 0.0, name
+    assert row["rps_lines_num_words"] == []
+
+
+def test_keeps_input_columns_and_appends_all_signals():
+    batch = pa.table({"doc_id": ["a"], "slice": ["c4"], "text": [SIMPLE], "meta": ["{}"]})
+    out = compute_signals(batch)
+    assert out.column_names == ["doc_id", "slice", "text", "meta", *SIGNAL_COLUMNS]
+    assert out.schema.field("rps_lines_num_words").type == pa.list_(pa.int32())
+    assert out.slice(0, 1).select(["doc_id", "slice", "text", "meta"]).equals(batch)
+
+
+def test_bad_input_is_reported():
+    with pytest.raises(ValueError, match="null 'text'"):
+        compute_signals(pa.table({"text": pa.array([None], pa.string())}))
+    with pytest.raises(ValueError, match="needs a 'text' column"):
+        compute_signals(pa.table({"body": ["x"]}))
+    with pytest.raises(ValueError, match="already has signal columns"):
+        compute_signals(compute_signals(pa.table({"text": ["x"]})))
