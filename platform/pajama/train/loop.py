@@ -6,8 +6,18 @@ number of workers: each worker iterates the same ordered stream of sequences (Ra
 sequences a checkpoint says were consumed, so a resumed run neither repeats nor skips one and 1
 worker and N workers see the same global batches. Checkpoints are torch.distributed.checkpoint
 (DCP) directories written by every rank (sharded under FSDP) plus a small JSON state; the last
-report carries the exported Hugging Face model. Rank 0 logs metrics to MLflow itself, because Ray
-Train V2 keeps only metrics reported with a checkpoint.
+checkpoint also carries the exported Hugging Face model, so relaunching a finished run restores
+the trained weights (and may continue with a larger max_steps). Rank 0 logs metrics to MLflow
+itself, because Ray Train V2 keeps only metrics reported with a checkpoint.
+
+Strategies. `ddp` replicates the model (DistributedDataParallel). `fsdp` shards parameters,
+gradients and optimiser state with FSDP2 (`fully_shard` on every GPTNeoXLayer, then the root), on
+CPU/gloo as on GPU/NCCL. On GPUs (`precision: bf16`) FSDP uses `MixedPrecisionPolicy(param_dtype=
+bfloat16, reduce_dtype=float32)`: fp32 master weights and optimiser state, bf16 compute and
+all-gathers, fp32 gradient reduce-scatter; `activation_checkpointing: true` recomputes each layer
+in the backward (transformers' gradient checkpointing), trading ~30% more compute for activation
+memory, which the 3B/7B presets need at micro-batch 8 x 2048 tokens. DDP under bf16 autocasts the
+forward and keeps fp32 weights and gradients.
 """
 
 from __future__ import annotations
@@ -15,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +41,8 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+
+from pajama.train.trace import StepTrace
 
 IGNORE_INDEX = -100
 EXPORT_DIR = "hf"
@@ -95,12 +105,20 @@ def _global_batches(shard, batch_rows: int, skip_rows: int) -> Iterator[dict[str
             skip_rows %= epoch_rows
 
 
-def _rank_slice(batch: dict[str, torch.Tensor], rank: int, micro: int, device) -> dict[str, torch.Tensor]:
-    return {k: v[rank * micro : (rank + 1) * micro].to(device) for k, v in batch.items()}
+def _rank_slice(batch: dict[str, torch.Tensor], rank: int, micro: int) -> dict[str, torch.Tensor]:
+    return {k: v[rank * micro : (rank + 1) * micro] for k, v in batch.items()}
 
 
-def _token_loss_sum(model, batch: dict[str, torch.Tensor], autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token loss and the number of target tokens (labels default to input_ids)."""
+def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _n_targets(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch.get("labels", batch["input_ids"])[:, 1:] != IGNORE_INDEX).sum())
+
+
+def _row_losses(model, batch: dict[str, torch.Tensor], autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed next-token loss and target-token count (labels default to input_ids)."""
     input_ids = batch["input_ids"].long()
     labels = batch["labels"].long() if "labels" in batch else input_ids
     kwargs = {}
@@ -113,18 +131,20 @@ def _token_loss_sum(model, batch: dict[str, torch.Tensor], autocast) -> tuple[to
         # packed fine-tuning examples would attend across each other.
         logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits
     targets = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(
+    losses = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
+        ignore_index=IGNORE_INDEX, reduction="none",
     )
-    return loss, (targets != IGNORE_INDEX).sum()
+    return losses.view(targets.shape).sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
 def _build_model(spec: dict, device: torch.device):
     from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
     if spec["init"] == "scratch":
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**spec["model_config"]))
+        # Initialise on the device itself: a 7B model's random init on the CPU takes minutes.
+        with device:
+            model = GPTNeoXForCausalLM(GPTNeoXConfig(**spec["model_config"]))
     else:
         model = AutoModelForCausalLM.from_pretrained(spec["init"], torch_dtype=torch.float32)
     if spec.get("lora"):
@@ -156,6 +176,16 @@ def _parallelize(model, strategy: str, precision: str, world: int):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def _gradient_sync(model, enabled: bool):
+    """Skip the gradient reduction on all but the last micro-batch of an accumulated step."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync") and not enabled:  # DDP
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def _optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -168,7 +198,9 @@ def _optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     )
 
 
-def _save_checkpoint(model, optimizer, state: dict, rank: int, metrics: dict) -> None:
+def _save_checkpoint(model, optimizer, state: dict, rank: int, metrics: dict, export_spec: dict | None = None) -> None:
+    """Every rank writes its DCP shard and RNG state; Ray Train merges the ranks' directories
+    into one checkpoint in the run's storage. With `export_spec`, rank 0 adds the HF export."""
     with tempfile.TemporaryDirectory() as tmp:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
@@ -176,6 +208,8 @@ def _save_checkpoint(model, optimizer, state: dict, rank: int, metrics: dict) ->
         Path(tmp, f"rng-{rank}.bin").write_bytes(torch.get_rng_state().numpy().tobytes())
         if rank == 0:
             Path(tmp, STATE_FILE).write_text(json.dumps(state))
+        if export_spec is not None:
+            _export(model, export_spec, rank, Path(tmp, EXPORT_DIR))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -184,9 +218,6 @@ def _load_checkpoint(model, optimizer, rank: int) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as path:
-        if Path(path, EXPORT_DIR).is_dir():
-            # The run already finished: its last checkpoint is the export, not a DCP state.
-            return json.loads(Path(path, STATE_FILE).read_text())
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state_dict = {"model": model_sd, "optim": optim_sd}
         dcp.load(state_dict, checkpoint_id=path)
@@ -220,22 +251,21 @@ def _evaluate(model, shard, spec: dict, rank: int, world: int, device, autocast)
     """Held-out loss and perplexity, overall and per slice, summed over all ranks."""
     micro = spec["training"]["micro_batch_size"]
     slices = spec["eval_slices"]
-    sums = torch.zeros(len(slices) + 1, dtype=torch.float64)
-    counts = torch.zeros(len(slices) + 1, dtype=torch.float64)
+    # Sums on the device: NCCL reduces only device tensors. Rows without a slice_id count as slice 0.
+    sums = torch.zeros(len(slices), dtype=torch.float64, device=device)
+    counts = torch.zeros(len(slices), dtype=torch.float64, device=device)
     model.eval()
     with torch.no_grad():
         batches = shard.iter_batches(batch_size=micro * world, batch_format="numpy", drop_last=True)
         for i, batch in enumerate(batches):
             if i >= spec["training"]["eval_batches"]:
                 break
-            local = _rank_slice(_to_tensors(batch), rank, micro, device)
-            slice_ids = local.pop("slice_id") if "slice_id" in local else torch.zeros(micro, dtype=torch.long)
-            for row in range(micro):
-                one = {k: v[row : row + 1] for k, v in local.items()}
-                loss, n = _token_loss_sum(model, one, autocast)
-                sid = int(slice_ids[row])
-                sums[sid] += loss.item()
-                counts[sid] += n.item()
+            local = _to_device(_rank_slice(_to_tensors(batch), rank, micro), device)
+            slice_ids = local.pop("slice_id").long() if "slice_id" in local else torch.zeros(micro, dtype=torch.long, device=device)
+            local.pop("seq_index", None)
+            losses, n = _row_losses(model, local, autocast)
+            sums.index_add_(0, slice_ids, losses.double())
+            counts.index_add_(0, slice_ids, n.double())
     model.train()
     _all_reduce(sums), _all_reduce(counts)
     metrics = {}
@@ -248,19 +278,18 @@ def _evaluate(model, shard, spec: dict, rank: int, world: int, device, autocast)
     return metrics
 
 
-def _export(model, spec: dict, rank: int) -> str | None:
+def _export(model, spec: dict, rank: int, out: Path) -> None:
     """Gather the full weights (a collective under FSDP) and save a HF directory on rank 0."""
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
-        return None
+        return
     from transformers import AutoConfig, AutoModelForCausalLM
 
     base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    out = tempfile.mkdtemp(prefix="pajama-export-")
     if spec.get("lora"):
         base.load_state_dict(full)
         merged = base.merge_and_unload()
-        merged.save_pretrained(Path(out, EXPORT_DIR), safe_serialization=True)
+        merged.save_pretrained(out, safe_serialization=True)
     else:
         config = AutoConfig.for_model(**base.config.to_dict())
         config.use_cache = True
@@ -268,14 +297,12 @@ def _export(model, spec: dict, rank: int) -> str | None:
             fresh = AutoModelForCausalLM.from_config(config)
         fresh.load_state_dict(full, assign=True)
         dtype = torch.bfloat16 if spec["training"]["precision"] == "bf16" else torch.float32
-        fresh.to(dtype).save_pretrained(Path(out, EXPORT_DIR), safe_serialization=True)
-    return out
+        fresh.to(dtype).save_pretrained(out, safe_serialization=True)
 
 
 def train_loop_per_worker(spec: dict[str, Any]) -> None:
     cfg = spec["training"]
     rank, world = _world()
-    torch.manual_seed(spec["seed"] + rank)
     device = ray.train.torch.get_device()
     use_bf16 = cfg["precision"] == "bf16" and device.type == "cuda"
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -285,6 +312,7 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
     torch.manual_seed(spec["seed"])  # identical initial weights on every rank
     model = _build_model(spec, device)
     n_params = sum(p.numel() for p in model.parameters())
+    vocab_size = model.config.vocab_size
     model = _parallelize(model, cfg["strategy"], cfg["precision"], world)
     if cfg["compile"]:
         model = torch.compile(model)
@@ -293,12 +321,13 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
 
     state = _load_checkpoint(model, optimizer, rank) or {"step": 0, "consumed": 0}
     if state["step"] and rank == 0:
-        print(f"[pajama] resumed at step {state['step']} after {state['consumed']} sequences")
+        print(f"[pajama] resumed at step {state['step']} after {state['consumed']} sequences", flush=True)
     micro, accum = cfg["micro_batch_size"], cfg["grad_accum_steps"]
     global_rows = micro * world
     stream = _global_batches(ray.train.get_dataset_shard("train"), global_rows, state["consumed"])
     eval_shard = ray.train.get_dataset_shard("eval")
     logger = _MlflowLogger(spec.get("tracking"), rank)
+    trace = StepTrace(rank, world)
     peak = peak_flops(cfg["peak_flops"], device)
     seq_len = spec["seq_len"]
     model.train()
@@ -306,22 +335,25 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
 
     while state["step"] < cfg["max_steps"]:
         started = time.perf_counter()
-        micro_batches = [_rank_slice(next(stream), rank, micro, device) for _ in range(accum)]
+        micro_batches = [_rank_slice(next(stream), rank, micro) for _ in range(accum)]
+        seq_index = [i for b in micro_batches for i in b.pop("seq_index", torch.empty(0)).tolist()]
         for b in micro_batches:
             b.pop("slice_id", None)
         # Normalise by the step's target tokens across all ranks, so that grad accumulation and
         # world size do not change the loss (fine-tuning batches have uneven response lengths).
-        n_targets = _all_reduce(torch.tensor(
-            sum(int(((b.get("labels", b["input_ids"])[:, 1:]) != IGNORE_INDEX).sum()) for b in micro_batches),
-            dtype=torch.float64, device=device)).item()
-        loss_sum = 0.0
+        # DDP and FSDP average gradients over ranks, hence the factor `world`.
+        n_targets = _all_reduce(torch.tensor(sum(_n_targets(b) for b in micro_batches),
+                                             dtype=torch.float64, device=device)).item()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, batch in enumerate(micro_batches):
-            sync = i == accum - 1 or not hasattr(model, "no_sync")
-            with contextlib.nullcontext() if sync else model.no_sync():
-                loss, _ = _token_loss_sum(model, batch, autocast)
+            with _gradient_sync(model, enabled=i == accum - 1):
+                losses, _ = _row_losses(model, _to_device(batch, device), autocast)
+                loss = losses.sum()
                 (loss * world / max(n_targets, 1)).backward()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         lr = lr_at(state["step"], cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -330,7 +362,7 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
         state["step"] += 1
         state["consumed"] += global_rows * accum
 
-        step_loss = _all_reduce(torch.tensor(loss_sum, dtype=torch.float64, device=device)).item() / max(n_targets, 1)
+        step_loss = _all_reduce(loss_sum).item() / max(n_targets, 1)
         elapsed = time.perf_counter() - started
         tokens = global_rows * accum * seq_len
         metrics = {"loss": step_loss, "learning_rate": lr, "grad_norm": float(grad_norm),
@@ -338,6 +370,7 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
         if peak:
             metrics["mfu"] = 6 * n_params * (tokens / elapsed) / (peak * world)
         step = state["step"]
+        trace.step(step, seq_index, metrics)
         if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
             metrics.update(_evaluate(model, eval_shard, spec, rank, world, device, autocast))
         if step % cfg["log_every"] == 0 or "eval_loss" in metrics:
@@ -348,11 +381,5 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
         if step % cfg["checkpoint_every"] == 0 and step < cfg["max_steps"]:
             _save_checkpoint(model, optimizer, state, rank, {"step": step, **metrics})
 
-    exported = _export(model, spec, rank)
-    final = {"step": state["step"], **metrics, "final": 1}
-    if exported:
-        Path(exported, STATE_FILE).write_text(json.dumps(state))
-        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(exported))
-        shutil.rmtree(exported, ignore_errors=True)
-    else:
-        ray.train.report(final, checkpoint=None)
+    trace.probe(model, vocab_size, device)
+    _save_checkpoint(model, optimizer, state, rank, {"step": state["step"], **metrics, "final": 1}, export_spec=spec)

@@ -2,11 +2,14 @@
 
 The run is named after the stage's fingerprint under `<storage>/ray_train/`, so relaunching the
 same stage (after a crash or a killed job) finds the run's checkpoints there and resumes from the
-latest one; FailureConfig retries worker failures in place from the last checkpoint.
+latest one; FailureConfig retries worker failures in place from the last checkpoint. The
+instrumentation variables of `trace.py` (PAJAMA_TRACE_DIR, PAJAMA_TEST_FAIL_AT_STEP) are passed on
+to the workers when the driver has them set.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from pajama.config import TrainingConfig
 from pajama.train.loop import EXPORT_DIR, train_loop_per_worker
+from pajama.train.trace import FORWARDED_ENV
 
 
 def fit(spec: dict, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, training: TrainingConfig,
@@ -41,6 +45,7 @@ def fit(spec: dict, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, train
             storage_path=str(storage / "ray_train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
+            worker_runtime_env={"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}},
         ),
     )
     result = trainer.fit()
