@@ -8,18 +8,17 @@ DAG run. Ray starts only when a stage has work to do, so a fully reused DAG take
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 
-from pajama import tracking
+from pajama import lineage, tracking
 from pajama.artifacts import Artifact, ArtifactStore, fingerprint
 from pajama.config import PajamaConfig
 
-log = logging.getLogger(__name__)
 
 UPSTREAM = {
     "data": [],
@@ -133,8 +132,7 @@ def _log_data_metrics(stats: dict) -> None:
     mlflow.log_metrics(metrics)
 
 
-def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None,
-            on_stage: Callable[[str, str, Artifact], None] | None = None) -> dict[str, Artifact]:
+def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) -> dict[str, Artifact]:
     """Run (or reuse) the target stages and their upstream; returns each stage's artifact."""
     stages = required_stages(targets or STAGES)
     store = ArtifactStore(cfg.project.storage_path / "artifacts")
@@ -152,25 +150,41 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None,
                 tracking.record_reuse(stage, existing, upstream)
                 print(f"[pajama] {stage}: up to date, reusing {fp} (run {existing.run_id})")
                 done[stage] = existing
-                if on_stage:
-                    on_stage(stage, "reused", existing)
                 continue
             ensure_ray()
             print(f"[pajama] {stage}: running (fingerprint {fp})")
             started = time.time()
             staging = store.staging_dir(stage, fp)
-            with tracking.stage_run(stage, config, fp, upstream) as run:
+            # A failed attempt leaves no partial artifact behind (its MLflow run is marked FAILED).
+            with _discard_on_error(staging), tracking.stage_run(stage, config, fp, upstream) as run:
                 manifest = _execute(stage, cfg, upstream, staging, fp, run.info.run_id)
                 manifest.update(mlflow_run_id=run.info.run_id, duration_s=time.time() - started)
                 if stage in tracking.REGISTERED_NAMES:
-                    lineage = {f"{tracking.TAG_UPSTREAM}{up}": a.run_id or "" for up, a in upstream.items()}
-                    lineage.update({f"pajama.fingerprint.{up}": a.fingerprint for up, a in upstream.items()})
-                    manifest.update(tracking.log_hf_model(stage, staging / manifest["model_dir"], fp, lineage))
+                    tags = {f"{tracking.TAG_UPSTREAM}{up}": a.run_id or "" for up, a in upstream.items()}
+                    tags.update({f"pajama.fingerprint.{up}": a.fingerprint for up, a in upstream.items()})
+                    tags["pajama.data_fingerprint"] = _data_fingerprint(stage, upstream)
+                    manifest.update(tracking.log_hf_model(stage, staging / manifest["model_dir"], fp, tags))
                 artifact = store.commit(staging, stage, fp, config, {u: a.fingerprint for u, a in upstream.items()},
                                         manifest)
                 mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
             print(f"[pajama] {stage}: done in {time.time() - started:.0f}s -> {artifact.path}")
             done[stage] = artifact
-            if on_stage:
-                on_stage(stage, "ran", artifact)
+        lineage.log_to_parent(parent.info.run_id)
     return done
+
+
+@contextlib.contextmanager
+def _discard_on_error(staging: Path):
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _data_fingerprint(stage: str, upstream: dict[str, Artifact]) -> str:
+    """The data artifact a model descends from (directly for pretrain, through the base model)."""
+    if "data" in upstream:
+        return upstream["data"].fingerprint
+    base = upstream.get("pretrain")
+    return base.manifest["inputs"].get("data", "") if base else ""

@@ -63,6 +63,55 @@ def render_text(parent_run_id: str, nodes: list[StageNode]) -> str:
     return "\n".join(lines)
 
 
+def render_png(nodes: list[StageNode], path) -> None:
+    """The DAG as a picture: one box per stage, left to right by depth, reused stages greyed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depth: dict[str, int] = {}
+    for n in nodes:  # child runs come in DAG order, so upstream depths are known
+        depth[n.stage] = 1 + max((depth.get(u, 0) for u in n.upstream), default=-1)
+    rows: dict[int, int] = {}
+    pos = {}
+    for n in nodes:
+        pos[n.stage] = (depth[n.stage], rows.get(depth[n.stage], 0))
+        rows[depth[n.stage]] = rows.get(depth[n.stage], 0) + 1
+    fig, ax = plt.subplots(figsize=(2.6 * (max(depth.values(), default=0) + 1), 1.4 * max(rows.values(), default=1)))
+    for n in nodes:
+        for up in n.upstream:
+            if up in pos:
+                (x0, y0), (x1, y1) = pos[up], pos[n.stage]
+                ax.annotate("", xy=(x1 - 0.38, -y1), xytext=(x0 + 0.38, -y0),
+                            arrowprops={"arrowstyle": "->", "color": "#555"})
+    for n in nodes:
+        x, y = pos[n.stage]
+        label = f"{n.stage}\n{n.fingerprint[:10]}" + (f"\n{n.model}" if n.model else "")
+        ax.text(x, -y, label, ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round", "fc": "#eeeeee" if n.reused_from else "#cfe3ff", "ec": "#333"})
+    ax.set_xlim(-0.6, max(depth.values(), default=0) + 0.6)
+    ax.set_ylim(-max(rows.values(), default=1) + 0.4, 0.6)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def log_to_parent(parent_run_id: str) -> None:
+    """Log the lineage (text, Mermaid, PNG) as artifacts of the DAG's parent run."""
+    import tempfile
+    from pathlib import Path
+
+    nodes = dag_lineage(parent_run_id)
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "lineage.txt").write_text(render_text(parent_run_id, nodes))
+        (Path(tmp) / "lineage.md").write_text("```mermaid\n" + render_mermaid(nodes) + "\n```\n")
+        render_png(nodes, Path(tmp) / "lineage.png")
+        client.log_artifacts(parent_run_id, tmp, "lineage")
+
+
 def render_mermaid(nodes: list[StageNode]) -> str:
     lines = ["flowchart LR"]
     for n in nodes:

@@ -15,6 +15,7 @@ Counts add up per slice: documents in = dropped by each rule + duplicates remove
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pajama.config import DataConfig, resolve_path
+from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import dedup, filters, readers, signals
 from pajama.data.slices import SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
@@ -43,6 +44,19 @@ def _hash_unit(key: str, salt: str) -> float:
     return int.from_bytes(hashlib.sha1(f"{salt}:{key}".encode()).digest()[:8], "big") / 2**64
 
 
+def _where(ds: ray.data.Dataset, mask) -> ray.data.Dataset:
+    """Rows for which `mask(batch)` (a boolean pyarrow array) is true, in Arrow batches."""
+    return ds.map_batches(lambda b: b.filter(mask(b)), batch_format="pyarrow")
+
+
+def _is_duplicate(batch: pa.Table) -> pa.Array:
+    flags = [pc.is_valid(batch.column(c)) for c in ("exact_dup_of", "fuzzy_dup_of") if c in batch.column_names]
+    mask = pa.array([False] * batch.num_rows)
+    for flag in flags:
+        mask = pc.or_(mask, flag)
+    return mask
+
+
 def _files(path: Path) -> list[str]:
     return sorted(str(p) for p in path.rglob("*.parquet"))
 
@@ -51,8 +65,15 @@ def _read(path: Path) -> ray.data.Dataset:
     return ray.data.read_parquet(_files(path))
 
 
+def _expand(path: str) -> str | list[str]:
+    """Local globs become sorted file lists; URIs and plain paths pass through."""
+    if is_remote(path) or not any(c in path for c in "*?["):
+        return path
+    return sorted(glob.glob(path))
+
+
 def read_sources(cfg: DataConfig) -> ray.data.Dataset:
-    datasets = [readers.read_source(src.format, resolve_path(src.path), src.slice, **src.options)
+    datasets = [readers.read_source(src.format, _expand(resolve_path(src.path)), src.slice, **src.options)
                 for src in cfg.sources]
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
@@ -120,7 +141,7 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     annotated.write_parquet(str(out / "documents"))
     documents = _read(out / "documents")
 
-    kept = documents.filter(expr="keep")
+    kept = _where(documents, lambda b: b.column("keep"))
     if cfg.exact_dedup:
         print("[pajama] data: exact dedup")
         kept = dedup.exact_dedup(kept)
@@ -132,8 +153,7 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     kept.write_parquet(str(out / "deduped"))
     deduped = _read(out / "deduped")
     dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
-    is_dup = " or ".join(f"({c} is not null)" for c in dup_columns) or "False"
-    final = deduped.filter(expr=f"not ({is_dup})") if dup_columns else deduped
+    final = _where(deduped, lambda b: pc.invert(_is_duplicate(b)))
 
     stats = _slice_stats(documents, deduped, dup_columns)
     if cfg.quarantine:
@@ -232,12 +252,12 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
 
 def _write_quarantine(documents, deduped, dup_columns: list[str], path: Path) -> None:
     keep_cols = ["doc_id", "slice", "text", "meta"]
-    dropped = documents.filter(expr="not keep").map_batches(
+    dropped = _where(documents, lambda b: pc.invert(b.column("keep"))).map_batches(
         lambda b: b.select(keep_cols).append_column("reason", b.column("drop_reason")), batch_format="pyarrow")
     parts = [dropped]
     for column, reason in (("exact_dup_of", "exact_duplicate"), ("fuzzy_dup_of", "near_duplicate")):
         if column in dup_columns:
-            parts.append(deduped.filter(expr=f"{column} is not null").map_batches(
+            parts.append(_where(deduped, lambda b, c=column: pc.is_valid(b.column(c))).map_batches(
                 lambda b, c=column, r=reason: b.select(keep_cols).append_column(
                     "reason", pa.array([f"{r} of {d}" for d in b.column(c).to_pylist()], type=pa.string())),
                 batch_format="pyarrow"))
