@@ -148,6 +148,8 @@ class DataConfig(Strict):
     mixture: dict[str, float] | str | None = None
     eval_fraction: float = Field(0.05, ge=0, lt=0.5)
     sequences_per_shard: int = Field(4096, ge=1)
+    # Partitions of the dedup shuffles; None: twice the cluster's CPUs (at least 4).
+    shuffle_partitions: int | None = Field(None, ge=1)
 
 
 class ModelConfig(Strict):

@@ -142,14 +142,16 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     documents = _read(out / "documents")
 
     kept = _where(documents, lambda b: b.column("keep"))
+    # Ray's default of 200 shuffle partitions is for big clusters; a laptop wants a few.
+    partitions = cfg.shuffle_partitions or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
     if cfg.exact_dedup:
         print("[pajama] data: exact dedup")
-        kept = dedup.exact_dedup(kept)
+        kept = dedup.exact_dedup(kept, num_partitions=partitions)
     if cfg.fuzzy_dedup.enabled:
         print("[pajama] data: MinHash LSH dedup")
         fz = cfg.fuzzy_dedup
         kept = dedup.fuzzy_dedup(kept, threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
-                                 bands=fz.bands, rows=fz.rows, seed=seed)
+                                 bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions)
     kept.write_parquet(str(out / "deduped"))
     deduped = _read(out / "deduped")
     dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
