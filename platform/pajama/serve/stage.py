@@ -8,6 +8,7 @@ shuts it down; `pajama serve` keeps the same app up.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -37,7 +38,8 @@ def run_serve_stage(cfg: PajamaConfig, upstream: dict[str, Artifact], out: Path)
     chat_model = next((m["name"] for m in args["models"] if m["kind"] == "chat"), args["models"][0]["name"])
     base_url = deploy(args, cfg.serve.host, cfg.serve.port)
     try:
-        answer, latency = probe_chat(base_url, chat_model, [{"role": "user", "content": cfg.serve.probe_message}])
+        answer, latency = probe_chat(base_url, chat_model, [{"role": "user", "content": cfg.serve.probe_message}],
+                                     api_key=os.environ.get(cfg.serve.api_key_env), max_tokens=cfg.serve.max_tokens)
     finally:
         shutdown()
     probe = {"model": chat_model, "question": cfg.serve.probe_message, "answer": answer, "latency_s": latency}

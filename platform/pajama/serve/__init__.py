@@ -1,0 +1,1 @@
+"""Pajama serving: an OpenAI-compatible Ray Serve app over HF (or vLLM) text generation."""

@@ -1,0 +1,79 @@
+"""A tiny random-weight GPT-NeoX chat model built locally, for Serve tests and benchmarks.
+
+Nothing is downloaded: a byte-level BPE tokenizer is trained on a few lines of Pajama chat text
+with `tokenizers`, and the model is a freshly initialised `GPTNeoXForCausalLM`, both written with
+`save_pretrained` (safetensors) so they load exactly like a trained Pajama checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+_CORPUS = [
+    "<human>: Hello, who are you?\n<bot>: I am Pajama, an open assistant.",
+    "<human>: What is the capital of France?\n<bot>: The capital of France is Paris.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()[]{}",
+]
+
+
+def make_tiny_model(
+    out_dir: str | Path,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    context_length: int = 256,
+    vocab_size: int = 512,
+    chat_template: str | None = None,
+    suppress_eos: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny GPT-NeoX model + tokenizer to `out_dir` and return it.
+
+    `suppress_eos` zeroes the EOS row of the output layer: its logit is then 0 while the max of the
+    other (random, zero-mean) logits is almost surely positive, so greedy decoding never ends early
+    and outputs have a predictable length (tests, throughput benchmarks).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(_CORPUS * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|padding|>",
+        model_max_length=context_length,
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=4 * hidden_size,
+        max_position_embeddings=context_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(config)
+    if suppress_eos:
+        with torch.no_grad():
+            model.embed_out.weight[tokenizer.eos_token_id] = 0.0
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

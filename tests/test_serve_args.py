@@ -1,0 +1,83 @@
+"""The Serve app's arguments (YAML and `serve run` CLI forms) and its summary log line, without Ray."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+from pajama.serve.app import ServeArgs, _deployment_options, _Summary, build_app
+from ray.serve.schema import ServeDeploySchema
+
+SERVE_YAML = Path(__file__).resolve().parents[1] / "pipelines" / "serve.yaml"
+CHAT = {"name": "chat", "source": "models:/pajama-chat@production", "kind": "chat"}
+
+
+def test_serve_yaml_is_a_valid_serve_config_and_builds():
+    config = yaml.safe_load(SERVE_YAML.read_text())
+    app_config = ServeDeploySchema.model_validate(config).applications[0]
+    assert app_config.import_path == "pajama.serve.app:build_app"
+    assert config["http_options"]["host"] == "127.0.0.1"
+    args = config["applications"][0]["args"]
+    assert build_app(args) is not None  # builds without deploying (sources resolve in the replicas)
+    parsed = ServeArgs.model_validate(args)
+    by_name = {spec.name: parsed.replica_options(spec) for spec in parsed.models}
+    assert by_name["pajama-chat"].autoscaling_config["max_replicas"] == 4
+    base = _deployment_options("model-pajama-base", by_name["pajama-base"])
+    assert base["num_replicas"] == 1 and "autoscaling_config" not in base
+    assert base["ray_actor_options"]["num_gpus"] in (0, 1)  # "auto"
+    assert base["max_ongoing_requests"] == 4 * 16
+
+
+def test_cli_arguments_arrive_as_strings():
+    # serve run pajama.serve.app:build_app models='[...]' num_replicas=2
+    parsed = ServeArgs.model_validate({"models": json.dumps([CHAT]), "num_replicas": "2", "num_gpus": "0"})
+    assert parsed.models[0].kind == "chat" and parsed.num_replicas == 2 and parsed.num_gpus == 0
+    options = _deployment_options("model-chat", parsed.replica_options(parsed.models[0]))
+    assert options["num_replicas"] == 2 and options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ({"models": "not json"}, "JSON list"),
+        ({"models": []}, "at least 1"),
+        ({"models": [CHAT, CHAT]}, "unique"),
+        ({"models": [{**CHAT, "kind": "robot"}]}, "kind"),
+        ({"models": [CHAT], "max_batch_size": 0}, "max_batch_size"),
+        ({"models": [CHAT], "replicas": 2}, "replicas"),
+        ({"models": [{**CHAT, "replica": {"num_gpu": 1}}]}, "num_gpu"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_field_named(args, message):
+    with pytest.raises(ValueError, match=f"(?s)invalid pajama serve args.*{message}"):
+        build_app(args)
+
+
+def test_vllm_without_vllm_or_gpu_falls_back_to_hf(caplog):
+    caplog.set_level(logging.WARNING, logger="ray.serve")
+    logging.getLogger("ray.serve").addHandler(caplog.handler)
+    try:
+        app = build_app({"models": [CHAT], "engine": "vllm", "num_gpus": 0})
+    finally:
+        logging.getLogger("ray.serve").removeHandler(caplog.handler)
+    assert app is not None
+    assert any("HF engine instead" in record.getMessage() for record in caplog.records)
+
+
+def test_summary_line_reports_counts_rates_and_latency(caplog):
+    summary = _Summary(interval_s=3600)
+    logging.getLogger("ray.serve").addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="ray.serve")
+    try:
+        for latency in (0.1, 0.2, 0.3):
+            summary.record(200, latency, 10)
+        summary.record(400, 0.01, 0)
+        assert not caplog.records  # not yet: the interval has not passed
+        summary.since -= 3600
+        summary.record(200, 0.4, 10)
+    finally:
+        logging.getLogger("ray.serve").removeHandler(caplog.handler)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "5 requests (1 errors)" in line and "40 completion tokens" in line and "p50 0.200 s" in line
+    assert summary.requests == 0  # counts restart for the next interval

@@ -1,0 +1,216 @@
+"""The HF serving engine without Ray: chat templates, stops, per-row batching, sources, app args."""
+
+import asyncio
+
+import pytest
+from pajama.serve.engine import (
+    HFEngine,
+    Job,
+    RequestError,
+    Sampling,
+    _Row,
+    resolve_source,
+)
+from pajama.serve.events import Delta, Finished
+from pajama.serve.tiny_model import make_tiny_model
+from pajama.sft.templates import render_chat
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), suppress_eos=True)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return HFEngine(resolve_source(str(model_dir)))
+
+
+def run(engine, jobs):
+    """Generate for `jobs` in one batch; return per-job (text, finish_reason, completion_tokens, deltas)."""
+
+    async def collect():
+        events = [[] for _ in jobs]
+        async for step in engine.generate_stream(jobs):
+            assert len(step) == len(jobs)
+            for row, event in enumerate(step):
+                if event is not None:
+                    events[row].append(event)
+        return events
+
+    results = []
+    for row_events in asyncio.run(collect()):
+        *deltas, last = row_events
+        assert all(isinstance(e, Delta) for e in deltas) and isinstance(last, Finished)
+        text = "".join(e.text for e in row_events)
+        results.append((text, last.finish_reason, last.completion_tokens, len(deltas)))
+    return results
+
+
+def test_fallback_chat_templates_are_the_sft_formats(engine, model_dir):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Capital of France?"},
+    ]
+    assert engine.tokenizer.chat_template is None
+    assert engine.render_chat(messages) == render_chat(messages, add_generation_prompt=True) == (
+        "Be brief.\n<human>: Hi\n<bot>: Hello!<|endoftext|><human>: Capital of France?\n<bot>:"
+    )
+    instruct = HFEngine(resolve_source(str(model_dir)), kind="instruct")
+    assert instruct.render_chat(messages[1:]) == "Q: Hi\nA: Hello!<|endoftext|>\nQ: Capital of France?\nA:"
+    job = instruct.prepare(messages=messages[1:2], max_tokens=4, default_max_tokens=4)
+    assert job.stop == ("\nQ:",)
+
+
+def test_tokenizer_chat_template_wins(engine):
+    engine.tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}>>"
+    try:
+        assert engine.render_chat([{"role": "user", "content": "Hi"}]) == "[user] Hi\n>>"
+    finally:
+        engine.tokenizer.chat_template = None
+
+
+def test_stop_sequence_is_cut_and_never_leaks_in_deltas(engine):
+    tokenizer = engine.tokenizer
+    job = Job([1], Sampling(max_tokens=100), stop=("<human>:",), strip_leading_space=True)
+    row = _Row(job, tokenizer, engine.eos_ids, engine.device)
+    ids = tokenizer(" Paris is nice.\n<human>: and more", add_special_tokens=False)["input_ids"]
+    events = [row.advance(token) for token in ids]
+    emitted = [e for e in events if e is not None]
+    assert isinstance(emitted[-1], Finished) and emitted[-1].finish_reason == "stop"
+    assert all(isinstance(e, Delta) and "<" not in e.text for e in emitted[:-1])
+    assert "".join(e.text for e in emitted) == "Paris is nice.\n"
+    # After the stop the row is finished and ignores further tokens.
+    assert row.finished and row.advance(ids[0]) is None
+
+
+def test_token_budget_and_eos(engine):
+    tokenizer = engine.tokenizer
+    row = _Row(Job([1], Sampling(max_tokens=3), (), False), tokenizer, engine.eos_ids, engine.device)
+    ids = tokenizer("The quick brown fox jumps", add_special_tokens=False)["input_ids"]
+    events = [row.advance(token) for token in ids[:3]]
+    assert events[-1] == Finished(events[-1].text, "length", 3)
+    eos_row = _Row(Job([1], Sampling(max_tokens=10), (), False), tokenizer, engine.eos_ids, engine.device)
+    eos_row.advance(ids[0])
+    final = eos_row.advance(tokenizer.eos_token_id)
+    assert isinstance(final, Finished) and final.finish_reason == "stop" and final.completion_tokens == 2
+
+
+def test_one_batch_serves_rows_with_different_parameters(engine):
+    greedy = {"max_tokens": 12, "default_max_tokens": 16, "temperature": 0.0}
+    alone = run(engine, [engine.prepare(prompt="The capital of", **greedy)])[0]
+    batch = [
+        engine.prepare(prompt="The capital of", **greedy),
+        engine.prepare(prompt="Hello, who are you? I am", max_tokens=5, default_max_tokens=16, seed=1),
+        engine.prepare(messages=[{"role": "user", "content": "Hi"}], max_tokens=20, default_max_tokens=16,
+                       temperature=0.8, top_k=20, top_p=0.9, seed=2),
+        engine.prepare(prompt="The capital of", stream=False, **greedy),
+    ]
+    results = run(engine, batch)
+    # Left padding and per-row sampling leave the greedy row exactly as it was alone.
+    assert results[0][:3] == alone[:3] == (alone[0], "length", 12)
+    assert [r[2] for r in results] == [12, 5, 20, 12]
+    assert all(r[1] == "length" for r in results)
+    assert results[0][3] > 1, "tokens arrive as several deltas"
+    # A non-streaming row gets the same text in one Finished event.
+    assert results[3][0] == alone[0] and results[3][3] == 0
+
+
+def test_seed_makes_sampling_reproducible(engine):
+    def sample(seed):
+        job = engine.prepare(prompt="Once", max_tokens=10, default_max_tokens=16, temperature=1.0, seed=seed)
+        return run(engine, [job])[0][0]
+
+    assert sample(7) == sample(7)
+    assert len({sample(seed) for seed in range(4)}) > 1
+
+
+def test_prepare_rejects_what_does_not_fit(engine):
+    with pytest.raises(RequestError) as too_long:
+        engine.prepare(prompt="x " * 400, max_tokens=None, default_max_tokens=16)
+    assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "prompt"
+    with pytest.raises(RequestError) as budget:
+        engine.prepare(prompt="Hello", max_tokens=engine.context_length, default_max_tokens=16)
+    assert budget.value.param == "max_tokens"
+    with pytest.raises(RequestError):
+        engine.prepare(prompt="", max_tokens=None, default_max_tokens=16)
+    # Without max_tokens the default is clamped to the room left in the context.
+    job = engine.prepare(prompt="x " * 120, max_tokens=None, default_max_tokens=1000)
+    assert job.sampling.max_tokens == engine.context_length - len(job.input_ids)
+    chat = engine.prepare(messages=[{"role": "user", "content": "Hi"}], max_tokens=4, default_max_tokens=16, stop=["END"])
+    assert chat.stop == ("END", "<human>:") and chat.strip_leading_space
+
+
+def test_local_source_needs_a_model_directory(tmp_path, model_dir):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_source(str(tmp_path))
+    resolved = resolve_source(str(model_dir))
+    assert resolved.version.startswith("sha256-") and resolved.run_id is None
+    assert resolve_source(str(model_dir)).version == resolved.version
+
+
+@pytest.mark.slow  # log_model + two downloads: ~20 s
+def test_mlflow_registry_source(tmp_path, model_dir, monkeypatch):
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment_id = client.create_experiment("serve-test", artifact_location=str(tmp_path / "artifacts"))
+    # log_model needs the global URIs; patching them (not mlflow.set_tracking_uri, which also writes
+    # os.environ) restores them exactly after the test.
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", uri)
+    with mlflow.start_run(experiment_id=experiment_id) as run_info:
+        logged = mlflow.transformers.log_model(
+            transformers_model=str(model_dir),
+            task="text-generation",
+            name="model",
+            registered_model_name="pajama-chat",
+            pip_requirements=["transformers", "torch"],  # inferring them imports torchvision
+        )
+    client.set_registered_model_alias("pajama-chat", "production", logged.registered_model_version)
+
+    by_alias = resolve_source("models:/pajama-chat@production", tracking_uri=uri, cache_dir=str(tmp_path / "cache"))
+    assert by_alias.version == "pajama-chat/1"
+    assert by_alias.run_id == run_info.info.run_id
+    assert (by_alias.weights_dir / "model.safetensors").is_file()
+    by_version = resolve_source("models:/pajama-chat/1", tracking_uri=uri, cache_dir=str(tmp_path / "cache2"))
+    assert (by_version.version, by_version.run_id) == (by_alias.version, by_alias.run_id)
+    engine = HFEngine(by_alias)
+    job = engine.prepare(prompt="Hi", max_tokens=3, default_max_tokens=3, temperature=0)
+    assert run(engine, [job])[0][1:3] == ("length", 3)
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError, match="tracking URI"):
+        resolve_source("models:/pajama-chat@production")
+    with pytest.raises(ValueError, match="expected models"):
+        resolve_source("models:/pajama-chat", tracking_uri=uri)
+
+
+def test_groups_that_wait_for_a_busy_model_are_merged_into_one_generate(model_dir):
+    sizes = []
+    engine = HFEngine(resolve_source(str(model_dir)), on_batch=sizes.append)
+
+    def job(max_tokens):
+        return engine.prepare(prompt="Hello", max_tokens=max_tokens, default_max_tokens=16, temperature=0)
+
+    async def consume(jobs):
+        finished = []
+        async for step in engine.generate_stream(jobs):
+            finished += [e for e in step if isinstance(e, Finished)]
+        return finished
+
+    async def main():
+        busy = asyncio.create_task(consume([job(40)]))
+        await asyncio.sleep(0)  # the first group starts generating...
+        waiting = [asyncio.create_task(consume([job(5)])), asyncio.create_task(consume([job(5), job(6)]))]
+        return await busy, await asyncio.gather(*waiting)  # ...while two more groups queue up
+
+    busy, waiting = asyncio.run(main())
+    assert sizes == [1, 3]
+    assert [e.completion_tokens for e in busy] == [40]
+    assert [[e.completion_tokens for e in group] for group in waiting] == [[5], [5, 6]]
