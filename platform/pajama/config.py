@@ -273,6 +273,9 @@ class ServeConfig(Strict):
     probe_message: str = "What does the json module do?"
     max_tokens: int = Field(32, ge=1)
     api_key_env: str = "PAJAMA_API_KEY"
+    # CPUs reserved per model replica (three models share a laptop's cores) and for the ingress.
+    num_cpus: float = Field(1.0, ge=0)
+    ingress_num_cpus: float = Field(0.5, ge=0)
 
 
 class PajamaConfig(Strict):

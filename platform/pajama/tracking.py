@@ -81,8 +81,11 @@ def _log_upstream_inputs(upstream: dict[str, Artifact]) -> None:
         datasets.append(MetaDataset(source, name=f"{stage}:{artifact.fingerprint}", digest=artifact.fingerprint[:16]))
         contexts.append(stage)
         tags.append({"pajama.upstream_run_id": artifact.run_id or "", "pajama.upstream_stage": stage})
-    if datasets or models:
-        mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags, models=models or None)
+    if datasets:
+        mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
+    # log_inputs(models=...) is Databricks-only; log_input(model=...) works on every store.
+    for model in models:
+        mlflow.log_input(model=model)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,8 @@ def app_args(cfg: PajamaConfig, models: dict[str, Artifact]) -> dict:
         entries.append({"name": name or f"pajama-{KIND_OF_STAGE[stage]}", "source": source,
                         "kind": KIND_OF_STAGE[stage]})
     return {"models": entries, "tracking_uri": cfg.project.resolved_tracking_uri,
-            "api_key_env": cfg.serve.api_key_env}
+            "api_key_env": cfg.serve.api_key_env, "num_cpus": cfg.serve.num_cpus,
+            "ingress_num_cpus": cfg.serve.ingress_num_cpus}
 
 
 def run_serve_stage(cfg: PajamaConfig, upstream: dict[str, Artifact], out: Path) -> dict:
