@@ -84,7 +84,9 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
 
 def _to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     # List columns arrive as object arrays of equal-length arrays: stack them into 2-D tensors.
-    return {k: torch.as_tensor(np.stack(v) if v.dtype == object else v) for k, v in batch.items()}
+    # Other columns may be read-only views of Arrow memory, which torch must not alias.
+    return {k: torch.as_tensor(np.stack(v) if v.dtype == object else np.require(v, requirements="W"))
+            for k, v in batch.items()}
 
 
 def _global_batches(shard, batch_rows: int, skip_rows: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -247,22 +249,33 @@ class _MlflowLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def _evaluate(model, shard, spec: dict, rank: int, world: int, device, autocast) -> dict[str, float]:
-    """Held-out loss and perplexity, overall and per slice, summed over all ranks."""
+def _held_out_batches(shard, spec: dict, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's share of the first `eval_batches` held-out batches, read once and kept in
+    memory: every evaluation scores the same sequences without re-reading the dataset."""
     micro = spec["training"]["micro_batch_size"]
+    batches = shard.iter_batches(batch_size=micro * world, batch_format="numpy", drop_last=True)
+    kept = []
+    for batch in batches:
+        if len(kept) == spec["training"]["eval_batches"]:
+            break
+        local = _rank_slice(_to_tensors(batch), rank, micro)
+        local.pop("seq_index", None)
+        kept.append(local)
+    return kept
+
+
+def _evaluate(model, batches: list[dict[str, torch.Tensor]], spec: dict, device, autocast) -> dict[str, float]:
+    """Held-out loss and perplexity, overall and per slice, summed over all ranks."""
     slices = spec["eval_slices"]
     # Sums on the device: NCCL reduces only device tensors. Rows without a slice_id count as slice 0.
     sums = torch.zeros(len(slices), dtype=torch.float64, device=device)
     counts = torch.zeros(len(slices), dtype=torch.float64, device=device)
     model.eval()
     with torch.no_grad():
-        batches = shard.iter_batches(batch_size=micro * world, batch_format="numpy", drop_last=True)
-        for i, batch in enumerate(batches):
-            if i >= spec["training"]["eval_batches"]:
-                break
-            local = _to_device(_rank_slice(_to_tensors(batch), rank, micro), device)
-            slice_ids = local.pop("slice_id").long() if "slice_id" in local else torch.zeros(micro, dtype=torch.long, device=device)
-            local.pop("seq_index", None)
+        for batch in batches:
+            local = _to_device(batch, device)
+            slice_ids = local.pop("slice_id").long() if "slice_id" in local else torch.zeros(
+                len(local["input_ids"]), dtype=torch.long, device=device)
             losses, n = _row_losses(model, local, autocast)
             sums.index_add_(0, slice_ids, losses.double())
             counts.index_add_(0, slice_ids, n.double())
@@ -325,7 +338,7 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
     micro, accum = cfg["micro_batch_size"], cfg["grad_accum_steps"]
     global_rows = micro * world
     stream = _global_batches(ray.train.get_dataset_shard("train"), global_rows, state["consumed"])
-    eval_shard = ray.train.get_dataset_shard("eval")
+    eval_shard, held_out = ray.train.get_dataset_shard("eval"), None
     logger = _MlflowLogger(spec.get("tracking"), rank)
     trace = StepTrace(rank, world)
     peak = peak_flops(cfg["peak_flops"], device)
@@ -372,7 +385,8 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
         step = state["step"]
         trace.step(step, seq_index, metrics)
         if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
-            metrics.update(_evaluate(model, eval_shard, spec, rank, world, device, autocast))
+            held_out = held_out if held_out is not None else _held_out_batches(eval_shard, spec, rank, world)
+            metrics.update(_evaluate(model, held_out, spec, device, autocast))
         if step % cfg["log_every"] == 0 or "eval_loss" in metrics:
             logger.log(metrics, step)
             if rank == 0:

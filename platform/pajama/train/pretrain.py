@@ -36,11 +36,21 @@ def gpt_neox_config(model: ModelConfig, tokenizer) -> dict:
 
 
 def shard_dataset(path: Path) -> ray.data.Dataset:
-    """Shards in file-name order; the order inside is the seeded order the data stage wrote."""
+    """Shards in file-name order; the order inside is the seeded order the data stage wrote.
+
+    Read with Ray Data's V1 parquet datasource: every training worker executes the whole stream
+    itself (see loop.py), and the V2 datasource starts a pool of up to 32 footer-reader actors
+    per execution (per worker, per restart), which V1's plain read tasks do not need.
+    """
     files = sorted(str(p) for p in path.rglob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no parquet shards under {path}")
-    return ray.data.read_parquet(files)
+    context = ray.data.DataContext.get_current()
+    use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(files)
+    finally:
+        context.use_datasource_v2 = use_v2
 
 
 def run_pretrain_stage(cfg: PretrainConfig, data: Artifact, out: Path, storage: Path, fp: str, seed: int,

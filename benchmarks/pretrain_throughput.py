@@ -1,0 +1,234 @@
+"""Throughput of Pajama's Ray Train pretraining loop against a bare PyTorch loop, in one run.
+
+Both train the same GPT-NeoX (a preset's shape) on the same token rows (random token ids written
+to a parquet shard, which the Ray loop reads through Ray Data as the pretrain stage does), with
+the same micro-batch, sequence length, optimiser (AdamW, fp32 master weights), gradient clipping,
+precision and activation checkpointing. The bare loop runs in a fresh process with as many torch
+threads as the Ray worker gets CPUs, once before and once after the Ray loop (their mean is the
+baseline, so a drift in the machine's speed does not favour either side). Throughput is tokens
+over wall time between the end of the last warmup step and the end of the last step (so it
+includes data loading, the optimiser step and, for the Ray loop, its per-step logging); the Ray
+loop's step ends come from its trace (PAJAMA_TRACE_DIR). On a shared machine wall time is noisy,
+so two steadier figures are printed too: tokens per median step time, and tokens per CPU-second
+of the training process (all its threads; Ray's read tasks run in other processes). Peak memory: the max RSS of each training
+process and, on GPU, the peak allocated CUDA memory. MFU = 6 x parameters x tokens/s / peak
+(H100 dense bf16: 989e12).
+
+    python benchmarks/pretrain_throughput.py                      # CPU, tiny preset, 1 worker
+    python benchmarks/pretrain_throughput.py --device cuda --preset 1b --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pajama.config import load_config
+from pajama.train.loop import PEAK_BF16_FLOPS, peak_flops
+from pajama.train.pretrain import gpt_neox_config
+
+
+class _VocabOnly:
+    """gpt_neox_config reads only a tokenizer's size and special-token ids."""
+
+    bos_token_id = eos_token_id = 0
+    pad_token_id = 1
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--preset", default=None, help="recipe whose pretrain.model to use (default: tiny on CPU, 1b on cuda)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: fp32 on CPU, bf16 on cuda")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on CPU, 30 on cuda)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--micro-batch", type=int, default=None, help="default: the preset's micro_batch_size")
+    p.add_argument("--seq-len", type=int, default=None, help="default: the preset's data.seq_len")
+    p.add_argument("--activation-checkpointing", choices=["on", "off"], default=None,
+                   help="default: the preset's setting")
+    p.add_argument("--cpus", type=int, default=1, help="CPUs (torch threads) for the training process on CPU")
+    args = p.parse_args()
+    gpu = args.device == "cuda"
+    args.preset = args.preset or ("1b" if gpu else "tiny")
+    args.precision = args.precision or ("bf16" if gpu else "fp32")
+    args.steps = args.steps or (30 if gpu else 20)
+    if args.precision == "bf16" and not gpu:
+        p.error("--precision bf16 needs --device cuda (CPU runs train in fp32)")
+    if gpu and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    return args
+
+
+def setup(args) -> dict:
+    cfg = load_config(args.preset)
+    pre = cfg.pretrain
+    seq_len = args.seq_len or cfg.data.seq_len
+    micro = args.micro_batch or pre.micro_batch_size
+    ckpt = pre.activation_checkpointing if args.activation_checkpointing is None else args.activation_checkpointing == "on"
+    model = pre.model.model_copy(update={"max_position_embeddings": max(pre.model.max_position_embeddings, seq_len)})
+    model_config = gpt_neox_config(model, _VocabOnly(model.vocab_size or cfg.data.tokenizer.vocab_size))
+    return {"model_config": model_config, "seq_len": seq_len, "micro": micro, "activation_checkpointing": ckpt,
+            "steps": args.warmup + args.steps}
+
+
+def write_rows(out: Path, n_rows: int, seq_len: int, vocab: int) -> Path:
+    rows = np.random.default_rng(0).integers(0, vocab, size=(n_rows, seq_len), dtype=np.int32)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"input_ids": pa.array(list(rows), type=pa.list_(pa.int32()))}), out / "part-00000.parquet")
+    return out
+
+
+def throughput(step_ends: list[float], warmup: int, tokens_per_step: int) -> tuple[float, float]:
+    """Tokens per second of the given clock (wall or CPU) over the timed window, and per median step."""
+    timed = np.asarray(step_ends[warmup - 1 :] if warmup else step_ends)
+    return tokens_per_step * (len(timed) - 1) / (timed[-1] - timed[0]), tokens_per_step / float(np.median(np.diff(timed)))
+
+
+def run_bare(args, setup_: dict, shard_dir: Path) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=bare_loop, args=(args, setup_, shard_dir, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def bare_loop(args, setup_: dict, shard_dir: Path, queue) -> None:
+    """The baseline: one process, no Ray, the loop's arithmetic and nothing else."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.cpus)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    rows = np.stack(pq.read_table(shard_dir / "part-00000.parquet").column("input_ids").to_numpy(zero_copy_only=False))
+    torch.manual_seed(0)
+    with device:
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**setup_["model_config"]))
+    if setup_["activation_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=1e-4, betas=(0.9, 0.95), fused=False)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    micro, ends, cpu = setup_["micro"], [], []
+    for step in range(setup_["steps"]):
+        input_ids = torch.from_numpy(rows[step * micro : (step + 1) * micro]).to(device, non_blocking=True).long()
+        with autocast:
+            logits = model(input_ids=input_ids, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                                 input_ids[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        ends.append(time.time())
+        cpu.append(time.process_time())
+    queue.put({"step_ends": ends, "step_cpu": cpu, "params": sum(p.numel() for p in model.parameters()),
+               "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "max_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+               "threads": torch.get_num_threads()})
+
+
+def ray_loop(args, setup_: dict, shard_dir: Path, work: Path) -> list[dict]:
+    """Pajama's Ray Train loop (1 worker) through `fit`, as the pretrain stage calls it."""
+    import ray
+
+    from pajama.config import PretrainConfig
+    from pajama.train.pretrain import shard_dataset
+    from pajama.train.trainer import fit
+
+    gpu = args.device == "cuda"
+    ray.init(num_cpus=os.cpu_count() if gpu else args.cpus + 1, num_gpus=1 if gpu else 0, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        steps = setup_["steps"]
+        training = PretrainConfig.model_validate({
+            "model": {"hidden_size": setup_["model_config"]["hidden_size"],
+                      "num_hidden_layers": setup_["model_config"]["num_hidden_layers"],
+                      "num_attention_heads": setup_["model_config"]["num_attention_heads"]},
+            "scaling": {"num_workers": 1, "use_gpu": gpu, "cpus_per_worker": min(8, os.cpu_count() - 1) if gpu else args.cpus},
+            "precision": args.precision, "activation_checkpointing": setup_["activation_checkpointing"],
+            "micro_batch_size": setup_["micro"], "global_batch_size": setup_["micro"], "max_steps": steps,
+            "learning_rate": 1e-4, "min_learning_rate": 1e-5, "warmup_steps": 0,
+            "checkpoint_every": steps + 1, "eval_every": steps + 1, "eval_batches": 1, "max_failures": 0,
+        })
+        spec = {"init": "scratch", "model_config": setup_["model_config"], "seed": 0, "seq_len": setup_["seq_len"],
+                "eval_slices": ["all"], "tracking": None}
+        os.environ["PAJAMA_TRACE_DIR"] = str(work / "trace")
+        fit(spec, shard_dataset(shard_dir), shard_dataset(shard_dir), training, work / "storage",
+            run_name="throughput", export_to=work / "export")
+        return [json.loads(line) for line in (work / "trace" / "rank-0.jsonl").read_text().splitlines()]
+    finally:
+        os.environ.pop("PAJAMA_TRACE_DIR", None)
+        ray.shutdown()
+
+
+def main() -> None:
+    args = parse_args()
+    s = setup(args)
+    tokens_per_step = s["micro"] * s["seq_len"]
+    with tempfile.TemporaryDirectory(prefix="pajama-throughput-") as tmp:
+        work = Path(tmp)
+        shard_dir = write_rows(work / "shards", s["steps"] * s["micro"], s["seq_len"], s["model_config"]["vocab_size"])
+        bare_runs = [run_bare(args, s, shard_dir)]
+        trace = ray_loop(args, s, shard_dir, work)
+        bare_runs.append(run_bare(args, s, shard_dir))
+
+    device = torch.device(args.device)
+    peak = peak_flops(None, device) if device.type == "cuda" else None
+    bare = bare_runs[0]
+    bare_window, bare_median = np.mean([throughput(b["step_ends"], args.warmup, tokens_per_step) for b in bare_runs], axis=0)
+    ray_window, ray_median = throughput([r["ended"] for r in trace], args.warmup, tokens_per_step)
+    bare_cpu = np.mean([throughput(b["step_cpu"], args.warmup, tokens_per_step)[0] for b in bare_runs])
+    ray_cpu = throughput([r["process_cpu_s"] for r in trace], args.warmup, tokens_per_step)[0]
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({args.cpus} thread(s))",
+        "preset": args.preset, "params": bare["params"], "precision": args.precision, "micro_batch": s["micro"],
+        "seq_len": s["seq_len"], "activation_checkpointing": s["activation_checkpointing"],
+        "warmup_steps": args.warmup, "timed_steps": args.steps,
+        "bare_tokens_per_s": bare_window, "ray_tokens_per_s": ray_window, "ratio_ray_over_bare": ray_window / bare_window,
+        "bare_runs_tokens_per_s": [round(float(throughput(b["step_ends"], args.warmup, tokens_per_step)[0]), 1) for b in bare_runs],
+        "bare_median_step_tokens_per_s": bare_median, "ray_median_step_tokens_per_s": ray_median,
+        "ratio_median_step": ray_median / bare_median,
+        "bare_tokens_per_cpu_s": bare_cpu, "ray_tokens_per_cpu_s": ray_cpu, "ratio_per_cpu_s": ray_cpu / bare_cpu,
+        "bare_max_rss_mb": max(b["max_rss_mb"] for b in bare_runs), "ray_worker_max_rss_mb": trace[-1]["max_rss_mb"],
+        "bare_threads": bare["threads"], "ray_worker_threads": trace[-1]["threads"],
+    }
+    if device.type == "cuda":
+        report.update(bare_max_cuda_mb=bare["max_cuda_mb"], ray_max_cuda_mb=trace[-1]["max_cuda_mb"])
+        if peak:
+            report.update(peak_flops=peak, bare_mfu=6 * bare["params"] * bare_window / peak,
+                          ray_mfu=6 * bare["params"] * ray_window / peak)
+        else:
+            report["mfu"] = f"unknown GPU peak (known: {', '.join(PEAK_BF16_FLOPS)})"
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print("JSON " + json.dumps({k: float(v) if isinstance(v, np.floating) else v for k, v in report.items()}))
+
+
+if __name__ == "__main__":
+    main()

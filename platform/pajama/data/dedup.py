@@ -1,0 +1,423 @@
+"""Exact and fuzzy (MinHash LSH) document deduplication on Ray Data, as RedPajama-V2 does it.
+
+Both stages mark documents instead of dropping them, so the caller can count what each stage
+removed per slice and keep the removed documents in a quarantine with a reason
+(EXACT_DUPLICATE / NEAR_DUPLICATE). Every input column passes through with its values
+unchanged (the join may widen string to large_string); rows come back in shuffled order.
+
+- exact_dedup: sha1 of the RPv2-normalised text; one document per hash is kept, the one with
+  the smallest doc_id, across the whole corpus (all slices together).
+- fuzzy_dedup: MinHash signatures over 13-word shingles of the normalised words, LSH bands,
+  candidate pairs from identical band keys, clusters = connected components of the candidate
+  graph (distributed large-star/small-star iteration, Kiveris et al. 2014), one document kept
+  per cluster (the smallest doc_id). As in RPv2, documents shorter than one shingle get no
+  signature and are left to exact dedup.
+
+Memory: every step is a Ray Data map, hash aggregate or hash join, so a worker holds one block
+or one shuffle partition (about the data volume / num_partitions), never the corpus. The
+largest single values are one LSH bucket's doc_id list and one node's neighbour list, both
+bounded by the size of the largest near-duplicate cluster. Both functions read `ds` twice
+(once for the keys, once for the join): pass a materialised or file-backed dataset when the
+upstream stages are expensive. Set DataContext.use_disk_based_hash_shuffle (or
+RAY_DATA_ENABLE_DISK_SHUFFLE=1) when the corpus exceeds the cluster's object store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+import unicodedata
+from itertools import chain
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.aggregate import AsList, Count, Min, Sum, Unique
+
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+_MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+# Shingles hashed per (chunk x num_perm) uint64 matrix: 16 MiB at 128 permutations.
+_SHINGLE_CHUNK = 1 << 14
+# Documents per signature batch: bounds the per-task word arrays for book-length documents.
+_SIGNATURE_BATCH = 256
+_MAX_CC_ROUNDS = 64
+
+_EXACT_HASH = "_exact_hash"
+_EXACT_KEEP = "_exact_keep"
+_BAND_KEY = "_band_key"
+_FUZZY_ROOT = "_fuzzy_root"
+
+
+def normalize_text(text: str) -> str:
+    """RedPajama-V2 normalisation: drop ASCII punctuation, lowercase, collapse whitespace, NFD."""
+    # str.split() splits on exactly the characters re's \s matches: RPv2's re.sub(r"\s+", " ").
+    text = " ".join(text.translate(_PUNCTUATION).lower().split())
+    return unicodedata.normalize("NFD", text)
+
+
+def _texts(batch: pa.Table) -> list[str]:
+    texts = batch.column("text").to_pylist()
+    if None in texts:
+        doc_id = batch.column("doc_id")[texts.index(None)].as_py()
+        raise ValueError(
+            f"document {doc_id!r} has a null 'text'; readers must emit a string "
+            "(an empty document is '')"
+        )
+    return texts
+
+
+def _shuffle_partitions(num_partitions: int | None) -> int:
+    if num_partitions is None:
+        return ray.data.DataContext.get_current().default_hash_shuffle_parallelism
+    if num_partitions <= 0:
+        raise ValueError(f"num_partitions must be positive, got {num_partitions}")
+    return num_partitions
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact dedup
+
+
+def _add_exact_hash(batch: pa.Table) -> pa.Table:
+    digests = [hashlib.sha1(normalize_text(t).encode("utf-8")).digest() for t in _texts(batch)]
+    return batch.append_column(_EXACT_HASH, pa.array(digests, pa.binary()))
+
+
+def _duplicated_hashes(groups: pa.Table) -> pa.Table:
+    return groups.filter(pc.greater(groups["_count"], 1)).select([_EXACT_HASH, _EXACT_KEEP])
+
+
+def _mark_exact(batch: pa.Table) -> pa.Table:
+    keep = batch[_EXACT_KEEP]
+    # Unique hashes have a null keeper, so the comparison (and the mark) is null for them.
+    removed = pc.not_equal(keep, batch["doc_id"])
+    dup_of = pc.if_else(removed, keep, pa.scalar(None, keep.type)).cast(pa.string())
+    return batch.drop_columns([_EXACT_HASH, _EXACT_KEEP]).append_column("exact_dup_of", dup_of)
+
+
+def exact_dedup(ds: ray.data.Dataset, *, num_partitions: int | None = None) -> ray.data.Dataset:
+    """Add `exact_dup_of`: the kept doc_id for a document whose normalised text repeats one
+    with a smaller doc_id anywhere in the corpus, null for kept documents."""
+    partitions = _shuffle_partitions(num_partitions)
+    hashed = ds.map_batches(_add_exact_hash, batch_format="pyarrow")
+    duplicated = (
+        hashed.select_columns([_EXACT_HASH, "doc_id"])
+        .groupby(_EXACT_HASH, num_partitions=partitions)
+        .aggregate(Count(alias_name="_count"), Min("doc_id", alias_name=_EXACT_KEEP))
+        .map_batches(_duplicated_hashes, batch_format="pyarrow")
+    )
+    return hashed.join(
+        duplicated, join_type="left_outer", num_partitions=partitions, on=(_EXACT_HASH,)
+    ).map_batches(_mark_exact, batch_format="pyarrow")
+
+
+# ---------------------------------------------------------------------------------------------
+# MinHash signatures and LSH bands
+
+
+def _lsh_error_integrals(threshold: float, num_perm: int):
+    """For every (bands, rows) with bands * rows <= num_perm: the false-positive and
+    false-negative areas under the LSH S-curve, as datasketch/RPv2 define them.
+
+    The S-curve 1 - (1 - s^r)^b is a polynomial of degree b*r <= num_perm, so Gauss-Legendre
+    quadrature with num_perm/2 + 1 nodes integrates it exactly.
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+    pairs = np.array(
+        [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=float
+    )
+    b, r = pairs[:, :1], pairs[:, 1:]
+
+    def integral(lo: float, hi: float, candidate: bool) -> np.ndarray:
+        s = (hi - lo) / 2 * nodes + (hi + lo) / 2
+        p = 1 - (1 - s**r) ** b
+        return ((p if candidate else 1 - p) * weights).sum(axis=1) * (hi - lo) / 2
+
+    return pairs.astype(int), integral(0.0, threshold, True), integral(threshold, 1.0, False)
+
+
+def optimal_bands_rows(
+    threshold: float,
+    num_perm: int,
+    false_positive_weight: float = 0.5,
+    false_negative_weight: float = 0.5,
+) -> tuple[int, int]:
+    """The (bands, rows) minimising the weighted false-positive + false-negative probability
+    for a Jaccard threshold (datasketch's / RPv2's `optimal_param`): (9, 13) for 0.8 / 128."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if num_perm < 2:
+        raise ValueError(f"num_perm must be at least 2, got {num_perm}")
+    pairs, false_pos, false_neg = _lsh_error_integrals(threshold, num_perm)
+    error = false_positive_weight * false_pos + false_negative_weight * false_neg
+    bands, rows = pairs[int(np.argmin(error))]
+    return int(bands), int(rows)
+
+
+def _minhash_constants(num_perm: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        # a, b < 2^32 and shingle hashes < 2^32 keep a*x + b below 2^64: no uint64 overflow.
+        "perm_a": rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64),
+        "perm_b": rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64),
+        # Odd multipliers combining the word hashes of a shingle position by position.
+        "shingle_coef": rng.integers(0, np.iinfo(np.uint64).max, size=64, dtype=np.uint64)
+        | np.uint64(1),
+    }
+
+
+def minhash_signatures(
+    docs_words: list[list[str]],
+    ngram: int,
+    perm_a: np.ndarray,
+    perm_b: np.ndarray,
+    shingle_coef: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures of the word-ngram shingle sets of a batch of documents.
+
+    Returns (signatures: uint32 [n_signed, num_perm], indices into docs_words of the signed
+    documents); documents with fewer than `ngram` words get none.
+    """
+    if ngram > len(shingle_coef):
+        raise ValueError(f"ngram must be at most {len(shingle_coef)}, got {ngram}")
+    lengths = np.fromiter(map(len, docs_words), dtype=np.int64, count=len(docs_words))
+    signed = np.flatnonzero(lengths >= ngram)
+    num_perm = len(perm_a)
+    if signed.size == 0:
+        return np.empty((0, num_perm), np.uint32), signed
+
+    # 64-bit word hashes (pandas' keyed SipHash: vectorised, and the same in every process,
+    # unlike hash()), then every shingle as sum_k coef_k * hash(word_k) mod 2^64.
+    words = np.array(list(chain.from_iterable(docs_words[i] for i in signed)), dtype=object)
+    flat = pd.util.hash_array(words)
+    num_windows = flat.size - ngram + 1
+    windows = np.zeros(num_windows, np.uint64)
+    for k in range(ngram):
+        windows += flat[k : k + num_windows] * shingle_coef[k]
+
+    # Keep the windows that lie inside one document.
+    doc_lengths = lengths[signed]
+    doc_starts = np.cumsum(doc_lengths) - doc_lengths
+    shingles_per_doc = doc_lengths - ngram + 1
+    owner = np.repeat(np.arange(signed.size), shingles_per_doc)
+    offset_in_doc = np.arange(owner.size) - np.repeat(
+        np.cumsum(shingles_per_doc) - shingles_per_doc, shingles_per_doc
+    )
+    # The top 32 bits of the multiplicative combination are the best mixed.
+    shingle_hashes = windows[doc_starts[owner] + offset_in_doc] >> np.uint64(32)
+
+    signatures = np.full((signed.size, num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    for start in range(0, shingle_hashes.size, _SHINGLE_CHUNK):
+        chunk = shingle_hashes[start : start + _SHINGLE_CHUNK]
+        chunk_owner = owner[start : start + _SHINGLE_CHUNK]
+        # Permutation-major, so the per-document minimum runs along contiguous memory.
+        permuted = np.multiply.outer(perm_a, chunk)
+        permuted += perm_b[:, None]
+        permuted %= _MERSENNE_PRIME
+        # The low 32 bits are datasketch's `& max_hash`.
+        permuted = permuted.astype(np.uint32)
+        segment_starts = np.flatnonzero(np.r_[True, chunk_owner[1:] != chunk_owner[:-1]])
+        segment_min = np.minimum.reduceat(permuted, segment_starts, axis=1)
+        np.minimum.at(signatures, chunk_owner[segment_starts], segment_min.T)
+    return signatures, signed
+
+
+def _band_keys(
+    batch: pa.Table,
+    *,
+    ngram: int,
+    bands: int,
+    rows: int,
+    perm_a: np.ndarray,
+    perm_b: np.ndarray,
+    shingle_coef: np.ndarray,
+) -> pa.Table:
+    """One (band key, doc_id) row per band of each signed document; the key is the band index
+    followed by its `rows` minhash values, so equal keys mean an identical band."""
+    docs_words = [normalize_text(t).split() for t in _texts(batch)]
+    signatures, signed = minhash_signatures(docs_words, ngram, perm_a, perm_b, shingle_coef)
+    keys = np.empty((signed.size, bands, rows + 1), dtype=np.uint32)
+    keys[:, :, 0] = np.arange(bands, dtype=np.uint32)
+    keys[:, :, 1:] = signatures[:, : bands * rows].reshape(signed.size, bands, rows)
+    width = 4 * (rows + 1)
+    key_array = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), signed.size * bands, [None, pa.py_buffer(keys.tobytes())]
+    ).cast(pa.binary())
+    doc_ids = batch.column("doc_id").take(pa.array(np.repeat(signed, bands)))
+    return pa.table({_BAND_KEY: key_array, "doc_id": doc_ids})
+
+
+# ---------------------------------------------------------------------------------------------
+# Connected components of the candidate graph (large-star / small-star)
+#
+# Edges are rows (_child, _parent) with _child > _parent. Alternating the two steps converges
+# in O(log^2 n) rounds to stars whose centre is the component's smallest doc_id; a round in
+# which neither step changes an edge is the fixed point. Each step is one hash aggregate by
+# node, so a worker holds one partition of the edges, never the graph.
+
+_EDGE_SCHEMA = pa.schema([("_child", pa.string()), ("_parent", pa.string())])
+
+
+def _edges(child: pa.Array, parent: pa.Array, changed: pa.Array | None = None) -> pa.Table:
+    edges = pa.table({"_child": child, "_parent": parent}).cast(_EDGE_SCHEMA)
+    if changed is not None:
+        edges = edges.append_column("_changed", pc.cast(changed, pa.int64()))
+    return edges
+
+
+def _bucket_edges(buckets: pa.Table) -> pa.Table:
+    """Join every member of an LSH bucket to the bucket's smallest doc_id."""
+    shared = buckets.filter(pc.greater(pc.list_value_length(buckets["_members"]), 1))
+    members = pc.list_flatten(shared["_members"])
+    smallest = shared["_smallest"].take(pc.list_parent_indices(shared["_members"]))
+    is_edge = pc.not_equal(members, smallest)
+    return _edges(members.filter(is_edge), smallest.filter(is_edge))
+
+
+def _both_directions(edges: pa.Table) -> pa.Table:
+    child, parent = edges["_child"].combine_chunks(), edges["_parent"].combine_chunks()
+    return pa.table(
+        {
+            "_node": pa.concat_arrays([child, parent]),
+            "_neighbour": pa.concat_arrays([parent, child]),
+        }
+    )
+
+
+def _smaller(a: pa.Array, b: pa.Array) -> pa.Array:
+    return pc.if_else(pc.less(a, b), a, b)
+
+
+def _large_star(nodes: pa.Table) -> pa.Table:
+    """Node u with neighbours N(u): every larger neighbour v gets the edge (v, min(N(u) + u))."""
+    centre = _smaller(nodes["_smallest"], nodes["_node"])
+    neighbours = nodes["_neighbours"]
+    owner = pc.list_parent_indices(neighbours)
+    v = pc.list_flatten(neighbours)
+    u = nodes["_node"].take(owner)
+    m = centre.take(owner)
+    larger = pc.greater(v, u)
+    u, m = u.filter(larger), m.filter(larger)
+    return _edges(v.filter(larger), m, pc.not_equal(m, u))
+
+
+def _small_star(children: pa.Table) -> pa.Table:
+    """Node u with smaller neighbours N(u): u and every one of N(u) get the edge to min(N(u)).
+
+    `_changed` on u's own edge carries whether the large-star step changed any edge of u, so
+    one sum over this step's output tells whether the whole round changed anything."""
+    smallest = children["_smallest"]
+    parents = children["_parents"]
+    others = pc.list_flatten(parents)
+    other_smallest = smallest.take(pc.list_parent_indices(parents))
+    moved = pc.not_equal(others, other_smallest)
+    own = _edges(children["_child"], smallest, pc.greater(children["_large_changed"], 0))
+    moved_edges = _edges(
+        others.filter(moved),
+        other_smallest.filter(moved),
+        pa.repeat(True, pc.sum(moved).as_py() or 0),
+    )
+    return pa.concat_tables([own, moved_edges])
+
+
+def _as_roots(edges: pa.Table) -> pa.Table:
+    return pa.table({"doc_id": edges["_child"], _FUZZY_ROOT: edges["_parent"]})
+
+
+def _connected_components(
+    edges: ray.data.Dataset, partitions: int, max_rounds: int = _MAX_CC_ROUNDS
+) -> ray.data.Dataset:
+    """(doc_id, _fuzzy_root) for every document with at least one candidate edge."""
+    for _ in range(max_rounds):
+        edges = (
+            edges.map_batches(_both_directions, batch_format="pyarrow")
+            .groupby("_node", num_partitions=partitions)
+            .aggregate(
+                Unique("_neighbour", alias_name="_neighbours"),
+                Min("_neighbour", alias_name="_smallest"),
+            )
+            .map_batches(_large_star, batch_format="pyarrow")
+            .groupby("_child", num_partitions=partitions)
+            .aggregate(
+                Unique("_parent", alias_name="_parents"),
+                Min("_parent", alias_name="_smallest"),
+                Sum("_changed", alias_name="_large_changed"),
+            )
+            .map_batches(_small_star, batch_format="pyarrow")
+            .materialize()
+        )
+        if not edges.sum("_changed"):
+            return edges.map_batches(_as_roots, batch_format="pyarrow")
+    raise RuntimeError(
+        f"connected components did not converge in {max_rounds} rounds; large-star/small-star "
+        "needs O(log^2 n), so the candidate graph is suspect"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzy dedup
+
+
+def _mark_fuzzy(batch: pa.Table) -> pa.Table:
+    root = batch[_FUZZY_ROOT].cast(pa.string())
+    doc_id = batch["doc_id"].cast(pa.string())
+    return (
+        batch.drop_columns([_FUZZY_ROOT])
+        .append_column("fuzzy_cluster", pc.coalesce(root, doc_id))
+        .append_column("fuzzy_dup_of", root)
+    )
+
+
+def _singleton_clusters(batch: pa.Table) -> pa.Table:
+    return batch.append_column("fuzzy_cluster", batch["doc_id"].cast(pa.string())).append_column(
+        "fuzzy_dup_of", pa.nulls(batch.num_rows, pa.string())
+    )
+
+
+def fuzzy_dedup(
+    ds: ray.data.Dataset,
+    *,
+    threshold: float = 0.8,
+    num_perm: int = 128,
+    ngram: int = 13,
+    bands: int | None = None,
+    rows: int | None = None,
+    seed: int = 42,
+    num_partitions: int | None = None,
+) -> ray.data.Dataset:
+    """Add `fuzzy_cluster` (the cluster's smallest doc_id, a document's own id when it has no
+    near duplicate) and `fuzzy_dup_of` (the kept doc_id for removed documents, null for kept)."""
+    if (bands is None) != (rows is None):
+        raise ValueError("give both bands and rows, or neither (then they follow threshold)")
+    if bands is None:
+        bands, rows = optimal_bands_rows(threshold, num_perm)
+    if bands < 1 or rows < 1 or bands * rows > num_perm:
+        raise ValueError(
+            f"bands x rows = {bands} x {rows} must be positive and use at most num_perm={num_perm}"
+        )
+    partitions = _shuffle_partitions(num_partitions)
+    band_rows = ds.select_columns(["doc_id", "text"]).map_batches(
+        _band_keys,
+        batch_format="pyarrow",
+        batch_size=_SIGNATURE_BATCH,
+        fn_kwargs={"ngram": ngram, "bands": bands, "rows": rows}
+        | _minhash_constants(num_perm, seed),
+    )
+    edges = (
+        band_rows.groupby(_BAND_KEY, num_partitions=partitions)
+        .aggregate(AsList("doc_id", alias_name="_members"), Min("doc_id", alias_name="_smallest"))
+        .map_batches(_bucket_edges, batch_format="pyarrow")
+        .materialize()
+    )
+    if edges.count() == 0:
+        return ds.map_batches(_singleton_clusters, batch_format="pyarrow")
+    roots = _connected_components(edges, partitions)
+    return ds.join(
+        roots, join_type="left_outer", num_partitions=partitions, on=("doc_id",)
+    ).map_batches(_mark_fuzzy, batch_format="pyarrow")

@@ -1,0 +1,185 @@
+"""The base-model milestone on CPU: the Ray Train loop's data order, parity across world sizes,
+fault tolerance, FSDP and the Hugging Face export, on a ~60k-parameter GPT-NeoX and generated data.
+
+Every run is the real pretrain stage (`run_pretrain_stage` -> `fit` -> TorchTrainer, gloo) on a
+2-CPU local Ray; the loop's trace (`PAJAMA_TRACE_DIR`, see `pajama.train.trace`) records which
+sequences each rank consumed at each step and the step's loss. All runs are fp32, 10 steps of a
+global batch of 8 sequences, checkpointing every 4 steps.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import ray
+import torch
+from pretrain_fixtures import (
+    dcp_shard_files,
+    last_attempt_by_step,
+    make_data_artifact,
+    read_trace,
+    run_checkpoints,
+    run_pretrain,
+    tiny_pretrain_config,
+)
+from safetensors.torch import load_file
+
+from pajama.train.trace import PROBE_FILE
+
+pytestmark = pytest.mark.slow
+
+STEPS, GLOBAL_BATCH = 10, 8
+# fp32 on one machine: only the order of floating-point reductions differs between the runs.
+LOSS_ATOL = 1e-5
+LOGITS_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    return root, make_data_artifact(root / "data")
+
+
+def _run(work, name: str, cfg, **env):
+    root, data = work
+    trace = root / f"trace-{name}"
+    result = run_pretrain(cfg, data, root, name, PAJAMA_TRACE_DIR=str(trace), **env)
+    return result, read_trace(trace), trace
+
+
+@pytest.fixture(scope="module")
+def ddp2(ray_local, work):
+    """The reference run: 2 workers, DDP, micro-batch 4."""
+    return _run(work, "ddp2", tiny_pretrain_config(2, micro_batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def ddp1(ray_local, work):
+    """1 worker, micro-batch 4, 2 accumulation steps: the same global batch as `ddp2`."""
+    return _run(work, "ddp1", tiny_pretrain_config(1, micro_batch_size=4))
+
+
+def _global_steps(records: list[dict], world: int) -> dict[int, tuple[list[int], float]]:
+    """Per step: the global batch's sequence ids (rank order) and the loss, from the latest attempt."""
+    by_rank = [last_attempt_by_step(records, r) for r in range(world)]
+    return {s: ([i for r in range(world) for i in by_rank[r][s]["seq_index"]], by_rank[0][s]["loss"])
+            for s in sorted(by_rank[0])}
+
+
+def test_two_workers_match_one_worker_at_the_same_global_batch(ddp1, ddp2):
+    (res1, trace1, _), (res2, trace2, _) = ddp1, ddp2
+    one, two = _global_steps(trace1, 1), _global_steps(trace2, 2)
+    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    # The same sequences, in the same order, form every global batch...
+    for step in one:
+        assert one[step][0] == two[step][0] == list(range((step - 1) * GLOBAL_BATCH, step * GLOBAL_BATCH))
+    # ...and the loss, normalised by the global number of target tokens, follows the same curve.
+    diffs = [abs(one[s][1] - two[s][1]) for s in one]
+    print(f"\n[parity] max |loss(1 worker) - loss(2 workers)| over {STEPS} steps: {max(diffs):.2e}")
+    assert max(diffs) < LOSS_ATOL
+    assert one[STEPS][1] < one[1][1], "the loss did not go down"
+    m1, m2 = res1["final_metrics"], res2["final_metrics"]
+    assert abs(m1["grad_norm"] - m2["grad_norm"]) < 1e-4
+    assert abs(m1["eval_loss"] - m2["eval_loss"]) < 0.05  # 2 workers evaluate twice the sequences
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tokens_seen"):
+        assert key in m2
+    assert m2["tokens_seen"] == STEPS * GLOBAL_BATCH * 32
+
+
+def test_killed_worker_restarts_from_the_last_checkpoint_without_repeating_data(ray_local, work, ddp2):
+    """Rank 1 kills its process after step 6; FailureConfig restarts the group from step 4."""
+    result, records, trace = _run(work, "ddp2-killed", tiny_pretrain_config(2, micro_batch_size=4),
+                                  PAJAMA_TEST_FAIL_AT_STEP="6")
+    assert (trace / "fault-injected").exists()
+    pids = {r["pid"] for r in records if r["rank"] == 1}
+    assert len(pids) == 2, "rank 1 should have run in two processes (before and after the restart)"
+    # The attempt after the restart starts right after the step-4 checkpoint, at sequence 32.
+    restarted = [r for r in records if r["rank"] == 0 and r["pid"] != records[0]["pid"]]
+    assert [r["step"] for r in restarted] == list(range(5, STEPS + 1))
+    assert restarted[0]["seq_index"][0] == 4 * GLOBAL_BATCH
+    # Over the whole run, each sequence was trained on exactly once, at the same step as without
+    # the failure, and the losses are those of the uninterrupted run.
+    reference, resumed = _global_steps(ddp2[1], 2), _global_steps(records, 2)
+    assert [resumed[s][0] for s in resumed] == [reference[s][0] for s in reference]
+    consumed = [i for s in resumed for i in resumed[s][0]]
+    assert sorted(consumed) == list(range(STEPS * GLOBAL_BATCH))
+    diffs = [abs(resumed[s][1] - reference[s][1]) for s in reference]
+    print(f"\n[fault] max |loss(resumed) - loss(uninterrupted)|: {max(diffs):.2e}")
+    assert max(diffs) < LOSS_ATOL
+    assert result["final_metrics"]["step"] == STEPS
+
+
+def test_export_loads_and_generates_like_an_incite_model(ddp2, work):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, _ = work
+    model_dir = root / "ddp2" / "model"
+    assert (model_dir / "model.safetensors").exists() and not list(model_dir.glob("*.bin"))
+    # As the RedPajama-INCITE model cards show.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16)
+    inputs = tokenizer("The json module", return_tensors="pt").to(model.device)
+    torch.manual_seed(0)
+    outputs = model.generate(**inputs, max_new_tokens=12, do_sample=True, temperature=0.7, top_p=0.7, top_k=50,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+    new_tokens = outputs.sequences[0, inputs.input_ids.shape[1]:]
+    assert 0 < len(new_tokens) <= 12
+    assert isinstance(tokenizer.decode(new_tokens), str)
+    # In fp32 the exported weights give the logits the trained model gave right before export.
+    probe = load_file(str(ddp2[2] / PROBE_FILE))
+    fp32 = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    with torch.no_grad():
+        logits = fp32(input_ids=probe["input_ids"]).logits
+    diff = (logits - probe["logits"]).abs().max().item()
+    print(f"\n[export] max |logits(exported) - logits(trained)|: {diff:.2e}")
+    assert diff < LOGITS_ATOL
+
+
+def test_fsdp_trains_checkpoints_shards_resumes_after_relaunch_and_exports(ray_local, work, ddp2):
+    """FSDP2 on gloo: a crash at step 6 with no retries left fails the run; relaunching the same
+    run resumes from the sharded step-4 checkpoint and matches the DDP reference."""
+    root, _ = work
+    cfg = tiny_pretrain_config(2, micro_batch_size=4, strategy="fsdp", max_failures=0)
+    with pytest.raises(Exception, match="(?i)fail"):
+        _run(work, "fsdp", cfg, PAJAMA_TEST_FAIL_AT_STEP="6")
+    checkpoints = run_checkpoints(root, "fsdp")
+    assert checkpoints, "the crashed run left no checkpoint"
+    latest = checkpoints[-1]
+    assert json.loads((latest / "train_state.json").read_text()) == {"step": 4, "consumed": 4 * GLOBAL_BATCH}
+    shards = dcp_shard_files(latest)
+    assert set(shards) == {"__0_0.distcp", "__1_0.distcp"}
+    assert all((latest / f).stat().st_size > 0 for f in shards)
+    # Sharded, not replicated: each rank holds its half of every 2-D weight.
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(str(latest)).read_metadata().state_dict_metadata
+    qkv = meta["model.gpt_neox.layers.0.attention.query_key_value.weight"]
+    assert len(qkv.chunks) == 2 and {c.sizes[0] for c in qkv.chunks} == {qkv.size[0] // 2}
+
+    result, records, trace = _run(work, "fsdp", cfg)  # the relaunch: same run name, no fault
+    resumed_pid = records[-1]["pid"]
+    assert min(r["step"] for r in records if r["pid"] == resumed_pid) == 5
+    reference, fsdp = _global_steps(ddp2[1], 2), _global_steps(records, 2)
+    assert [fsdp[s][0] for s in fsdp] == [reference[s][0] for s in reference]
+    diffs = [abs(fsdp[s][1] - reference[s][1]) for s in reference]
+    print(f"\n[fsdp] max |loss(FSDP, relaunched) - loss(DDP)|: {max(diffs):.2e}")
+    assert max(diffs) < LOSS_ATOL
+    assert result["final_metrics"]["step"] == STEPS
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(root / "fsdp" / "model", torch_dtype=torch.float32)
+    probe = load_file(str(trace / PROBE_FILE))
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"]).logits
+    assert np.allclose(logits.numpy(), probe["logits"].numpy(), atol=LOGITS_ATOL)
