@@ -125,7 +125,7 @@ def bare_loop(args, setup_: dict, shard_dir: Path, queue) -> None:
     with device:
         model = GPTNeoXForCausalLM(GPTNeoXConfig(**setup_["model_config"]))
     if setup_["activation_checkpointing"]:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()]

@@ -58,7 +58,7 @@ def test_bad_config_names_the_field(override, field):
 
 
 def test_unknown_recipe_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="known: 3b, 7b, tiny"):
+    with pytest.raises(ConfigError, match="known: 160m, 1b, 3b, 7b, tiny$"):
         load_config("13b")
 
 

@@ -313,7 +313,8 @@ def recipe_path(name_or_path: str) -> Path:
         return path
     path = PIPELINES_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+        # pipelines/ also holds the Serve config (serve.yaml), which is not a recipe.
+        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml") if p.stem != "serve")
         raise ConfigError(f"unknown recipe {name_or_path!r}; known: {', '.join(known)}")
     return path
 
