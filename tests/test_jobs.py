@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -68,3 +69,22 @@ def test_ray_job_submit_pretrain(ray_head, tiny_project, tiny_dag):
     assert "succeeded" in output
     assert "[pajama] data: up to date, reusing" in output
     assert "[pajama] pretrain: running" in output and "[pajama] pretrain: done" in output
+
+
+def test_k8s_rayjob_entrypoints_run_with_ray_job_submit(ray_head, tiny_project, tiny_dag):
+    """The commands the KubeRay RayJobs run are the ones that work with `ray job submit` here.
+
+    Against the tiny DAG's storage every stage is up to date, so each job proves its entrypoint,
+    its arguments and the package import on the cluster without retraining.
+    """
+    from test_k8s import k8s_entrypoints
+
+    entrypoints = k8s_entrypoints("cpu-dev")
+    assert len(entrypoints) == 5
+    for entrypoint in entrypoints:
+        python, script, *args = shlex.split(entrypoint)
+        assert python == "python" and script.startswith("jobs/")
+        proc = submit(ray_head, tiny_project.storage, script.removeprefix("jobs/"), *args)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{entrypoint}:\n{output[-3000:]}"
+        assert "up to date, reusing" in output and "Traceback" not in output, entrypoint
