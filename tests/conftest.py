@@ -62,6 +62,21 @@ class Project:
         return manifests[-1].parent, json.loads(manifests[-1].read_text())
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray for one test module, stopped after it, so modules that need their own Ray
+    (a two-node cluster, Serve) can start one."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=2, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    if started_here:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Project:
     return Project(tmp_path_factory.mktemp("pajama-tiny"))

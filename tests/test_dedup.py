@@ -26,15 +26,6 @@ from pajama.data.dedup import (
 from pajama.data.slices import DOCUMENT_COLUMNS, SLICES
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    if started_here:
-        ray.shutdown()
 
 
 def doc(doc_id: str, slice_: str, text: str) -> dict:

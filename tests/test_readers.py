@@ -13,7 +13,6 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from warcio.statusandheaders import StatusAndHeaders
@@ -37,15 +36,6 @@ GPL3_TEXT = """                    GNU GENERAL PUBLIC LICENSE
 EPOCH_2023 = 1672531200
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    if started_here:
-        ray.shutdown()
 
 
 def documents(dataset) -> dict[str, dict]:
