@@ -7,7 +7,6 @@ exported model loaded with plain transformers, the MLflow runs, inputs and regis
 
 from __future__ import annotations
 
-import json
 import re
 
 import mlflow
@@ -132,8 +131,12 @@ def test_finetunes_start_from_the_base_run(tiny_project):
         _, manifest = tiny_project.artifact(stage)
         assert manifest["base_model"] == f"runs:/{pretrain['mlflow_run_id']}"
         assert manifest["inputs"] == {"pretrain": pretrain["fingerprint"]}
-    tokenizer_config = json.loads((tiny_project.artifact("chat")[0] / "model" / "tokenizer_config.json").read_text())
-    assert "<bot>:" in tokenizer_config["chat_template"]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_project.artifact("chat")[0] / "model")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert prompt == "<human>: hi\n<bot>:"
 
 
 def test_lineage_command(tiny_project, tiny_dag):

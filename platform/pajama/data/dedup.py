@@ -47,6 +47,7 @@ _SHINGLE_CHUNK = 1 << 14
 # Documents per signature batch: bounds the per-task word arrays for book-length documents.
 _SIGNATURE_BATCH = 256
 _MAX_CC_ROUNDS = 64
+_MAX_NGRAM = 64
 
 _EXACT_HASH = "_exact_hash"
 _EXACT_KEEP = "_exact_keep"
@@ -103,7 +104,8 @@ def _mark_exact(batch: pa.Table) -> pa.Table:
 
 def exact_dedup(ds: ray.data.Dataset, *, num_partitions: int | None = None) -> ray.data.Dataset:
     """Add `exact_dup_of`: the kept doc_id for a document whose normalised text repeats one
-    with a smaller doc_id anywhere in the corpus, null for kept documents."""
+    with a smaller doc_id anywhere in the corpus, null for kept documents. num_partitions as
+    in fuzzy_dedup."""
     partitions = _shuffle_partitions(num_partitions)
     hashed = ds.map_batches(_add_exact_hash, batch_format="pyarrow")
     duplicated = (
@@ -167,7 +169,7 @@ def _minhash_constants(num_perm: int, seed: int) -> dict[str, np.ndarray]:
         "perm_a": rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64),
         "perm_b": rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64),
         # Odd multipliers combining the word hashes of a shingle position by position.
-        "shingle_coef": rng.integers(0, np.iinfo(np.uint64).max, size=64, dtype=np.uint64)
+        "shingle_coef": rng.integers(0, np.iinfo(np.uint64).max, size=_MAX_NGRAM, dtype=np.uint64)
         | np.uint64(1),
     }
 
@@ -392,7 +394,15 @@ def fuzzy_dedup(
     num_partitions: int | None = None,
 ) -> ray.data.Dataset:
     """Add `fuzzy_cluster` (the cluster's smallest doc_id, a document's own id when it has no
-    near duplicate) and `fuzzy_dup_of` (the kept doc_id for removed documents, null for kept)."""
+    near duplicate) and `fuzzy_dup_of` (the kept doc_id for removed documents, null for kept).
+
+    bands x rows default to optimal_bands_rows(threshold, num_perm); `seed` fixes the MinHash
+    permutations, so a rerun marks the same documents. num_partitions (default: Ray Data's
+    default_hash_shuffle_parallelism) sets the shuffle partitions: size it so that one
+    partition of the corpus fits in a worker.
+    """
+    if not 1 <= ngram <= _MAX_NGRAM:
+        raise ValueError(f"ngram must be between 1 and {_MAX_NGRAM}, got {ngram}")
     if (bands is None) != (rows is None):
         raise ValueError("give both bands and rows, or neither (then they follow threshold)")
     if bands is None:
