@@ -25,7 +25,9 @@ def ray_head(tmp_path_factory):
     """A head node of its own (own ports and temp dir), stopped by killing its process group."""
     dashboard = free_port()
     temp_dir = tmp_path_factory.mktemp("ray-head")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = _client_env()
+    # Ray >= 2.59 enables token auth for local clusters; head and clients share ~/.ray/auth_token.
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -50,14 +52,24 @@ def ray_head(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _client_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
 def submit(address: str, storage: Path, script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """Exactly the README's command, with storage passed to the job through its runtime env."""
     runtime_env = f'{{"env_vars": {{"PAJAMA_STORAGE_URI": "{storage}"}}}}'
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json", runtime_env,
-         "--", "python", f"jobs/{script}", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    command = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json",
+               runtime_env, "--", "python", f"jobs/{script}", *args]
+    for _ in range(30):
+        proc = subprocess.run(command, cwd=REPO, env=_client_env(), capture_output=True, text=True, timeout=timeout)
+        # The head answers before its job agent is up; Ray says so and asks to retry.
+        if "No available agent to submit job" not in proc.stdout + proc.stderr:
+            return proc
+        time.sleep(5)
+    return proc
 
 
 def test_ray_job_submit_pretrain(ray_head, tiny_project, tiny_dag):
