@@ -172,6 +172,20 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
+def completion_response(
+    *, id: str, created: int, model: str, fingerprint: str, text: str, finish_reason: str, usage: dict
+) -> dict:
+    return {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage,
+    }
+
+
 def completion_chunk(
     *, id: str, created: int, model: str, fingerprint: str, text: str, finish_reason: str | None,
     usage: dict | None = None,
