@@ -190,15 +190,9 @@ def completion_chunk(
     *, id: str, created: int, model: str, fingerprint: str, text: str, finish_reason: str | None,
     usage: dict | None = None,
 ) -> dict:
-    return {
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage,
-    }
+    """A streamed completion chunk has the shape of a whole completion."""
+    return completion_response(id=id, created=created, model=model, fingerprint=fingerprint, text=text,
+                               finish_reason=finish_reason, usage=usage)
 
 
 def chat_response(
