@@ -146,10 +146,11 @@ def test_export_loads_and_generates_like_an_incite_model(ddp2, work):
 
 
 def test_fsdp_trains_checkpoints_shards_resumes_after_relaunch_and_exports(ray_local, work, ddp2):
-    """FSDP2 on gloo: a crash at step 6 with no retries left fails the run; relaunching the same
-    run resumes from the sharded step-4 checkpoint and matches the DDP reference."""
+    """FSDP2 on gloo, as the 3B/7B presets run it (activation checkpointing, gradient accumulation:
+    micro-batch 2 x 2 steps): a crash at step 6 with no retries left fails the run; relaunching
+    the same run resumes from the sharded step-4 checkpoint and matches the DDP reference."""
     root, _ = work
-    cfg = tiny_pretrain_config(2, micro_batch_size=4, strategy="fsdp", max_failures=0)
+    cfg = tiny_pretrain_config(2, micro_batch_size=2, strategy="fsdp", activation_checkpointing=True, max_failures=0)
     with pytest.raises(Exception, match="(?i)fail"):
         _run(work, "fsdp", cfg, PAJAMA_TEST_FAIL_AT_STEP="6")
     checkpoints = run_checkpoints(root, "fsdp")
@@ -170,7 +171,7 @@ def test_fsdp_trains_checkpoints_shards_resumes_after_relaunch_and_exports(ray_l
     resumed_pid = records[-1]["pid"]
     assert min(r["step"] for r in records if r["pid"] == resumed_pid) == 5
     reference, fsdp = _global_steps(ddp2[1], 2), _global_steps(records, 2)
-    assert [fsdp[s][0] for s in fsdp] == [reference[s][0] for s in reference]
+    assert [sorted(fsdp[s][0]) for s in fsdp] == [reference[s][0] for s in reference]
     diffs = [abs(fsdp[s][1] - reference[s][1]) for s in reference]
     print(f"\n[fsdp] max |loss(FSDP, relaunched) - loss(DDP)|: {max(diffs):.2e}")
     assert max(diffs) < LOSS_ATOL
