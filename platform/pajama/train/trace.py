@@ -6,7 +6,10 @@
   pid), and rank 0 writes `probe.safetensors`: a fixed probe batch and the logits the trained
   model gives it, taken right before the export, so a test can compare them with the export's.
 - `PAJAMA_TEST_FAIL_AT_STEP=k` (test-only fault injection, needs `PAJAMA_TRACE_DIR`): the last
-  rank kills its own process right after step k, once per trace dir (a marker file remembers it).
+  rank kills its own process after step k, once per trace dir (a marker file remembers it). It
+  waits `FAULT_GRACE_S` first: Ray Train's controller registers a reported checkpoint when it next
+  polls the workers (every 2 s by default), and a crash before that falls back to the checkpoint
+  before, which is correct but would not exercise the resume the tests check.
 
 The driver forwards these variables to the workers (`FORWARDED_ENV`); unset, nothing happens.
 """
@@ -24,6 +27,7 @@ import torch
 FORWARDED_ENV = ("PAJAMA_TRACE_DIR", "PAJAMA_TEST_FAIL_AT_STEP")
 PROBE_FILE = "probe.safetensors"
 PROBE_SHAPE = (2, 16)
+FAULT_GRACE_S = 6.0
 
 
 class StepTrace:
@@ -57,6 +61,7 @@ class StepTrace:
         marker = self.dir / "fault-injected"
         if step == self.fail_at and self.rank == self.world - 1 and not marker.exists():
             marker.write_text(f"rank {self.rank} pid {os.getpid()} killed itself after step {step}\n")
+            time.sleep(FAULT_GRACE_S)
             os._exit(1)
 
     def probe(self, model, vocab_size: int, device: torch.device) -> None:
