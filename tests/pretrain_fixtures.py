@@ -75,7 +75,8 @@ def last_attempt_by_step(records: list[dict], rank: int) -> dict[int, dict]:
     return {r["step"]: r for r in records if r["rank"] == rank}
 
 
-def run_pretrain(cfg: PretrainConfig, data: Artifact, root: Path, name: str, **env: str) -> dict:
+def run_pretrain(cfg: PretrainConfig, data: Artifact, root: Path, name: str, tracking: dict | None = None,
+                 **env: str) -> dict:
     """The pretrain stage as the DAG runs it, with `env` (PAJAMA_TRACE_DIR, ...) set on the
     driver for the run, which `fit` forwards to the workers. Output goes to `root/name`."""
     from pajama.train.pretrain import run_pretrain_stage
@@ -85,7 +86,7 @@ def run_pretrain(cfg: PretrainConfig, data: Artifact, root: Path, name: str, **e
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return run_pretrain_stage(cfg, data, out, root / "storage", name, seed=0, tracking=None)
+        return run_pretrain_stage(cfg, data, out, root / "storage", name, seed=0, tracking=tracking)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -39,8 +39,10 @@ LOGITS_ATOL = 1e-5
 @pytest.fixture(scope="module")
 def ray_local():
     ray.init(num_cpus=2, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    bars, context.enable_progress_bars = context.enable_progress_bars, False
     yield
+    context.enable_progress_bars = bars
     ray.shutdown()
 
 
@@ -50,10 +52,10 @@ def work(tmp_path_factory):
     return root, make_data_artifact(root / "data")
 
 
-def _run(work, name: str, cfg, **env):
+def _run(work, name: str, cfg, tracking: dict | None = None, **env):
     root, data = work
     trace = root / f"trace-{name}"
-    result = run_pretrain(cfg, data, root, name, PAJAMA_TRACE_DIR=str(trace), **env)
+    result = run_pretrain(cfg, data, root, name, tracking, PAJAMA_TRACE_DIR=str(trace), **env)
     return result, read_trace(trace), trace
 
 
@@ -65,8 +67,15 @@ def ddp2(ray_local, work):
 
 @pytest.fixture(scope="module")
 def ddp1(ray_local, work):
-    """1 worker, micro-batch 4, 2 accumulation steps: the same global batch as `ddp2`."""
-    return _run(work, "ddp1", tiny_pretrain_config(1, micro_batch_size=4))
+    """1 worker, micro-batch 4, 2 accumulation steps: the same global batch as `ddp2`; it also logs
+    to an MLflow run, as the DAG's pretrain stage does."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{work[0] / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("pretrain-tests")).info.run_id
+    result = _run(work, "ddp1", tiny_pretrain_config(1, micro_batch_size=4), {"uri": uri, "run_id": run_id})
+    return (*result, client.get_run(run_id).data.metrics, client.get_metric_history(run_id, "loss"))
 
 
 def _global_steps(records: list[dict], world: int) -> dict[int, tuple[list[int], float]]:
@@ -77,7 +86,7 @@ def _global_steps(records: list[dict], world: int) -> dict[int, tuple[list[int],
 
 
 def test_two_workers_match_one_worker_at_the_same_global_batch(ddp1, ddp2):
-    (res1, trace1, _), (res2, trace2, _) = ddp1, ddp2
+    (res1, trace1, _, mlflow_metrics, mlflow_loss), (res2, trace2, _) = ddp1, ddp2
     one, two = _global_steps(trace1, 1), _global_steps(trace2, 2)
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
     # The same sequences, in the same order, form every global batch...
@@ -88,6 +97,12 @@ def test_two_workers_match_one_worker_at_the_same_global_batch(ddp1, ddp2):
     print(f"\n[parity] max |loss(1 worker) - loss(2 workers)| over {STEPS} steps: {max(diffs):.2e}")
     assert max(diffs) < LOSS_ATOL
     assert one[STEPS][1] < one[1][1], "the loss did not go down"
+    # Rank 0 logged every step's metrics to MLflow under the names the UI and tests rely on.
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "tokens_seen", "eval_loss",
+            "eval_loss/docs_a", "eval_loss/docs_b"} <= set(mlflow_metrics)
+    assert "mfu" not in mlflow_metrics  # CPU: no known peak FLOP/s
+    assert [(m.step, round(m.value, 6)) for m in sorted(mlflow_loss, key=lambda m: m.step)] == [
+        (s, round(one[s][1], 6)) for s in one]
     m1, m2 = res1["final_metrics"], res2["final_metrics"]
     assert abs(m1["grad_norm"] - m2["grad_norm"]) < 1e-4
     assert abs(m1["eval_loss"] - m2["eval_loss"]) < 0.05  # 2 workers evaluate twice the sequences

@@ -23,9 +23,11 @@ def two_nodes():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
     cluster.add_node(num_cpus=3)
     ray.init(address=cluster.address)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    bars, context.enable_progress_bars = context.enable_progress_bars, False
     cluster.wait_for_nodes()
     yield cluster
+    context.enable_progress_bars = bars
     ray.shutdown()
     cluster.shutdown()
 
