@@ -16,14 +16,10 @@ sequences and seed. Tokens reach the caller through a transformers streamer, one
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -40,6 +36,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from pajama.models import ResolvedModel, resolve_source  # noqa: F401  (re-exported for the serve app)
 from pajama.serve.events import Delta, Finished
 from pajama.sft.templates import CHAT_TEMPLATE, INSTRUCT_CHAT_TEMPLATE
 
@@ -57,85 +54,6 @@ class RequestError(ValueError):
         super().__init__(message)
         self.param = param
         self.code = code
-
-
-# ----------------------------------------------------------------------------------------------
-# Model sources
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model ready to load: where its weights and tokenizer are, and where they came from."""
-
-    weights_dir: Path
-    tokenizer_dir: Path
-    version: str  # "<registered name>/<version>" from MLflow, or "sha256-<hex>" for a local dir
-    run_id: str | None  # the MLflow run that logged it; None for a local directory
-
-
-def fingerprint_dir(path: Path) -> str:
-    """A content hash of every file under `path` (names and bytes), so any change shows."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return f"sha256-{digest.hexdigest()[:16]}"
-
-
-def resolve_source(source: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> ResolvedModel:
-    """Resolve a local HF directory or an MLflow `models:/` URI into a loadable `ResolvedModel`."""
-    if source.startswith("models:/"):
-        return _resolve_mlflow(source, tracking_uri, cache_dir)
-    path = Path(source).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model source {source!r} is not a Hugging Face model directory (no config.json); "
-            "give a directory written by save_pretrained or an MLflow URI models:/<name>@<alias>"
-        )
-    return ResolvedModel(path, path, fingerprint_dir(path), None)
-
-
-def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None) -> ResolvedModel:
-    import mlflow
-    from mlflow.models import Model
-
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not tracking_uri:
-        raise ValueError(f"model source {uri!r} needs an MLflow tracking URI: set tracking_uri or MLFLOW_TRACKING_URI")
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    reference = uri[len("models:/"):]
-    if "@" in reference:
-        name, alias = reference.split("@", 1)
-        model_version = client.get_model_version_by_alias(name, alias)
-    elif reference.count("/") == 1:
-        name, version = reference.split("/")
-        model_version = client.get_model_version(name, version)
-    else:
-        raise ValueError(f"model source {uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
-
-    # Download the pinned version, not the alias, so the files match the provenance we report.
-    destination = Path(cache_dir or tempfile.mkdtemp(prefix="pajama-serve-"))
-    destination = destination / f"{model_version.name}-v{model_version.version}"
-    artifacts = client.get_model_version_download_uri(model_version.name, model_version.version)
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=artifacts, dst_path=str(destination), tracking_uri=tracking_uri
-        )
-    )
-    flavor = Model.load(str(local / "MLmodel")).flavors.get("transformers")
-    if flavor is None:
-        raise ValueError(f"{uri} was not logged with mlflow.transformers (no 'transformers' flavor in MLmodel)")
-    weights_dir = local / flavor.get("model_binary", "model")
-    # log_model keeps the tokenizer beside the weights when the source directory had one,
-    # and always saves it as a component.
-    tokenizer_dir = weights_dir if (weights_dir / "tokenizer_config.json").is_file() else local / "components" / "tokenizer"
-    if not (weights_dir / "config.json").is_file() or not (tokenizer_dir / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(f"{uri}: no HF weights/tokenizer found under {local} (looked in {weights_dir}, {tokenizer_dir})")
-    return ResolvedModel(
-        weights_dir, tokenizer_dir, f"{model_version.name}/{model_version.version}", model_version.run_id
-    )
 
 
 # ----------------------------------------------------------------------------------------------
