@@ -157,7 +157,7 @@ def ray_loop(args, setup_: dict, shard_dir: Path, work: Path) -> list[dict]:
     import ray
 
     from pajama.config import PretrainConfig
-    from pajama.train.pretrain import shard_dataset
+    from pajama.data.stage import read_parquet_dir
     from pajama.train.trainer import fit
 
     gpu = args.device == "cuda"
@@ -178,7 +178,7 @@ def ray_loop(args, setup_: dict, shard_dir: Path, work: Path) -> list[dict]:
         spec = {"init": "scratch", "model_config": setup_["model_config"], "seed": 0, "seq_len": setup_["seq_len"],
                 "eval_slices": ["all"], "tracking": None}
         os.environ["PAJAMA_TRACE_DIR"] = str(work / "trace")
-        fit(spec, shard_dataset(shard_dir), shard_dataset(shard_dir), training, work / "storage",
+        fit(spec, read_parquet_dir(shard_dir), read_parquet_dir(shard_dir), training, work / "storage",
             run_name="throughput", export_to=work / "export")
         return [json.loads(line) for line in (work / "trace" / "rank-0.jsonl").read_text().splitlines()]
     finally:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def ray_head(tmp_path_factory):
     while True:
         try:
             urllib.request.urlopen(f"{address}/api/version", timeout=5)
+            break
+        except urllib.error.HTTPError:
+            # Any HTTP answer means the dashboard is up; with token auth it is 401 without a token.
             break
         except OSError:
             if time.time() > deadline or proc.poll() is not None:

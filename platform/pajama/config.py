@@ -123,6 +123,8 @@ class FuzzyDedupConfig(Strict):
     ngram: int = Field(13, ge=1)
     bands: int | None = None
     rows: int | None = None
+    # Connected components of up to this many candidate pairs run on the driver (~100 B each).
+    driver_components_max_edges: int = Field(2_000_000, ge=0)
 
     @model_validator(mode="after")
     def _bands_rows(self) -> "FuzzyDedupConfig":

@@ -16,7 +16,9 @@ unchanged (the join may widen string to large_string); rows come back in shuffle
 Memory: every step is a Ray Data map, hash aggregate or hash join, so a worker holds one block
 or one shuffle partition (about the data volume / num_partitions), never the corpus. The
 largest single values are one LSH bucket's doc_id list and one node's neighbour list, both
-bounded by the size of the largest near-duplicate cluster. Both functions read `ds` twice
+bounded by the size of the largest near-duplicate cluster. The one exception is deliberate: a
+candidate graph small enough for one process (fuzzy_dedup's driver_components_max_edges) gets
+its connected components on the driver, as RedPajama-V2 did. Both functions read `ds` twice
 (once for the keys, once for the join): pass a materialised or file-backed dataset when the
 upstream stages are expensive. Set DataContext.use_disk_based_hash_shuffle (or
 RAY_DATA_ENABLE_DISK_SHUFFLE=1) when the corpus exceeds the cluster's object store.
@@ -362,6 +364,34 @@ def _connected_components(
     )
 
 
+def _connected_components_on_driver(edges: ray.data.Dataset) -> ray.data.Dataset:
+    """The same rows as _connected_components, computed in this process with scipy.
+
+    RedPajama-V2 itself ran this step on one machine: the candidate graph has one edge per
+    near-duplicate, far smaller than the corpus, and one union-find pass beats the
+    O(log^2 n) shuffle rounds whenever the edges fit in memory."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    table = pa.concat_tables(list(edges.iter_batches(batch_format="pyarrow", batch_size=None)))
+    child = table["_child"].to_numpy(zero_copy_only=False)
+    parent = table["_parent"].to_numpy(zero_copy_only=False)
+    # Sorted unique ids: a component's smallest index is its smallest doc_id (code-point order
+    # is UTF-8 byte order, the order Arrow's min uses in the distributed path).
+    nodes, index = np.unique(np.concatenate([child, parent]), return_inverse=True)
+    n = nodes.size
+    graph = coo_matrix((np.ones(child.size, np.int8), (index[: child.size], index[child.size :])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(n))
+    roots = smallest[labels]
+    moved = roots != np.arange(n)
+    return ray.data.from_arrow(
+        pa.table({"doc_id": pa.array(nodes[moved], pa.string()),
+                  _FUZZY_ROOT: pa.array(nodes[roots[moved]], pa.string())})
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Fuzzy dedup
 
@@ -392,6 +422,7 @@ def fuzzy_dedup(
     rows: int | None = None,
     seed: int = 42,
     num_partitions: int | None = None,
+    driver_components_max_edges: int = 2_000_000,
 ) -> ray.data.Dataset:
     """Add `fuzzy_cluster` (the cluster's smallest doc_id, a document's own id when it has no
     near duplicate) and `fuzzy_dup_of` (the kept doc_id for removed documents, null for kept).
@@ -399,7 +430,9 @@ def fuzzy_dedup(
     bands x rows default to optimal_bands_rows(threshold, num_perm); `seed` fixes the MinHash
     permutations, so a rerun marks the same documents. num_partitions (default: Ray Data's
     default_hash_shuffle_parallelism) sets the shuffle partitions: size it so that one
-    partition of the corpus fits in a worker.
+    partition of the corpus fits in a worker. Candidate graphs of at most
+    `driver_components_max_edges` edges get their connected components on the driver (about
+    100 bytes per edge); larger ones run the distributed large-star/small-star rounds.
     """
     if not 1 <= ngram <= _MAX_NGRAM:
         raise ValueError(f"ngram must be between 1 and {_MAX_NGRAM}, got {ngram}")
@@ -425,9 +458,13 @@ def fuzzy_dedup(
         .map_batches(_bucket_edges, batch_format="pyarrow")
         .materialize()
     )
-    if edges.count() == 0:
+    num_edges = edges.count()
+    if num_edges == 0:
         return ds.map_batches(_singleton_clusters, batch_format="pyarrow")
-    roots = _connected_components(edges, partitions)
+    if num_edges <= driver_components_max_edges:
+        roots = _connected_components_on_driver(edges)
+    else:
+        roots = _connected_components(edges, partitions)
     return ds.join(
         roots, join_type="left_outer", num_partitions=partitions, on=("doc_id",)
     ).map_batches(_mark_fuzzy, batch_format="pyarrow")

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from tokenizers import Tokenizer
 
 from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import dedup, filters, readers, signals
@@ -57,12 +58,22 @@ def _is_duplicate(batch: pa.Table) -> pa.Array:
     return mask
 
 
-def _files(path: Path) -> list[str]:
-    return sorted(str(p) for p in path.rglob("*.parquet"))
+def read_parquet_dir(path: Path) -> ray.data.Dataset:
+    """The parquet files under a directory of an artifact, in file-name order.
 
-
-def _read(path: Path) -> ray.data.Dataset:
-    return ray.data.read_parquet(_files(path))
+    Read with Ray Data's V1 parquet datasource: these are files Pajama wrote itself, and the V2
+    datasource starts a pool of footer-reader actors per execution (seconds on a small cluster,
+    and again in every training worker, which executes the whole stream itself; see loop.py).
+    """
+    files = sorted(str(p) for p in path.rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no parquet files under {path}")
+    context = ray.data.DataContext.get_current()
+    use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(files)
+    finally:
+        context.use_datasource_v2 = use_v2
 
 
 def _expand(path: str) -> str | list[str]:
@@ -98,16 +109,19 @@ def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int]) -> dict[st
 class _Packer:
     """Tokenize documents, append EOD, and cut each slice's token stream into seq_len rows."""
 
-    def __init__(self, tokenizer_dir: str, seq_len: int, slices: list[str]):
-        self.tok = load_tokenizer(tokenizer_dir)
+    def __init__(self, tokenizer_json: str, eos_token_id: int, seq_len: int, slices: list[str]):
+        # The Rust tokenizer behind the saved HF tokenizer: batch-encodes in parallel, and the
+        # actor starts without importing transformers and torch.
+        self.tok = Tokenizer.from_file(tokenizer_json)
+        self.eos_token_id = eos_token_id
         self.seq_len = seq_len
         self.slice_ids = {s: i for i, s in enumerate(slices)}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        encoded = self.tok(batch.column("text").to_pylist(), add_special_tokens=False)["input_ids"]
+        encoded = self.tok.encode_batch(batch.column("text").to_pylist(), add_special_tokens=False)
         streams: dict[str, list[int]] = defaultdict(list)
-        for ids, slice_name in zip(encoded, batch.column("slice").to_pylist()):
-            streams[slice_name].extend(ids + [self.tok.eos_token_id])
+        for enc, slice_name in zip(encoded, batch.column("slice").to_pylist()):
+            streams[slice_name].extend(enc.ids + [self.eos_token_id])
         rows, slice_ids, dropped = [], [], 0
         for slice_name, stream in streams.items():
             n = len(stream) // self.seq_len
@@ -139,7 +153,7 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
                  .map_batches(signals.compute_signals, batch_format="pyarrow")
                  .map_batches(filters.apply_filters, fn_kwargs={"rules": rules}, batch_format="pyarrow"))
     annotated.write_parquet(str(out / "documents"))
-    documents = _read(out / "documents")
+    documents = read_parquet_dir(out / "documents")
 
     kept = _where(documents, lambda b: b.column("keep"))
     # Ray's default of 200 shuffle partitions is for big clusters; a laptop wants a few.
@@ -150,10 +164,12 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     if cfg.fuzzy_dedup.enabled:
         print("[pajama] data: MinHash LSH dedup")
         fz = cfg.fuzzy_dedup
-        kept = dedup.fuzzy_dedup(kept, threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
-                                 bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions)
+        # fuzzy_dedup reads its input twice (keys, then the join): run what precedes it once.
+        kept = dedup.fuzzy_dedup(kept.materialize(), threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
+                                 bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions,
+                                 driver_components_max_edges=fz.driver_components_max_edges)
     kept.write_parquet(str(out / "deduped"))
-    deduped = _read(out / "deduped")
+    deduped = read_parquet_dir(out / "deduped")
     dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
     final = _where(deduped, lambda b: pc.invert(_is_duplicate(b)))
 
@@ -173,7 +189,7 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     print("[pajama] data: tokenizing and packing")
     slices = sorted(stats["slices"])
     salt = str(seed)
-    in_eval = lambda b: pa.array([_hash_unit(d, salt + ":eval") < cfg.eval_fraction  # noqa: E731
+    in_eval = lambda b: pa.array([_hash_unit(d, salt + ":eval") < cfg.eval_fraction
                                   for d in b.column("doc_id").to_pylist()])
     eval_docs = final_docs.map_batches(lambda b: b.filter(in_eval(b)), batch_format="pyarrow")
     train_docs = final_docs.map_batches(lambda b: b.filter(pc.invert(in_eval(b))), batch_format="pyarrow")
@@ -181,19 +197,20 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     if any(w != 1.0 for w in weights.values()):
         train_docs = train_docs.map_batches(_upsample, fn_kwargs={"weights": weights, "salt": salt},
                                             batch_format="pyarrow")
-    packer = dict(fn_constructor_kwargs={"tokenizer_dir": str(out / "tokenizer"), "seq_len": cfg.seq_len,
+    packer = dict(fn_constructor_kwargs={"tokenizer_json": str(out / "tokenizer" / "tokenizer.json"),
+                                         "eos_token_id": tokenizer.eos_token_id, "seq_len": cfg.seq_len,
                                          "slices": slices},
                   batch_format="pyarrow", batch_size=256, concurrency=(1, max(1, int(ray.cluster_resources().get("CPU", 1)))))
     for split, docs in (("train", train_docs), ("eval", eval_docs)):
+        # Shuffled: training streams in this order and evaluation scores the first batches.
         packed = docs.map_batches(_Packer, **packer).random_shuffle(seed=seed).materialize()
-        tails = packed.sum("dropped_tail_tokens") or 0
+        totals = _totals(packed, ["slice_id"], ("dropped_tail_tokens",))
         packed.drop_columns(["dropped_tail_tokens"]).write_parquet(
             str(out / "shards" / split), min_rows_per_file=cfg.sequences_per_shard)
-        counts = _count_by(_read(out / "shards" / split), "slice_id")
-        stats[f"{split}_sequences"] = sum(counts.values())
-        stats[f"{split}_tail_tokens_dropped"] = int(tails)
-        for sid, n in counts.items():
-            stats["slices"][slices[sid]][f"{split}_tokens"] = n * cfg.seq_len
+        stats[f"{split}_sequences"] = sum(t["count"] for t in totals)
+        stats[f"{split}_tail_tokens_dropped"] = sum(int(t["dropped_tail_tokens"]) for t in totals)
+        for t in totals:
+            stats["slices"][slices[t["slice_id"]]][f"{split}_tokens"] = t["count"] * cfg.seq_len
     stats["mixture_weights"] = weights
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     write_report(stats, out)
@@ -201,12 +218,18 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
             "tokenizer": cfg.tokenizer.name_or_path or "trained-bpe", "vocab_size": len(tokenizer)}
 
 
-def _count_by(ds: ray.data.Dataset, *keys: str) -> dict:
-    counts = {}
-    for row in ds.groupby(list(keys) if len(keys) > 1 else keys[0]).count().iter_rows():
-        key = tuple(row[k] for k in keys) if len(keys) > 1 else row[keys[0]]
-        counts[key] = row["count()"]
-    return counts
+def _totals(ds: ray.data.Dataset, keys: list[str], sums: tuple[str, ...] = ()) -> list[dict]:
+    """Row count ("count") and column sums per key. Each block is reduced where it lies and the
+    partial tables (slices x reasons rows each) are reduced again here, so no shuffle runs."""
+    aggregations = [([], "count_all"), *[(c, "sum") for c in sums]]
+    partials = list(ds.map_batches(lambda b: b.group_by(keys).aggregate(aggregations), batch_format="pyarrow",
+                                   batch_size=None).iter_batches(batch_format="pyarrow", batch_size=None))
+    if not partials:
+        return []
+    merged = pa.concat_tables(partials).group_by(keys).aggregate(
+        [("count_all", "sum"), *[(f"{c}_sum", "sum") for c in sums]])
+    return [{**{k: row[k] for k in keys}, "count": row["count_all_sum"], **{c: row[f"{c}_sum_sum"] or 0 for c in sums}}
+            for row in merged.to_pylist()]
 
 
 def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_columns: list[str]) -> dict:
@@ -221,30 +244,28 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
                             "drop_reason": b.column("drop_reason"),
                             "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
         batch_format="pyarrow")
-    for row in sizes.groupby(["slice", "keep", "drop_reason"]).aggregate(
-            ray.data.aggregate.Count(), ray.data.aggregate.Sum("bytes")).iter_rows():
+    for row in _totals(sizes, ["slice", "keep", "drop_reason"], ("bytes",)):
         e = entry(row["slice"])
-        e["documents_in"] += row["count()"]
-        e["bytes_in"] += int(row["sum(bytes)"] or 0)
+        e["documents_in"] += row["count"]
+        e["bytes_in"] += int(row["bytes"])
         if not row["keep"]:
-            e["dropped"][row["drop_reason"]] = e["dropped"].get(row["drop_reason"], 0) + row["count()"]
+            e["dropped"][row["drop_reason"]] = e["dropped"].get(row["drop_reason"], 0) + row["count"]
     kinds = {"exact_dup_of": "exact_duplicates", "fuzzy_dup_of": "near_duplicates"}
     flags = deduped.map_batches(
         lambda b: pa.table({"slice": b.column("slice"),
                             "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary())),
                             **{kinds[c]: pc.is_valid(b.column(c)) for c in dup_columns}}),
         batch_format="pyarrow")
-    group = ["slice", *[kinds[c] for c in dup_columns]]
-    for row in flags.groupby(group).aggregate(ray.data.aggregate.Count(), ray.data.aggregate.Sum("bytes")).iter_rows():
+    for row in _totals(flags, ["slice", *[kinds[c] for c in dup_columns]], ("bytes",)):
         e = entry(row["slice"])
         # A document flagged by both dedup passes counts once, as an exact duplicate.
         if row.get("exact_duplicates"):
-            e["exact_duplicates"] += row["count()"]
+            e["exact_duplicates"] += row["count"]
         elif row.get("near_duplicates"):
-            e["near_duplicates"] += row["count()"]
+            e["near_duplicates"] += row["count"]
         else:
-            e["documents_out"] += row["count()"]
-            e["bytes_out"] += int(row["sum(bytes)"] or 0)
+            e["documents_out"] += row["count"]
+            e["bytes_out"] += int(row["bytes"])
     for name, e in per_slice.items():
         accounted = sum(e["dropped"].values()) + e["exact_duplicates"] + e["near_duplicates"] + e["documents_out"]
         if accounted != e["documents_in"]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import ray
-
 from pajama.artifacts import Artifact
 from pajama.config import ModelConfig, PretrainConfig
+from pajama.data.stage import read_parquet_dir
 from pajama.data.tokenizer import load_tokenizer
 from pajama.train.trainer import fit
 
@@ -35,24 +34,6 @@ def gpt_neox_config(model: ModelConfig, tokenizer) -> dict:
     }
 
 
-def shard_dataset(path: Path) -> ray.data.Dataset:
-    """Shards in file-name order; the order inside is the seeded order the data stage wrote.
-
-    Read with Ray Data's V1 parquet datasource: every training worker executes the whole stream
-    itself (see loop.py), and the V2 datasource starts a pool of up to 32 footer-reader actors
-    per execution (per worker, per restart), which V1's plain read tasks do not need.
-    """
-    files = sorted(str(p) for p in path.rglob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no parquet shards under {path}")
-    context = ray.data.DataContext.get_current()
-    use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
-    try:
-        return ray.data.read_parquet(files)
-    finally:
-        context.use_datasource_v2 = use_v2
-
-
 def run_pretrain_stage(cfg: PretrainConfig, data: Artifact, out: Path, storage: Path, fp: str, seed: int,
                        tracking: dict | None) -> dict:
     tokenizer = load_tokenizer(str(data.path / "tokenizer"))
@@ -65,7 +46,7 @@ def run_pretrain_stage(cfg: PretrainConfig, data: Artifact, out: Path, storage: 
         "eval_slices": data.manifest["slices"],
         "tracking": tracking,
     }
-    metrics = fit(spec, shard_dataset(data.path / "shards" / "train"), shard_dataset(data.path / "shards" / "eval"),
+    metrics = fit(spec, read_parquet_dir(data.path / "shards" / "train"), read_parquet_dir(data.path / "shards" / "eval"),
                   cfg, storage, run_name=f"pretrain-{fp}", export_to=out / "model")
     tokenizer.save_pretrained(out / "model")
     return {"model_dir": "model", "final_metrics": metrics, "model_config": model_config}

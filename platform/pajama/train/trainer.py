@@ -27,6 +27,9 @@ def fit(spec: dict, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, train
         storage: Path, run_name: str, export_to: Path) -> dict:
     """Train, then copy the exported HF model into `export_to`. Returns the final metrics."""
     scaling = training.scaling
+    for ds in (train_ds, eval_ds):
+        # Every worker executes these streams itself; their progress bars would flood the job log.
+        ds.context.enable_progress_bars = False
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
