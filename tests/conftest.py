@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def free_port() -> int:
@@ -60,6 +65,49 @@ class Project:
                            key=lambda p: json.loads(p.read_text())["created"])
         assert manifests, f"no finished {stage} artifact under {self.storage}"
         return manifests[-1].parent, json.loads(manifests[-1].read_text())
+
+
+@dataclass
+class RayHead:
+    dashboard: str  # the job API, for `ray job submit --address`
+    gcs: str        # for drivers: RAY_ADDRESS, `serve run --address`
+
+
+@contextlib.contextmanager
+def start_ray_head(temp_dir: Path, env: dict, num_cpus: int = 2):
+    """`ray start --head` with its own ports and temp dir, stopped by killing its process group.
+
+    Ray >= 2.59 enables token auth for local clusters: head and clients share
+    ~/.ray/auth_token, generated here, and clients need RAY_AUTH_MODE=token in `env`.
+    """
+    dashboard, gcs = free_port(), free_port()
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=5)
+            break
+        except urllib.error.HTTPError:
+            break  # any HTTP answer means the dashboard is up (401: token auth without a token)
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("ray start --head did not bring up the dashboard/job API in 180 s")
+            time.sleep(2)
+    try:
+        yield RayHead(dashboard=address, gcs=f"127.0.0.1:{gcs}")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

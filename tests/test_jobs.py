@@ -4,56 +4,21 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import RAY, REPO, start_ray_head
 
 pytestmark = pytest.mark.slow
-
-RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A head node of its own (own ports and temp dir), stopped by killing its process group."""
-    dashboard = free_port()
-    temp_dir = tmp_path_factory.mktemp("ray-head")
-    env = _client_env()
-    # Ray >= 2.59 enables token auth for local clusters; head and clients share ~/.ray/auth_token.
-    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=5)
-            break
-        except urllib.error.HTTPError:
-            # Any HTTP answer means the dashboard is up; with token auth it is 401 without a token.
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail("ray start --head did not bring up the dashboard/job API in 180 s")
-            time.sleep(2)
-    yield address
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with start_ray_head(tmp_path_factory.mktemp("ray-head"), _client_env()) as head:
+        yield head.dashboard
 
 
 def _client_env() -> dict:

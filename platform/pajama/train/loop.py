@@ -149,7 +149,7 @@ def _build_model(spec: dict, device: torch.device):
         with device:
             model = GPTNeoXForCausalLM(GPTNeoXConfig(**spec["model_config"]))
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec["init"], torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(spec["init"], dtype=torch.float32)
     if spec.get("lora"):
         from peft import LoraConfig, get_peft_model
 
@@ -328,8 +328,10 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     vocab_size = model.config.vocab_size
     model = _parallelize(model, cfg["strategy"], cfg["precision"], world)
-    if cfg["compile"]:
-        model = torch.compile(model)
+    # One compiled graph from tokens to summed loss: the fp32 cast and the cross-entropy over the
+    # vocabulary fuse instead of materialising fp32 logits (benchmarks/gpu_step_mfu.py, 1B on an
+    # H100: 42.8% MFU at 36 GiB against 41.0% at 42 GiB for compiling the model alone).
+    train_row_losses = torch.compile(_row_losses) if cfg["compile"] else _row_losses
     optimizer = _optimizer(model, cfg)
     torch.manual_seed(spec["seed"] + rank)
 
@@ -361,7 +363,7 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, batch in enumerate(micro_batches):
             with _gradient_sync(model, enabled=i == accum - 1):
-                losses, _ = _row_losses(model, _to_device(batch, device), autocast)
+                losses, _ = train_row_losses(model, _to_device(batch, device), autocast)
                 loss = losses.sum()
                 (loss * world / max(n_targets, 1)).backward()
             loss_sum += loss.detach()

@@ -48,7 +48,10 @@ def fit(spec: dict, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, train
             storage_path=str(storage / "ray_train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
-            worker_runtime_env={"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}},
+            worker_runtime_env={"env_vars": {
+                **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+                # Train V2 re-logs every print of a worker whose stdout is wrapped: each line twice.
+                "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     result = trainer.fit()

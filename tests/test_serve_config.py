@@ -1,0 +1,103 @@
+"""`serve run pipelines/serve.yaml` (the RayService's serveConfigV2) serves the tiny DAG's models.
+
+The document is used as committed except for two lines the test must own: http_options.port (a
+free port) and http_options.host (loopback, where the cluster leaves it unset). The models come
+from the MLflow registry by the `production` alias, which the test points at the DAG's newest
+versions, exactly as an operator promotes a model before the RayService picks it up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, free_port, start_ray_head
+
+pytestmark = pytest.mark.slow
+
+SERVE = str(Path(sys.executable).with_name("serve"))
+
+
+def _promote_newest_versions(tracking_uri: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    promoted = {}
+    for name in ("pajama-base", "pajama-instruct", "pajama-chat"):
+        newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+        client.set_registered_model_alias(name, "production", newest.version)
+        promoted[name] = newest.version
+    return promoted
+
+
+def _post(url: str, body: dict, timeout: float = 120) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def test_serve_run_of_the_rayservice_config_serves_the_registered_models(tiny_project, tiny_dag, tmp_path):
+    committed = yaml.safe_load((REPO / "pipelines" / "serve.yaml").read_text())
+    config = json.loads(json.dumps(committed))
+    port = free_port()
+    config["http_options"] = {**config.get("http_options", {}), "port": port, "host": "127.0.0.1"}
+    # Everything but the listener is the committed document.
+    assert {k: v for k, v in config.items() if k != "http_options"} == \
+        {k: v for k, v in committed.items() if k != "http_options"}
+    config_file = tmp_path / "serve.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    promoted = _promote_newest_versions(tiny_project.tracking_uri)
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PAJAMA_API_KEY")}
+    env.update(RAY_AUTH_MODE="token", MLFLOW_TRACKING_URI=tiny_project.tracking_uri,
+               PAJAMA_STORAGE_URI=str(tiny_project.storage))
+    # The config asks for a CPU per replica (3 models + ingress); logical CPUs let 2 cores host them.
+    with start_ray_head(tmp_path / "ray", env, num_cpus=6) as head:
+        log = (tmp_path / "serve-run.log").open("w")
+        proc = subprocess.Popen([SERVE, "run", "--address", head.gcs, str(config_file)], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 600
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as response:
+                        models = {m["id"] for m in json.loads(response.read())["data"]}
+                    if {"pajama-base", "pajama-instruct", "pajama-chat"} <= models:
+                        break
+                except (urllib.error.URLError, OSError):
+                    pass
+                assert proc.poll() is None, (tmp_path / "serve-run.log").read_text()[-4000:]
+                assert time.time() < deadline, (tmp_path / "serve-run.log").read_text()[-4000:]
+                time.sleep(3)
+
+            chat = _post(f"{base}/v1/chat/completions", {
+                "model": "pajama-chat", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "What does the json module do?"}]})
+            assert chat["choices"][0]["message"]["role"] == "assistant"
+            assert chat["usage"]["completion_tokens"] > 0
+            completion = _post(f"{base}/v1/completions",
+                               {"model": "pajama-base", "prompt": "import json", "max_tokens": 8})
+            assert completion["choices"][0]["text"]
+            # The replicas loaded the promoted registry versions.
+            with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as response:
+                served = json.loads(response.read())["data"]
+            assert {m["id"]: m["pajama"]["version"] for m in served} == \
+                {name: f"{name}/{version}" for name, version in promoted.items()}
+        finally:
+            proc.send_signal(signal.SIGINT)  # serve run tears the application down on Ctrl-C
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
