@@ -52,8 +52,8 @@ def test_data_stage_counts_add_up_and_shards_exist(tiny_project, tiny_dag):
     stats = manifest["stats"]
     assert set(stats["slices"]) == {"common_crawl", "c4", "github", "books", "arxiv", "wikipedia", "stackexchange"}
     for name, e in stats["slices"].items():
-        assert e["documents_in"] == (sum(e["dropped"].values()) + e["exact_duplicates"] + e["near_duplicates"]
-                                     + e["documents_out"]), name
+        assert e["documents_in"] == (e["bad_input"] + sum(e["dropped"].values()) + e["exact_duplicates"]
+                                     + e["near_duplicates"] + e["documents_out"]), name
     assert sum(sum(e["dropped"].values()) for e in stats["slices"].values()) > 0, "filters dropped nothing"
     assert sum(e["exact_duplicates"] for e in stats["slices"].values()) > 0, "exact dedup found nothing"
     assert stats["train_sequences"] > 100 and stats["eval_sequences"] > 0
@@ -118,11 +118,22 @@ def test_mlflow_holds_the_dag(client, tiny_project):
     for stage in ("instruct", "chat"):
         model_inputs = client.get_run(runs[stage]).inputs.model_inputs
         assert [m.model_id for m in model_inputs] == [pretrain_model]
-    # The three registered models point at the runs that trained them.
+    # The three registered models point at the runs that trained them, and form data -> base ->
+    # {instruct, chat}: each version names its upstream run and fingerprint and the data it descends from.
+    data_fp = children["data"].data.tags["pajama.fingerprint"]
+    versions = {}
     for name, stage in {"pajama-base": "pretrain", "pajama-instruct": "instruct", "pajama-chat": "chat"}.items():
-        version = client.search_model_versions(f"name = '{name}'")[0]
-        assert version.run_id == runs[stage]
+        [version] = client.search_model_versions(f"run_id = '{runs[stage]}'")
+        assert version.name == name
         assert version.tags["pajama.fingerprint"] == children[stage].data.tags["pajama.fingerprint"]
+        assert version.tags["pajama.data_fingerprint"] == data_fp
+        versions[stage] = version
+    assert versions["pretrain"].tags["pajama.upstream.data"] == runs["data"]
+    assert versions["pretrain"].tags["pajama.fingerprint.data"] == data_fp
+    for stage in ("instruct", "chat"):
+        tags = versions[stage].tags
+        assert tags["pajama.upstream.pretrain"] == versions["pretrain"].run_id
+        assert tags["pajama.fingerprint.pretrain"] == versions["pretrain"].tags["pajama.fingerprint"]
 
 
 def test_finetunes_start_from_the_base_run(tiny_project):

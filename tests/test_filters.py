@@ -259,3 +259,16 @@ def test_misapplied_rules_are_reported(passing_docs):
 def test_rules_pickle_for_ray_workers():
     rules = RULES["gopher"]
     assert pickle.loads(pickle.dumps(rules)) == rules
+
+
+def test_signals_needed_names_the_columns_rules_read():
+    from pajama.data.filters import signals_needed
+    from pajama.data.signals import SIGNAL_COLUMNS
+
+    rules = load_recipe("gopher") + load_recipe("c4") + load_recipe("rpv1_github")
+    needed = signals_needed(rules)
+    assert set(needed) == {rule.signal for rule in rules if rule.signal is not None}
+    assert needed == [name for name in SIGNAL_COLUMNS if name in needed]
+    batch = pa.table({"slice": ["c4"], "text": ["A short page."], "meta": ["{}"]})
+    verdict = apply_filters(compute_signals(batch, columns=needed), rules)
+    assert verdict.column("drop_reason").to_pylist() == ["gopher_word_count_min"]

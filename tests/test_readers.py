@@ -19,8 +19,8 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from pajama.data import cleaning
-from pajama.data.readers import FORMATS, detect_licence, read_source
-from pajama.data.slices import DOCUMENT_COLUMNS
+from pajama.data.readers import FORMATS, QUARANTINED_TEXT_CHARS, detect_licence, read_source
+from pajama.data.slices import DOCUMENT_COLUMNS, READ_ERROR
 
 MIT_TEXT = """MIT License
 
@@ -38,13 +38,23 @@ EPOCH_2023 = 1672531200
 
 
 
-def documents(dataset) -> dict[str, dict]:
-    """Rows by doc_id, meta parsed; checks every row has exactly the document columns."""
+def read_all(dataset) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(documents, bad-input rows), each by doc_id with meta parsed; checks every row has exactly
+    the document columns and read_error, and that doc_ids are unique."""
     rows = dataset.take_all()
-    assert all(tuple(row) == DOCUMENT_COLUMNS for row in rows)
+    assert all(tuple(row) == (*DOCUMENT_COLUMNS, READ_ERROR) for row in rows)
     by_id = {row["doc_id"]: {**row, "meta": json.loads(row["meta"])} for row in rows}
     assert len(by_id) == len(rows), "doc_ids are not unique"
-    return by_id
+    docs = {doc_id: {c: row[c] for c in DOCUMENT_COLUMNS} for doc_id, row in by_id.items() if row[READ_ERROR] is None}
+    bad = {doc_id: row for doc_id, row in by_id.items() if row[READ_ERROR] is not None}
+    return docs, bad
+
+
+def documents(dataset) -> dict[str, dict]:
+    """The documents by doc_id, meta parsed; checks that no row is bad input."""
+    docs, bad = read_all(dataset)
+    assert not bad, bad
+    return docs
 
 
 # --- jsonl, parquet, Hugging Face -----------------------------------------------------------
@@ -86,7 +96,7 @@ def test_jsonl_reads_redpajama_records_from_compressed_files(ray_session, tmp_pa
     }
 
 
-def test_jsonl_slice_argument_overrides_and_bad_lines_raise_naming_file_and_line(ray_session, tmp_path):
+def test_jsonl_slice_argument_overrides_and_bad_lines_are_rows_naming_file_and_line(ray_session, tmp_path):
     good = tmp_path / "books.jsonl"
     good.write_text(json.dumps({"text": "Once upon a time.", "meta": {"title": "Tale"}}) + "\n")
     assert [(d["slice"], d["text"]) for d in documents(read_source("jsonl", str(good), "books")).values()] == [
@@ -102,13 +112,68 @@ def test_jsonl_slice_argument_overrides_and_bad_lines_raise_naming_file_and_line
         + json.dumps({"text": "no set", "meta": {}})
         + "\n"
     )
+    docs, rejected = read_all(read_source("jsonl", str(bad)))
+    assert list(docs) == [f"{bad}#1"]
+    # A record's slice is kept when its meta names one; a line that is not JSON says nothing.
+    assert {doc_id: (row["slice"], row["text"]) for doc_id, row in rejected.items()} == {
+        f"{bad}#2": (None, '{"text": "cut off\n'),
+        f"{bad}#3": ("c4", ""),
+        f"{bad}#4": (None, "no set"),
+    }
+    assert rejected[f"{bad}#2"][READ_ERROR].startswith(f"{bad}: line 2: not JSON")
+    assert rejected[f"{bad}#3"][READ_ERROR] == f"{bad}: line 3: no string 'text' field (set text_column= if the text is elsewhere)"
+    assert rejected[f"{bad}#4"][READ_ERROR] == (
+        f"{bad}: line 4: meta.redpajama_set_name is None, not a RedPajama set; pass slice_name")
+
     with pytest.raises(Exception) as raised:
-        read_source("jsonl", str(bad)).take_all()
+        read_source("jsonl", str(bad), on_bad_input="fail").take_all()
     message = str(raised.value)
     assert f"{bad}: 3 record(s) could not be read" in message
     assert "line 2: not JSON" in message
     assert "line 3: no string 'text' field" in message
     assert "line 4: meta.redpajama_set_name is None, not a RedPajama set; pass slice_name" in message
+
+
+def test_jsonl_broken_bytes_empty_text_oversize_and_truncated_gzip_are_bad_input_rows(ray_session, tmp_path):
+    def line(text, **fields):
+        return json.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaBook"}, **fields}).encode() + b"\n"
+
+    plain = tmp_path / "books.jsonl"
+    plain.write_bytes(line("Fine.") + line("Caf\u00e9 ").replace("\\u00e9".encode(), b"\xe9") + line("  ")
+                      + line("x" * 40) + line("\u00e9" * 20))
+    records = b"".join(line(f"Book {i}.") for i in range(2000))
+    compressed = gzip.compress(records)
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(compressed[: len(compressed) // 2])
+
+    docs, rejected = read_all(read_source("jsonl", [str(plain), str(truncated)], max_document_bytes=39))
+
+    assert {d["text"] for d in docs.values() if d["doc_id"].startswith(str(plain))} == {"Fine."}
+    assert {doc_id: (row["slice"], row["text"]) for doc_id, row in rejected.items()
+            if doc_id.startswith(str(plain))} == {
+        f"{plain}#2": ("books", "Caf\ufffd "),  # the record parsed with a replacement character
+        f"{plain}#3": ("books", "  "),
+        f"{plain}#4": ("books", "x" * 40),
+        f"{plain}#5": ("books", "\u00e9" * 20),  # 20 characters, 40 bytes
+    }
+    assert rejected[f"{plain}#2"][READ_ERROR].startswith(f"{plain}: line 2: not valid UTF-8")
+    assert rejected[f"{plain}#3"][READ_ERROR] == f"{plain}: line 3: 'text' is empty or whitespace only"
+    assert rejected[f"{plain}#4"][READ_ERROR] == (
+        f"{plain}: line 4: text of 40 bytes is over max_document_bytes (39); "
+        f"only its first {QUARANTINED_TEXT_CHARS} characters are kept")
+    assert rejected[f"{plain}#5"][READ_ERROR].startswith(f"{plain}: line 5: text of 40 bytes")
+    # The truncated file: every line before the break is read, then one row says where it broke.
+    read = sorted(int(doc_id.rpartition("#")[2]) for doc_id in docs if doc_id.startswith(str(truncated)))
+    assert read == list(range(1, len(read) + 1)) and 0 < len(read) < 2000
+    broken = rejected[f"{truncated}#{len(read) + 1}"]
+    assert broken["slice"] is None and broken[READ_ERROR].startswith(
+        f"{truncated}: line {len(read) + 1}: the file breaks off after line {len(read)} (")
+    assert len(rejected) == 5
+
+    with pytest.raises(Exception, match=f"{truncated}: 1 record"):
+        read_source("jsonl", str(truncated), on_bad_input="fail").take_all()
+    with pytest.raises(ValueError, match="on_bad_input must be 'quarantine' or 'fail', not 'skip'"):
+        read_source("jsonl", str(plain), on_bad_input="skip")
 
 
 def test_unknown_format_and_slice_are_refused():
@@ -238,8 +303,10 @@ def test_wet_conversion_records_are_documents(ray_session, tmp_path):
 
     garbage = tmp_path / "garbage.wet"
     garbage.write_text("this is not a WARC file\n" * 3)
-    with pytest.raises(Exception, match=f"{garbage}: not a readable WARC file"):
-        read_source("wet", str(garbage)).take_all()
+    docs, rejected = read_all(read_source("wet", str(garbage)))
+    [(doc_id, row)] = rejected.items()
+    assert not docs and doc_id.startswith(f"{garbage}#offset-") and row["slice"] == "common_crawl"
+    assert row[READ_ERROR].startswith(f"{garbage}: byte ") and "not a readable WARC file from the start" in row[READ_ERROR]
 
 
 # --- Wikipedia ------------------------------------------------------------------------------
@@ -309,9 +376,16 @@ def test_mediawiki_dump_articles_only_clean_text(ray_session, tmp_path):
 
 def test_mediawiki_truncated_dump_names_file_and_line(ray_session, tmp_path):
     path = tmp_path / "cut.xml"
-    path.write_text('<mediawiki xml:lang="en">\n<page>\n<title>A</title>\n<ns>0</ns>\n<id>1')
-    with pytest.raises(Exception, match=f"{path}: malformed XML at line 5"):
-        read_source("mediawiki", str(path)).take_all()
+    path.write_text(f'<mediawiki xml:lang="en">\n{_page("Paris", 0, 1, "Paris is big.")}<page>\n<title>B</title>\n<id>2')
+    docs, rejected = read_all(read_source("mediawiki", str(path)))
+    assert list(docs) == [f"{path}#1"]
+    [(doc_id, row)] = rejected.items()
+    line = 1 + _page("Paris", 0, 1, "Paris is big.").count("\n") + 3  # the last line: the file ends in <id>
+    assert doc_id == f"{path}#xml-line-{line}" and row["slice"] == "wikipedia"
+    assert row[READ_ERROR].startswith(f"{path}: line {line}, column ")
+    assert "malformed XML after page 1" in row[READ_ERROR]
+    with pytest.raises(Exception, match=f"{path}: 1 record"):
+        read_source("mediawiki", str(path), on_bad_input="fail").take_all()
 
 
 # --- GitHub ---------------------------------------------------------------------------------
@@ -364,8 +438,11 @@ def test_github_archive_and_directory_one_record_per_source_file(ray_session, tm
 
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"PK not really a zip")
-    with pytest.raises(Exception, match=f"{broken}: not a readable directory or archive"):
-        read_source("github", str(broken)).take_all()
+    docs, rejected = read_all(read_source("github", str(broken)))
+    assert not docs and list(rejected) == [str(broken)] and rejected[str(broken)]["slice"] == "github"
+    assert rejected[str(broken)][READ_ERROR].startswith(f"{broken}: the project: not a readable directory or archive")
+    with pytest.raises(Exception, match=f"{broken}: 1 record"):
+        read_source("github", str(broken), on_bad_input="fail").take_all()
 
 
 def test_detect_licence_by_key_phrases():

@@ -143,6 +143,21 @@ def test_prepare_rejects_what_does_not_fit(engine):
     assert chat.stop == ("END", "<human>:") and chat.strip_leading_space
 
 
+def test_completions_of_a_fine_tuned_model_stop_at_its_next_turn(engine, model_dir):
+    prompt = "<human>: Hi\n<bot>:"
+    job = engine.prepare(prompt=prompt, max_tokens=8, default_max_tokens=16, stop=["END"])
+    assert job.stop == ("END", "<human>:") and not job.strip_leading_space
+    row = _Row(job, engine.tokenizer, engine.eos_ids, engine.device)
+    ids = engine.tokenizer(" Paris.\n<human>: and you?", add_special_tokens=False)["input_ids"]
+    final = [e for e in (row.advance(token) for token in ids) if e is not None][-1]
+    assert isinstance(final, Finished) and final.finish_reason == "stop" and row.text == " Paris.\n"
+    instruct = HFEngine(resolve_source(str(model_dir)), kind="instruct")
+    assert instruct.prepare(prompt="Q: Hi\nA:", max_tokens=4, default_max_tokens=4).stop == ("\nQ:",)
+    # A base model has no turns: its text runs on until EOS, the budget or the caller's stops.
+    base = HFEngine(resolve_source(str(model_dir)), kind="base")
+    assert base.prepare(prompt=prompt, max_tokens=4, default_max_tokens=4).stop == ()
+
+
 def test_local_source_needs_a_model_directory(tmp_path, model_dir):
     with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_source(str(tmp_path))

@@ -231,3 +231,21 @@ def test_bad_input_is_reported():
         compute_signals(pa.table({"body": ["x"]}))
     with pytest.raises(ValueError, match="already has signal columns"):
         compute_signals(compute_signals(pa.table({"text": ["x"]})))
+
+
+def test_selected_columns_match_the_full_computation():
+    texts = [SIMPLE, MIXED, "", "One two three four five. One two three four five six!", "Hello\n\nHello\n"]
+    full = compute_signals(pa.table({"text": texts}))
+    for columns in (
+        ["rps_doc_word_count"],
+        ["rps_lines_start_with_bulletpoint_frac", "rps_doc_frac_lines_end_with_ellipsis"],
+        ["rps_lines_num_words", "rps_doc_lorem_ipsum", "gopher_frac_dupe_paragraphs", "c4_num_sentences"],
+        ["rps_doc_frac_chars_dupe_7grams", "rps_doc_ldnoobw_words", "rpv1_alpha_chars_per_token"],
+        ["language_score", "rps_doc_mean_word_length", "gopher_stop_word_count"],
+    ):
+        out = compute_signals(pa.table({"text": texts}), columns=columns)
+        ordered = [name for name in SIGNAL_COLUMNS if name in columns]
+        assert out.column_names == ["text", *ordered]
+        assert out.select(ordered).equals(full.select(ordered)), columns
+    with pytest.raises(ValueError, match="unknown signal"):
+        compute_signals(pa.table({"text": ["x"]}), columns=["rps_doc_word_count", "no_such_signal"])

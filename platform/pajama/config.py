@@ -143,12 +143,22 @@ class DataConfig(Strict):
     fuzzy_dedup: FuzzyDedupConfig = Field(default_factory=FuzzyDedupConfig)
     # Keep the dropped documents with their reason under the artifact's quarantine/.
     quarantine: bool = True
+    # A record that cannot be read (invalid JSON or UTF-8, no text, a broken compressed file, a
+    # document over max_document_bytes): "quarantine" counts it and keeps it with its reason,
+    # and the stage goes on; "fail" stops the stage at the first file with one, naming its records.
+    on_bad_input: Literal["quarantine", "fail"] = "quarantine"
+    # Documents whose text is larger than this (UTF-8 bytes) are bad input, kept in quarantine
+    # without their text. 10 MB holds the longest books (complete works run to a few MB) with
+    # room to spare; larger "documents" are concatenated dumps or data blobs, and the signals
+    # (word n-grams) and the tokenizer need many times a document's size in memory at once.
+    max_document_bytes: int = Field(10_000_000, ge=1)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     seq_len: int = Field(256, ge=8)
     # Per-slice sampling weight (1.0 keeps a slice as is, 0.5 halves it, 2.0 doubles it), or a
     # named preset such as "rpv1" (RedPajama-1T's token proportions).
     mixture: dict[str, float] | str | None = None
     eval_fraction: float = Field(0.05, ge=0, lt=0.5)
+    # Shard size target (shards are cut by a hash of doc_id, assuming ~4 bytes of text a token).
     sequences_per_shard: int = Field(4096, ge=1)
     # Partitions of the dedup shuffles; None: twice the cluster's CPUs (at least 4).
     shuffle_partitions: int | None = Field(None, ge=1)

@@ -4,6 +4,8 @@ Each stage's fingerprint covers its own config sub-tree, the project seed and it
 fingerprints, so an unchanged stage is reused (and says so) and a change re-runs that stage and
 what is downstream of it, nothing else. Every stage, run or reused, is a child run of one MLflow
 DAG run. Ray starts only when a stage has work to do, so a fully reused DAG takes seconds.
+Once base, instruct and chat are all at hand, the DAG run also gets their side-by-side
+comparison on a small generation check set (`pajama.compare`) and the lineage.
 """
 
 from __future__ import annotations
@@ -120,12 +122,14 @@ def _log_data_metrics(stats: dict) -> None:
         metrics[f"documents_out.{name}"] = e["documents_out"]
         metrics[f"exact_duplicates.{name}"] = e["exact_duplicates"]
         metrics[f"near_duplicates.{name}"] = e["near_duplicates"]
+        metrics[f"bad_input.{name}"] = e["bad_input"]
         metrics[f"train_tokens.{name}"] = e.get("train_tokens", 0)
         for rule, n in e["dropped"].items():
             metrics[f"dropped.{rule}.{name}"] = n
     totals = {k: sum(e[k] for e in stats["slices"].values())
-              for k in ("documents_in", "documents_out", "exact_duplicates", "near_duplicates")}
+              for k in ("documents_in", "documents_out", "exact_duplicates", "near_duplicates", "bad_input")}
     metrics.update({f"total.{k}": v for k, v in totals.items()})
+    metrics["bad_input_without_slice"] = stats["bad_input_without_slice"]
     metrics["total.documents_dropped"] = sum(sum(e["dropped"].values()) for e in stats["slices"].values())
     metrics["train_sequences"] = stats["train_sequences"]
     metrics["eval_sequences"] = stats["eval_sequences"]
@@ -169,8 +173,24 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
                 mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
             print(f"[pajama] {stage}: done in {time.time() - started:.0f}s -> {artifact.path}")
             done[stage] = artifact
+        if all(stage in done for stage in MODEL_STAGE_OF.values()):
+            _log_comparison(cfg, done, parent.info.run_id)
         lineage.log_to_parent(parent.info.run_id)
     return done
+
+
+def _log_comparison(cfg: PajamaConfig, done: dict[str, Artifact], parent_run_id: str) -> None:
+    """Base, instruct and chat on the generation check set, logged to the DAG run (pajama.compare)."""
+    from pajama import compare
+
+    artifacts = {kind: done[stage] for kind, stage in MODEL_STAGE_OF.items()}
+    models = {kind: (a.path / a.manifest["model_dir"], a.fingerprint) for kind, a in artifacts.items()}
+    rows = compare.cached_compare(models, cfg.project.storage_path / "comparisons")
+    versions = {kind: f"{a.manifest['registered_model']}/{a.manifest['registered_version']}"
+                for kind, a in artifacts.items() if a.manifest.get("registered_model")}
+    compare.log_to_parent(parent_run_id, rows, versions)
+    losses = ", ".join(f"{kind} {loss:.3f}" for kind, loss in compare.mean_losses(rows).items())
+    print(f"[pajama] compare: check-set response loss {losses} ({compare.TABLE_FILE} on the DAG run)")
 
 
 @contextlib.contextmanager

@@ -18,7 +18,9 @@ A recipe is a YAML file (`pipelines/filters/<name>.yaml`):
 document fails, null when kept). A document fails a rule that applies to it when the comparison is false
 or its value is null (a signal undefined for it, a missing meta field or unreadable meta); rules for other
 slices are skipped. Use it as `ds.map_batches(apply_filters, fn_kwargs={"rules": rules},
-batch_format="pyarrow")`. To apply several recipes, concatenate their rule lists.
+batch_format="pyarrow")`. To apply several recipes, concatenate their rule lists. `signals_needed(rules)`
+names the signal columns the rules read: `compute_signals(batch, columns=signals_needed(rules))` computes
+only those.
 """
 
 from __future__ import annotations
@@ -140,6 +142,14 @@ def load_recipe(name_or_path: str | Path) -> list[FilterRule]:
         return FilterRecipe.model_validate(document).rules
     except (yaml.YAMLError, ValidationError) as err:
         raise ValueError(f"invalid filter recipe {path}:\n{err}") from err
+
+
+def signals_needed(rules: Sequence[FilterRule]) -> list[str]:
+    """The columns of pajama.data.signals.SIGNAL_COLUMNS that `rules` read, in that order."""
+    from pajama.data.signals import SIGNAL_COLUMNS
+
+    read = {rule.signal for rule in rules if rule.signal is not None}
+    return [name for name in SIGNAL_COLUMNS if name in read]
 
 
 def apply_filters(batch: pa.Table, rules: Sequence[FilterRule]) -> pa.Table:

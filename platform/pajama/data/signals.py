@@ -1,7 +1,9 @@
 """Quality signals and language id for documents, as columns appended to a pyarrow batch.
 
 `compute_signals(batch)` keeps every input column (doc_id, slice, text, meta, ...) and appends the columns
-in SIGNAL_COLUMNS; use it as `ds.map_batches(compute_signals, batch_format="pyarrow")`.
+in SIGNAL_COLUMNS; use it as `ds.map_batches(compute_signals, batch_format="pyarrow")`. With
+`columns=` it computes and appends only those signals (same values), e.g. the ones a filter recipe reads
+(`pajama.data.filters.signals_needed(rules)`): language id alone is a third of the full cost.
 
 RedPajama-V2 signals (`rps_*`) follow RPv2's definitions (togethercomputer/RedPajama-Data,
 app/src/core/quality_signals):
@@ -44,6 +46,7 @@ import re
 import string
 import unicodedata
 from collections import defaultdict
+from collections.abc import Iterable
 from importlib import resources
 
 import numpy as np
@@ -128,6 +131,41 @@ SIGNAL_COLUMNS: dict[str, pa.DataType] = {
     "language_score": pa.float64(),
 }
 
+# Which signals need which intermediate values (compute_signals(columns=...) computes only those needed).
+_ALL_SIGNALS = frozenset(SIGNAL_COLUMNS)
+_LANGUAGE_SIGNALS = frozenset({"language", "language_score"})
+_GRAM_SIGNALS = frozenset(
+    {"rps_doc_frac_unique_words", "rps_doc_unigram_entropy"}
+    | {f"rps_doc_frac_chars_top_{n}gram" for n in _TOP_NGRAM_SIZES}
+    | {f"rps_doc_frac_chars_dupe_{n}grams" for n in _DUPE_NGRAM_SIZES}
+)
+_WORD_SIGNALS = _GRAM_SIGNALS | {"rps_doc_mean_word_length", "rps_doc_ldnoobw_words"}  # _word_signals
+_LINE_SIGNAL_COLUMNS = frozenset(LINE_SIGNALS) | {f"{name}_{suffix}" for name, (_, suffix) in LINE_SIGNALS.items()}
+_GOPHER_SIGNALS = frozenset(name for name in SIGNAL_COLUMNS if name.startswith("gopher_"))
+_C4_SIGNALS = frozenset(name for name in SIGNAL_COLUMNS if name.startswith("c4_"))
+_RPV1_SIGNALS = frozenset(name for name in SIGNAL_COLUMNS if name.startswith("rpv1_"))
+_NORMALIZED_LINE_CONSUMERS = frozenset(
+    f"{name}{suffix}"
+    for name in ("rps_lines_javascript_counts", "rps_lines_num_words", "rps_lines_numerical_chars_fraction")
+    for suffix in ("", "_frac", "_mean")
+) & _LINE_SIGNAL_COLUMNS
+_RAW_LINE_CONSUMERS = (_LINE_SIGNAL_COLUMNS - _NORMALIZED_LINE_CONSUMERS) | {"rps_doc_frac_lines_end_with_ellipsis"}
+_NORMALIZED_WORD_CONSUMERS = _WORD_SIGNALS | {
+    "rps_doc_word_count",
+    "rps_doc_stop_word_fraction",
+    "rps_doc_lorem_ipsum",
+    "gopher_stop_word_count",
+}
+_RAW_WORD_CONSUMERS = frozenset(
+    {
+        "rps_doc_symbol_to_word_ratio",
+        "rps_doc_frac_no_alph_words",
+        "rps_doc_frac_all_caps_words",
+        "rps_doc_stop_word_fraction",
+        "rpv1_alpha_chars_per_token",
+    }
+)
+
 
 def normalize(text: str) -> str:
     """RPv2's text normalisation: drop ASCII punctuation, lowercase, collapse whitespace, NFD."""
@@ -135,29 +173,49 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFD", " ".join(_PUNCTUATION.sub("", text).lower().split()))
 
 
-def compute_signals(batch: pa.Table) -> pa.Table:
-    """Append every column of SIGNAL_COLUMNS to `batch` (which needs a non-null `text` column)."""
-    _check_input(batch)
+def compute_signals(batch: pa.Table, columns: Iterable[str] | None = None) -> pa.Table:
+    """Append the columns of SIGNAL_COLUMNS to `batch` (which needs a non-null `text` column).
+
+    `columns` (names from SIGNAL_COLUMNS) limits the work to those signals: only they are computed and
+    appended, in SIGNAL_COLUMNS order, with the values a full computation gives. None computes all.
+    """
+    wanted = _wanted_signals(columns)
+    _check_input(batch, wanted)
     texts = batch.column("text").to_pylist()
-    columns: dict[str, list] = defaultdict(list)
-    words_per_doc = [_add_document_signals(text, columns) for text in texts]
-    columns.update(_word_signals(words_per_doc))
-    for text in texts:
-        language, score = _identify_language(text)
-        columns["language"].append(language)
-        columns["language_score"].append(score)
+    out: dict[str, list] = defaultdict(list)
+    words_per_doc = [_add_document_signals(text, out, wanted) for text in texts]
+    if wanted & _WORD_SIGNALS:
+        out.update(_word_signals(words_per_doc, wanted))
+    if wanted & _LANGUAGE_SIGNALS:
+        for text in texts:
+            language, score = _identify_language(text)
+            out["language"].append(language)
+            out["language_score"].append(score)
     for name, dtype in SIGNAL_COLUMNS.items():
-        batch = batch.append_column(pa.field(name, dtype), pa.array(columns[name], dtype, from_pandas=True))
+        if name in wanted:
+            batch = batch.append_column(pa.field(name, dtype), pa.array(out[name], dtype, from_pandas=True))
     return batch
 
 
-def _check_input(batch: pa.Table) -> None:
+def _wanted_signals(columns: Iterable[str] | None) -> frozenset[str]:
+    if columns is None:
+        return _ALL_SIGNALS
+    if isinstance(columns, str):
+        raise TypeError("compute_signals: columns= takes a list of signal names, not one string")
+    wanted = frozenset(columns)
+    unknown = sorted(wanted - _ALL_SIGNALS)
+    if unknown:
+        raise ValueError(f"compute_signals: unknown signal(s) {unknown}; known: pajama.data.signals.SIGNAL_COLUMNS")
+    return wanted
+
+
+def _check_input(batch: pa.Table, wanted: frozenset[str]) -> None:
     if "text" not in batch.column_names:
         raise ValueError(f"compute_signals needs a 'text' column; the batch has {batch.column_names}")
     nulls = batch.column("text").null_count
     if nulls:
         raise ValueError(f"compute_signals: {nulls} document(s) have a null 'text'; readers must emit strings")
-    present = sorted(set(SIGNAL_COLUMNS) & set(batch.column_names))
+    present = sorted(wanted & set(batch.column_names))
     if present:
         raise ValueError(f"compute_signals: the batch already has signal columns {present}; drop them first")
 
@@ -166,68 +224,108 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, PRECISION) if denominator else None
 
 
-def _add_document_signals(text: str, out: dict[str, list]) -> list[str]:
-    """Append the per-document signals of `text` to `out`; return its normalised words."""
-    lines = _LINE.findall(text)
-    normalized_lines = [normalize(line) for line in lines]
-    # lines split at "\n", which normalisation turns into a word break, so this is normalize(text)
-    normalized = " ".join(line for line in normalized_lines if line)
-    words = normalized.split()
-    # punctuation runs are never stop words, all-caps or lettered: only their number matters
-    word_runs = _WORD_RUN.findall(text)
-    num_raw_words = len(word_runs) + len(_PUNCTUATION_RUN.findall(text))
+def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> list[str]:
+    """Append the wanted per-document signals of `text` to `out`; return its normalised words
+    (an empty list when no wanted signal needs them)."""
+    need_lines = bool(wanted & _RAW_LINE_CONSUMERS)
+    need_normalized_lines = bool(wanted & _NORMALIZED_LINE_CONSUMERS)
+    lines = _LINE.findall(text) if need_lines or need_normalized_lines else []
+    normalized_lines = [normalize(line) for line in lines] if need_normalized_lines else []
+    words: list[str] = []
+    normalized = ""
+    if wanted & _NORMALIZED_WORD_CONSUMERS:
+        if need_normalized_lines:
+            # lines split at "\n", which normalisation turns into a word break, so this is normalize(text)
+            normalized = " ".join(line for line in normalized_lines if line)
+        else:
+            normalized = normalize(text)
+        words = normalized.split()
+    word_runs: list[str] = []
+    num_raw_words = 0
+    if wanted & _RAW_WORD_CONSUMERS:
+        # punctuation runs are never stop words, all-caps or lettered: only their number matters
+        word_runs = _WORD_RUN.findall(text)
+        num_raw_words = len(word_runs) + len(_PUNCTUATION_RUN.findall(text))
 
-    out["rps_doc_word_count"].append(len(words))
-    out["rps_doc_symbol_to_word_ratio"].append(_ratio(sum(map(text.count, _SYMBOLS)), num_raw_words))
-    out["rps_doc_frac_lines_end_with_ellipsis"].append(
-        _ratio(sum(line.rstrip().endswith(_ELLIPSES) for line in lines), len(lines))
-    )
-    with_letter = _ratio(len(word_runs) - len(_RUN_WITHOUT_ASCII_LETTER.findall(text)), num_raw_words)
-    out["rps_doc_frac_no_alph_words"].append(None if with_letter is None else round(1.0 - with_letter, PRECISION))
-    out["rps_doc_frac_all_caps_words"].append(_ratio(sum(map(str.isupper, word_runs)), num_raw_words))
-    stop_words = _stop_words()
-    out["rps_doc_stop_word_fraction"].append(
-        _ratio(sum(map(stop_words.__contains__, word_runs)), num_raw_words) if words else 0.0
-    )
-    out["rps_doc_num_sentences"].append(len(_SENTENCE.findall(text)))
-    out["rps_doc_lorem_ipsum"].append(_ratio(normalized.count("lorem ipsum"), len(normalized)) or 0.0)
-    out["rps_doc_curly_bracket"].append(_ratio(text.count("{") + text.count("}"), len(text)) or 0.0)
+    if "rps_doc_word_count" in wanted:
+        out["rps_doc_word_count"].append(len(words))
+    if "rps_doc_symbol_to_word_ratio" in wanted:
+        out["rps_doc_symbol_to_word_ratio"].append(_ratio(sum(map(text.count, _SYMBOLS)), num_raw_words))
+    if "rps_doc_frac_lines_end_with_ellipsis" in wanted:
+        out["rps_doc_frac_lines_end_with_ellipsis"].append(
+            _ratio(sum(line.rstrip().endswith(_ELLIPSES) for line in lines), len(lines))
+        )
+    if "rps_doc_frac_no_alph_words" in wanted:
+        with_letter = _ratio(len(word_runs) - len(_RUN_WITHOUT_ASCII_LETTER.findall(text)), num_raw_words)
+        out["rps_doc_frac_no_alph_words"].append(None if with_letter is None else round(1.0 - with_letter, PRECISION))
+    if "rps_doc_frac_all_caps_words" in wanted:
+        out["rps_doc_frac_all_caps_words"].append(_ratio(sum(map(str.isupper, word_runs)), num_raw_words))
+    if "rps_doc_stop_word_fraction" in wanted:
+        stop_words = _stop_words()
+        out["rps_doc_stop_word_fraction"].append(
+            _ratio(sum(map(stop_words.__contains__, word_runs)), num_raw_words) if words else 0.0
+        )
+    if "rps_doc_num_sentences" in wanted:
+        out["rps_doc_num_sentences"].append(len(_SENTENCE.findall(text)))
+    if "rps_doc_lorem_ipsum" in wanted:
+        out["rps_doc_lorem_ipsum"].append(_ratio(normalized.count("lorem ipsum"), len(normalized)) or 0.0)
+    if "rps_doc_curly_bracket" in wanted:
+        out["rps_doc_curly_bracket"].append(_ratio(text.count("{") + text.count("}"), len(text)) or 0.0)
 
-    _add_line_signals(lines, normalized_lines, out)
-    _add_gopher_signals(text, words, out)
-    _add_c4_signals(text, out)
-    _add_rpv1_signals(text, num_raw_words, out)
-    return words
+    if wanted & _LINE_SIGNAL_COLUMNS:
+        _add_line_signals(lines, normalized_lines, out, wanted)
+    if wanted & _GOPHER_SIGNALS:
+        _add_gopher_signals(text, words, out, wanted)
+    if wanted & _C4_SIGNALS:
+        _add_c4_signals(text, out)
+    if wanted & _RPV1_SIGNALS:
+        _add_rpv1_signals(text, num_raw_words, out, wanted)
+    return words if wanted & _WORD_SIGNALS else []
 
 
-def _add_line_signals(lines: list[str], normalized_lines: list[str], out: dict[str, list]) -> None:
-    line_words = [line.split() for line in normalized_lines]
-    values = {
-        "rps_lines_ending_with_terminal_punctution_mark": [
+def _add_line_signals(
+    lines: list[str], normalized_lines: list[str], out: dict[str, list], wanted: frozenset[str]
+) -> None:
+    per_line_values = {
+        "rps_lines_ending_with_terminal_punctution_mark": lambda: [
             float(line.rstrip().endswith(_TERMINAL_PUNCTUATION)) for line in lines
         ],
-        "rps_lines_javascript_counts": [words.count("javascript") for words in line_words],
-        "rps_lines_num_words": [len(words) for words in line_words],
+        "rps_lines_javascript_counts": lambda: [line.split().count("javascript") for line in normalized_lines],
+        "rps_lines_num_words": lambda: [len(line.split()) for line in normalized_lines],
         # a raw line keeps its "\n", so it is never empty
-        "rps_lines_uppercase_letter_fraction": [_ratio(sum(map(str.isupper, line)), len(line)) for line in lines],
-        "rps_lines_numerical_chars_fraction": [
+        "rps_lines_uppercase_letter_fraction": lambda: [
+            _ratio(sum(map(str.isupper, line)), len(line)) for line in lines
+        ],
+        "rps_lines_numerical_chars_fraction": lambda: [
             _ratio(sum(map(str.isnumeric, line)), len(line)) or 0.0 for line in normalized_lines
         ],
-        "rps_lines_start_with_bulletpoint": [float(line.lstrip().startswith(_BULLETS)) for line in lines],
+        "rps_lines_start_with_bulletpoint": lambda: [float(line.lstrip().startswith(_BULLETS)) for line in lines],
     }
     for name, (_, suffix) in LINE_SIGNALS.items():
-        per_line = values[name]
-        out[name].append(per_line)
-        hits = sum(value > 0 for value in per_line) if suffix == "frac" else sum(per_line)
-        out[f"{name}_{suffix}"].append(_ratio(hits, len(per_line)))
+        aggregate = f"{name}_{suffix}"
+        if name not in wanted and aggregate not in wanted:
+            continue
+        per_line = per_line_values[name]()
+        if name in wanted:
+            out[name].append(per_line)
+        if aggregate in wanted:
+            hits = sum(value > 0 for value in per_line) if suffix == "frac" else sum(per_line)
+            out[aggregate].append(_ratio(hits, len(per_line)))
 
 
-def _add_gopher_signals(text: str, words: list[str], out: dict[str, list]) -> None:
-    num_words = len(text.split())
-    out["gopher_frac_words_with_alpha"].append(_ratio(num_words - len(_WORD_WITHOUT_LETTER.findall(text)), num_words))
-    out["gopher_stop_word_count"].append(sum(map(_GOPHER_STOP_WORDS.__contains__, words)))
-    for unit, pieces in (("lines", text.split("\n")), ("paragraphs", _PARAGRAPH_BREAK.split(text.strip()))):
-        pieces = [piece for piece in pieces if piece.strip()]
+def _add_gopher_signals(text: str, words: list[str], out: dict[str, list], wanted: frozenset[str]) -> None:
+    if "gopher_frac_words_with_alpha" in wanted:
+        num_words = len(text.split())
+        out["gopher_frac_words_with_alpha"].append(
+            _ratio(num_words - len(_WORD_WITHOUT_LETTER.findall(text)), num_words)
+        )
+    if "gopher_stop_word_count" in wanted:
+        out["gopher_stop_word_count"].append(sum(map(_GOPHER_STOP_WORDS.__contains__, words)))
+    for unit, split in (("lines", _split_lines), ("paragraphs", _split_paragraphs)):
+        frac_name, chars_name = f"gopher_frac_dupe_{unit}", f"gopher_frac_chars_dupe_{unit}"
+        if frac_name not in wanted and chars_name not in wanted:
+            continue
+        pieces = [piece for piece in split(text) if piece.strip()]
         seen: set[str] = set()
         dupes = dupe_chars = 0
         for piece in pieces:
@@ -235,8 +333,18 @@ def _add_gopher_signals(text: str, words: list[str], out: dict[str, list]) -> No
                 dupes += 1
                 dupe_chars += len(piece)
             seen.add(piece)
-        out[f"gopher_frac_dupe_{unit}"].append(_ratio(dupes, len(pieces)))
-        out[f"gopher_frac_chars_dupe_{unit}"].append(_ratio(dupe_chars, len(text)))
+        if frac_name in wanted:
+            out[frac_name].append(_ratio(dupes, len(pieces)))
+        if chars_name in wanted:
+            out[chars_name].append(_ratio(dupe_chars, len(text)))
+
+
+def _split_lines(text: str) -> list[str]:
+    return text.split("\n")
+
+
+def _split_paragraphs(text: str) -> list[str]:
+    return _PARAGRAPH_BREAK.split(text.strip())
 
 
 def _add_c4_signals(text: str, out: dict[str, list]) -> None:
@@ -256,17 +364,25 @@ def _add_c4_signals(text: str, out: dict[str, list]) -> None:
     out["c4_num_sentences"].append(sentences)
 
 
-def _add_rpv1_signals(text: str, num_tokens: int, out: dict[str, list]) -> None:
-    line_lengths = list(map(len, text.splitlines()))
-    # RPv1 reports 0 for all three when a file has no lines
-    out["rpv1_max_line_length"].append(max(line_lengths, default=0))
-    out["rpv1_mean_line_length"].append(_ratio(len(text), len(line_lengths)) or 0.0)
-    out["rpv1_frac_alnum_chars"].append(_ratio(sum(map(str.isalnum, text)), len(text)) or 0.0)
-    out["rpv1_alpha_chars_per_token"].append(_ratio(sum(map(str.isalpha, text)), num_tokens))
+def _add_rpv1_signals(text: str, num_tokens: int, out: dict[str, list], wanted: frozenset[str]) -> None:
+    if "rpv1_max_line_length" in wanted or "rpv1_mean_line_length" in wanted:
+        line_lengths = list(map(len, text.splitlines()))
+        # RPv1 reports 0 for all three when a file has no lines
+        if "rpv1_max_line_length" in wanted:
+            out["rpv1_max_line_length"].append(max(line_lengths, default=0))
+        if "rpv1_mean_line_length" in wanted:
+            out["rpv1_mean_line_length"].append(_ratio(len(text), len(line_lengths)) or 0.0)
+    if "rpv1_frac_alnum_chars" in wanted:
+        out["rpv1_frac_alnum_chars"].append(_ratio(sum(map(str.isalnum, text)), len(text)) or 0.0)
+    if "rpv1_alpha_chars_per_token" in wanted:
+        out["rpv1_alpha_chars_per_token"].append(_ratio(sum(map(str.isalpha, text)), num_tokens))
 
 
-def _word_signals(words_per_doc: list[list[str]]) -> dict[str, np.ndarray]:
+def _word_signals(words_per_doc: list[list[str]], wanted: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
     """Signals over each document's normalised words, computed for the whole batch at once.
+
+    Returns the wanted ones of _WORD_SIGNALS (all when `wanted` is empty); the LDNOOBW count and the
+    n-gram rounds are skipped when none of theirs is wanted.
 
     Words get batch-wide integer ids; an n-gram's id is built from its (n-1)-gram prefix id and its last
     word id, so n-grams are compared exactly (no hashing) and never across documents. Ids are numbered in
@@ -287,10 +403,12 @@ def _word_signals(words_per_doc: list[list[str]]) -> dict[str, np.ndarray]:
     safe_len = np.maximum(doc_len, 1)
     safe_chars = np.maximum(total_chars, 1)
 
-    out = {
-        "rps_doc_mean_word_length": np.where(has_words, np.round(total_chars / safe_len, PRECISION), np.nan),
-        "rps_doc_ldnoobw_words": _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, num_docs),
-    }
+    wanted = wanted or _WORD_SIGNALS
+    out = {"rps_doc_mean_word_length": np.where(has_words, np.round(total_chars / safe_len, PRECISION), np.nan)}
+    if "rps_doc_ldnoobw_words" in wanted:
+        out["rps_doc_ldnoobw_words"] = _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, num_docs)
+    if not wanted & _GRAM_SIGNALS:
+        return out
 
     # unigrams: the id of a word within its document
     gram_id, num_grams = _encode_ints(doc_of_token * len(vocab) + word_id)

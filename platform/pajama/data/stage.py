@@ -4,20 +4,36 @@ Everything runs on Ray Data with documents as rows, processed in Arrow batches, 
 between phases as parquet inside the artifact, so each phase streams from storage with bounded
 memory on any cluster size. The artifact holds:
 
-- `documents/`   every input document with its RedPajama-V2 signals and filter verdict
-- `quarantine/`  the dropped documents with their reason (first failing rule, or duplicate)
+- `documents/`   every input record: documents with their RedPajama-V2 signals and filter
+                 verdict, bad input (non-null `read_error`, see readers.py) with null signals
+- `quarantine/`  what was not kept, with its reason: the first failing rule, `exact_duplicate of
+                 <doc_id>` / `near_duplicate of <doc_id>`, or `bad_input: <read_error>`
 - `tokenizer/`   the Hugging Face tokenizer the shards were made with
-- `shards/train`, `shards/eval`  packed `input_ids` sequences (+ `slice_id`) in a seeded order
+- `shards/train`, `shards/eval`  packed `input_ids` sequences (+ `slice_id`) in a seeded order:
+                 `<shard>.parquet` files of about data.sequences_per_shard sequences each
 - `report.md`, `report.png`, `stats.json`  per-slice statistics
 
-Counts add up per slice: documents in = dropped by each rule + duplicates removed + kept.
+Bad input (unreadable records, broken files, documents over data.max_document_bytes) goes
+straight to quarantine: no signal, filter or dedup sees it. With data.on_bad_input "fail" the
+readers raise instead and the stage stops. Counts add up per slice: documents in = bad input +
+dropped by each rule + duplicates removed + kept. Bad-input records whose slice cannot be told
+(a jsonl record that is not JSON, read without a slice in its source) are counted apart, in
+stats `bad_input_without_slice`; no slice is guessed for them.
+
+The shards are byte-identical across runs with the same config, seed and library versions (a
+killed run re-run included), although Ray delivers rows in whatever order its tasks finish:
+documents go to shards by a hash of their doc_id, each shard is packed from its documents in
+doc_id order and shuffled with a seed of its own, and the file is named by its shard number. The
+tokenizer is trained on a doc_id-hash sample read in doc_id order, for the same reason.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
+import math
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -25,12 +41,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 from tokenizers import Tokenizer
 
 from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import dedup, filters, readers, signals
-from pajama.data.slices import SLICES
+from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
 
 log = logging.getLogger(__name__)
@@ -84,9 +101,23 @@ def _expand(path: str) -> str | list[str]:
 
 
 def read_sources(cfg: DataConfig) -> ray.data.Dataset:
-    datasets = [readers.read_source(src.format, _expand(resolve_path(src.path)), src.slice, **src.options)
+    datasets = [readers.read_source(src.format, _expand(resolve_path(src.path)), src.slice,
+                                    on_bad_input=cfg.on_bad_input, max_document_bytes=cfg.max_document_bytes,
+                                    **src.options)
                 for src in cfg.sources]
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def _annotate(batch: pa.Table, rules: list) -> pa.Table:
+    """Signals and filter verdict of the batch's documents; its bad-input rows pass with null
+    signals, keep false and no drop_reason (quarantined as bad input, not by a rule)."""
+    bad = pc.is_valid(batch.column(READ_ERROR))
+    if not pc.any(bad).as_py():
+        return filters.apply_filters(signals.compute_signals(batch), rules)
+    documents = filters.apply_filters(signals.compute_signals(batch.filter(pc.invert(bad))), rules)
+    unreadable = batch.filter(bad)
+    unreadable = unreadable.append_column("keep", pa.array([False] * unreadable.num_rows, pa.bool_()))
+    return pa.concat_tables([documents, unreadable], promote_options="default")
 
 
 def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int]) -> dict[str, float]:
@@ -106,34 +137,59 @@ def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int]) -> dict[st
     return {s: (RPV1_TOKENS_B[s] / total_target) * total / b for s, b in present.items()}
 
 
-class _Packer:
-    """Tokenize documents, append EOD, and cut each slice's token stream into seq_len rows."""
+# Shards are sized for about sequences_per_shard sequences, at ~4 bytes of text per token.
+_BYTES_PER_TOKEN = 4
 
-    def __init__(self, tokenizer_json: str, eos_token_id: int, seq_len: int, slices: list[str]):
-        # The Rust tokenizer behind the saved HF tokenizer: batch-encodes in parallel, and the
-        # actor starts without importing transformers and torch.
-        self.tok = Tokenizer.from_file(tokenizer_json)
-        self.eos_token_id = eos_token_id
-        self.seq_len = seq_len
-        self.slice_ids = {s: i for i, s in enumerate(slices)}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        encoded = self.tok.encode_batch(batch.column("text").to_pylist(), add_special_tokens=False)
-        streams: dict[str, list[int]] = defaultdict(list)
-        for enc, slice_name in zip(encoded, batch.column("slice").to_pylist()):
-            streams[slice_name].extend(enc.ids + [self.eos_token_id])
-        rows, slice_ids, dropped = [], [], 0
-        for slice_name, stream in streams.items():
-            n = len(stream) // self.seq_len
-            dropped += len(stream) - n * self.seq_len
-            rows.extend(np.asarray(stream[: n * self.seq_len], dtype=np.int32).reshape(n, self.seq_len))
-            slice_ids.extend([self.slice_ids[slice_name]] * n)
-        return pa.table({
-            "input_ids": pa.array([r.tolist() for r in rows], type=pa.list_(pa.int32())),
-            "slice_id": pa.array(slice_ids, type=pa.int16()),
-            # One row per batch carries the tail tokens that did not fill a sequence, for the report.
-            "dropped_tail_tokens": pa.array([dropped] + [0] * (len(rows) - 1) if rows else [], type=pa.int64()),
+def _assign_shard(batch: pa.Table, num_shards: int, salt: str) -> pa.Table:
+    """A `_shard` column: a document's shard, a hash of its doc_id (so a random sample of the corpus)."""
+    shards = [int(_hash_unit(d, salt) * num_shards) for d in batch.column("doc_id").to_pylist()]
+    return batch.append_column("_shard", pa.array(shards, pa.int32()))
+
+
+@functools.lru_cache(maxsize=1)
+def _rust_tokenizer(tokenizer_json: str) -> Tokenizer:
+    # The Rust tokenizer behind the saved HF tokenizer: batch-encodes in parallel, and the worker
+    # starts without importing transformers and torch. Loaded once per worker process.
+    return Tokenizer.from_file(tokenizer_json)
+
+
+def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len: int, slices: list[str],
+                directory: str, name_width: int, seed: int) -> pa.Table:
+    """Tokenize one shard's documents in doc_id order, append EOD, cut each slice's token stream
+    into seq_len rows, shuffle them with the shard's own seed and write `<shard>.parquet`.
+
+    The file depends only on which documents the shard holds, never on the order or batching in
+    which Ray delivers them: a re-run writes the same bytes. Returns sequences and dropped tail
+    tokens per slice."""
+    shard = docs.column("_shard")[0].as_py()
+    docs = docs.sort_by("doc_id")
+    encoded = _rust_tokenizer(tokenizer_json).encode_batch(docs.column("text").to_pylist(), add_special_tokens=False)
+    streams: dict[str, list[int]] = defaultdict(list)
+    for enc, slice_name in zip(encoded, docs.column("slice").to_pylist()):
+        streams[slice_name].extend(enc.ids + [eos_token_id])
+    rows, slice_ids, summary = [], [], defaultdict(list)
+    for slice_name in sorted(streams):
+        stream = streams[slice_name]
+        n = len(stream) // seq_len
+        rows.append(np.asarray(stream[: n * seq_len], dtype=np.int32).reshape(n, seq_len))
+        slice_ids += [slices.index(slice_name)] * n
+        for column, value in (("slice_id", slices.index(slice_name)), ("sequences", n),
+                              ("dropped_tail_tokens", len(stream) - n * seq_len)):
+            summary[column].append(value)
+    ids = np.concatenate(rows)
+    if len(ids):
+        order = np.random.default_rng([seed, shard]).permutation(len(ids))
+        # list<int32> straight from the flat buffer: no Python list per sequence.
+        offsets = pa.array(np.arange(0, len(ids) * seq_len + 1, seq_len, dtype=np.int32))
+        table = pa.table({
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids[order].reshape(-1))),
+            "slice_id": pa.array(np.asarray(slice_ids, dtype=np.int16)[order], type=pa.int16()),
         })
+        pq.write_table(table, f"{directory}/{shard:0{name_width}d}.parquet")  # names sort in shard order
+    return pa.table({"slice_id": pa.array(summary["slice_id"], pa.int16()),
+                     "sequences": pa.array(summary["sequences"], pa.int64()),
+                     "dropped_tail_tokens": pa.array(summary["dropped_tail_tokens"], pa.int64())})
 
 
 def _upsample(batch: pa.Table, weights: dict[str, float], salt: str) -> pa.Table:
@@ -149,9 +205,7 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
 
     print("[pajama] data: reading sources, computing quality signals, applying filters")
-    annotated = (read_sources(cfg)
-                 .map_batches(signals.compute_signals, batch_format="pyarrow")
-                 .map_batches(filters.apply_filters, fn_kwargs={"rules": rules}, batch_format="pyarrow"))
+    annotated = read_sources(cfg).map_batches(_annotate, fn_kwargs={"rules": rules}, batch_format="pyarrow")
     annotated.write_parquet(str(out / "documents"))
     documents = read_parquet_dir(out / "documents")
 
@@ -178,17 +232,23 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
         _write_quarantine(documents, deduped, dup_columns, out / "quarantine")
 
     print("[pajama] data: tokenizer")
+    salt = str(seed)
     final_docs = final.select_columns(["doc_id", "slice", "text"])
     if cfg.tokenizer.train:
-        sample = [r["text"] for r in final_docs.limit(cfg.tokenizer.sample_documents).iter_rows()]
-        tokenizer = train_bpe(sample, cfg.tokenizer.vocab_size)
+        # A sample chosen by doc_id hash and read in doc_id order: the same tokenizer on every run.
+        documents_out = sum(e["documents_out"] for e in stats["slices"].values())
+        fraction = cfg.tokenizer.sample_documents / max(1, documents_out)
+        sample = final_docs if fraction >= 1 else final_docs.map_batches(
+            lambda b: b.filter(pa.array([_hash_unit(d, salt + ":tokenizer") < fraction
+                                         for d in b.column("doc_id").to_pylist()])), batch_format="pyarrow")
+        tokenizer = train_bpe([r["text"] for r in sorted(sample.iter_rows(), key=lambda r: r["doc_id"])],
+                              cfg.tokenizer.vocab_size)
     else:
         tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
     tokenizer.save_pretrained(out / "tokenizer")
 
     print("[pajama] data: tokenizing and packing")
     slices = sorted(stats["slices"])
-    salt = str(seed)
     in_eval = lambda b: pa.array([_hash_unit(d, salt + ":eval") < cfg.eval_fraction
                                   for d in b.column("doc_id").to_pylist()])
     eval_docs = final_docs.map_batches(lambda b: b.filter(in_eval(b)), batch_format="pyarrow")
@@ -197,20 +257,28 @@ def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     if any(w != 1.0 for w in weights.values()):
         train_docs = train_docs.map_batches(_upsample, fn_kwargs={"weights": weights, "salt": salt},
                                             batch_format="pyarrow")
-    packer = dict(fn_constructor_kwargs={"tokenizer_json": str(out / "tokenizer" / "tokenizer.json"),
-                                         "eos_token_id": tokenizer.eos_token_id, "seq_len": cfg.seq_len,
-                                         "slices": slices},
-                  batch_format="pyarrow", batch_size=256, concurrency=(1, max(1, int(ray.cluster_resources().get("CPU", 1)))))
-    for split, docs in (("train", train_docs), ("eval", eval_docs)):
-        # Shuffled: training streams in this order and evaluation scores the first batches.
-        packed = docs.map_batches(_Packer, **packer).random_shuffle(seed=seed).materialize()
-        totals = _totals(packed, ["slice_id"], ("dropped_tail_tokens",))
-        packed.drop_columns(["dropped_tail_tokens"]).write_parquet(
-            str(out / "shards" / split), min_rows_per_file=cfg.sequences_per_shard)
-        stats[f"{split}_sequences"] = sum(t["count"] for t in totals)
-        stats[f"{split}_tail_tokens_dropped"] = sum(int(t["dropped_tail_tokens"]) for t in totals)
-        for t in totals:
-            stats["slices"][slices[t["slice_id"]]][f"{split}_tokens"] = t["count"] * cfg.seq_len
+    shard_bytes = _BYTES_PER_TOKEN * cfg.seq_len * cfg.sequences_per_shard
+    total_bytes = sum(stats["slices"][s]["bytes_out"] * weights.get(s, 1.0) for s in slices)
+    for split, docs, share in (("train", train_docs, 1 - cfg.eval_fraction), ("eval", eval_docs, cfg.eval_fraction)):
+        # Shuffled: documents go to shards by hash and each shard's sequences are shuffled with a
+        # seed; training streams the shards in name order and evaluation scores the first batches.
+        directory = out / "shards" / split
+        directory.mkdir(parents=True)
+        num_shards = max(1, math.ceil(total_bytes * share / shard_bytes))
+        summary = (docs.map_batches(_assign_shard, fn_kwargs={"num_shards": num_shards, "salt": salt + ":shard"},
+                                    batch_format="pyarrow")
+                   .groupby("_shard", num_partitions=min(partitions, num_shards))
+                   .map_groups(_pack_shard, batch_format="pyarrow",
+                               fn_kwargs={"tokenizer_json": str(out / "tokenizer" / "tokenizer.json"),
+                                          "eos_token_id": tokenizer.eos_token_id, "seq_len": cfg.seq_len,
+                                          "slices": slices, "directory": str(directory),
+                                          "name_width": max(5, len(str(num_shards - 1))), "seed": seed})
+                   .take_all())
+        stats[f"{split}_sequences"] = sum(r["sequences"] for r in summary)
+        stats[f"{split}_tail_tokens_dropped"] = sum(r["dropped_tail_tokens"] for r in summary)
+        for r in summary:
+            e = stats["slices"][slices[r["slice_id"]]]
+            e[f"{split}_tokens"] = e.get(f"{split}_tokens", 0) + r["sequences"] * cfg.seq_len
     stats["mixture_weights"] = weights
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     write_report(stats, out)
@@ -233,20 +301,31 @@ def _totals(ds: ray.data.Dataset, keys: list[str], sums: tuple[str, ...] = ()) -
 
 
 def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_columns: list[str]) -> dict:
+    """Per slice: records in (bad input included), bad input, dropped per rule, duplicates, kept;
+    bytes in/out of the documents (bad input's text is not kept whole, so not counted)."""
     per_slice: dict[str, dict] = {}
+    without_slice = 0
 
     def entry(s):
-        return per_slice.setdefault(s, {"documents_in": 0, "bytes_in": 0, "dropped": {}, "exact_duplicates": 0,
-                                        "near_duplicates": 0, "documents_out": 0, "bytes_out": 0})
+        return per_slice.setdefault(s, {"documents_in": 0, "bytes_in": 0, "bad_input": 0, "dropped": {},
+                                        "exact_duplicates": 0, "near_duplicates": 0, "documents_out": 0,
+                                        "bytes_out": 0})
 
     sizes = documents.map_batches(
         lambda b: pa.table({"slice": b.column("slice"), "keep": b.column("keep"),
                             "drop_reason": b.column("drop_reason"),
+                            "bad_input": pc.is_valid(b.column(READ_ERROR)),
                             "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
         batch_format="pyarrow")
-    for row in _totals(sizes, ["slice", "keep", "drop_reason"], ("bytes",)):
+    for row in _totals(sizes, ["slice", "keep", "drop_reason", "bad_input"], ("bytes",)):
+        if row["slice"] is None:  # only bad input lacks a slice (see readers.py)
+            without_slice += row["count"]
+            continue
         e = entry(row["slice"])
         e["documents_in"] += row["count"]
+        if row["bad_input"]:
+            e["bad_input"] += row["count"]
+            continue
         e["bytes_in"] += int(row["bytes"])
         if not row["keep"]:
             e["dropped"][row["drop_reason"]] = e["dropped"].get(row["drop_reason"], 0) + row["count"]
@@ -267,20 +346,36 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
             e["documents_out"] += row["count"]
             e["bytes_out"] += int(row["bytes"])
     for name, e in per_slice.items():
-        accounted = sum(e["dropped"].values()) + e["exact_duplicates"] + e["near_duplicates"] + e["documents_out"]
+        accounted = (e["bad_input"] + sum(e["dropped"].values()) + e["exact_duplicates"] + e["near_duplicates"]
+                     + e["documents_out"])
         if accounted != e["documents_in"]:
             raise RuntimeError(f"slice {name}: {e['documents_in']} documents in but {accounted} accounted for")
-    return {"slices": per_slice}
+    return {"slices": per_slice, "bad_input_without_slice": without_slice}
+
+
+def _duplicate_of(batch: pa.Table, column: str) -> pa.Array:
+    """Rows flagged in `column`; as in the stats, a row flagged by both passes is an exact duplicate only."""
+    flag = pc.is_valid(batch.column(column))
+    if column == "fuzzy_dup_of" and "exact_dup_of" in batch.column_names:
+        flag = pc.and_(flag, pc.is_null(batch.column("exact_dup_of")))
+    return flag
 
 
 def _write_quarantine(documents, deduped, dup_columns: list[str], path: Path) -> None:
     keep_cols = ["doc_id", "slice", "text", "meta"]
-    dropped = _where(documents, lambda b: pc.invert(b.column("keep"))).map_batches(
-        lambda b: b.select(keep_cols).append_column("reason", b.column("drop_reason")), batch_format="pyarrow")
-    parts = [dropped]
+    dropped = _where(documents, lambda b: pc.and_(pc.invert(b.column("keep")), pc.is_null(b.column(READ_ERROR))))
+    unreadable = _where(documents, lambda b: pc.is_valid(b.column(READ_ERROR)))
+    parts = [
+        dropped.map_batches(lambda b: b.select(keep_cols).append_column("reason", b.column("drop_reason")),
+                            batch_format="pyarrow"),
+        unreadable.map_batches(
+            lambda b: b.select(keep_cols).append_column(
+                "reason", pc.binary_join_element_wise("bad_input: ", b.column(READ_ERROR), "")),
+            batch_format="pyarrow"),
+    ]
     for column, reason in (("exact_dup_of", "exact_duplicate"), ("fuzzy_dup_of", "near_duplicate")):
         if column in dup_columns:
-            parts.append(_where(deduped, lambda b, c=column: pc.is_valid(b.column(c))).map_batches(
+            parts.append(_where(deduped, lambda b, c=column: _duplicate_of(b, c)).map_batches(
                 lambda b, c=column, r=reason: b.select(keep_cols).append_column(
                     "reason", pa.array([f"{r} of {d}" for d in b.column(c).to_pylist()], type=pa.string())),
                 batch_format="pyarrow"))
@@ -294,25 +389,35 @@ def write_report(stats: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ["| slice | docs in | dropped (by rule) | exact dups | near dups | docs out | MB in | MB out | train tokens |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| slice | docs in | bad input | dropped (by rule) | exact dups | near dups | docs out | MB in | MB out "
+            "| train tokens |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     names = sorted(stats["slices"])
     for s in names:
         e = stats["slices"][s]
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(e["dropped"].items())) or "-"
-        rows.append(f"| {s} | {e['documents_in']} | {dropped} | {e['exact_duplicates']} | {e['near_duplicates']} | "
-                    f"{e['documents_out']} | {e['bytes_in'] / 1e6:.2f} | {e['bytes_out'] / 1e6:.2f} | "
-                    f"{e.get('train_tokens', 0)} |")
-    (out / "report.md").write_text("# Data report\n\n" + "\n".join(rows) + "\n")
+        rows.append(f"| {s} | {e['documents_in']} | {e['bad_input']} | {dropped} | {e['exact_duplicates']} | "
+                    f"{e['near_duplicates']} | {e['documents_out']} | {e['bytes_in'] / 1e6:.2f} | "
+                    f"{e['bytes_out'] / 1e6:.2f} | {e.get('train_tokens', 0)} |")
+    notes = []
+    if stats["bad_input_without_slice"]:
+        notes.append(f"{stats['bad_input_without_slice']} bad-input record(s) name no slice and are in no row above.")
+    bad = stats["bad_input_without_slice"] + sum(stats["slices"][s]["bad_input"] for s in names)
+    if bad:
+        notes.append(f"{bad} bad-input record(s): why each could not be read is its `read_error` in documents/ "
+                     "(and reason `bad_input: ...` in quarantine/).")
+    (out / "report.md").write_text("# Data report\n\n" + "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes))
 
     fig, ax = plt.subplots(figsize=(9, 4))
     x = np.arange(len(names))
     kept = [stats["slices"][s]["documents_out"] for s in names]
     filt = [sum(stats["slices"][s]["dropped"].values()) for s in names]
     dups = [stats["slices"][s]["exact_duplicates"] + stats["slices"][s]["near_duplicates"] for s in names]
+    unread = [stats["slices"][s]["bad_input"] for s in names]
     ax.bar(x, kept, label="kept")
     ax.bar(x, filt, bottom=kept, label="dropped by filters")
     ax.bar(x, dups, bottom=np.add(kept, filt), label="duplicates")
+    ax.bar(x, unread, bottom=np.add(np.add(kept, filt), dups), label="bad input")
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("documents")
     ax.set_title("Documents per slice")

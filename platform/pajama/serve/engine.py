@@ -38,13 +38,16 @@ from transformers.generation.streamers import BaseStreamer
 
 from pajama.models import ResolvedModel, resolve_source  # noqa: F401  (re-exported for the serve app)
 from pajama.serve.events import Delta, Finished
-from pajama.sft.templates import CHAT_TEMPLATE, INSTRUCT_CHAT_TEMPLATE
+from pajama.sft.templates import CHAT_TEMPLATE, HUMAN_PREFIX, INSTRUCT_CHAT_TEMPLATE, TURN_STOPS
 
 # Used when a tokenizer carries no chat_template of its own (the SFT stage stores these same
 # templates in the tokenizers it exports): "<human>: ...\n<bot>:" for chat models, "Q: ...\nA:" for
 # instruct models. The stop sequences end a reply where the model starts the next user turn.
 FALLBACK_CHAT_TEMPLATES = {"chat": CHAT_TEMPLATE, "instruct": INSTRUCT_CHAT_TEMPLATE, "base": CHAT_TEMPLATE}
-CHAT_STOP_SEQUENCES = {"chat": ("<human>:",), "instruct": ("\nQ:",), "base": ("<human>:",)}
+CHAT_STOP_SEQUENCES = {**TURN_STOPS, "base": (HUMAN_PREFIX,)}
+# Raw completions of a fine-tuned model stop there too (a prompt written in the model's own format
+# must not run into a turn the model invents); a base model's text continues as it likes.
+COMPLETION_STOP_SEQUENCES = {**TURN_STOPS, "base": ()}
 
 
 class RequestError(ValueError):
@@ -301,7 +304,8 @@ class HFEngine:
                 code="context_length_exceeded",
             )
         budget = max_tokens if max_tokens is not None else min(default_max_tokens, room)
-        stops = tuple(dict.fromkeys([*stop, *(CHAT_STOP_SEQUENCES[self.kind] if is_chat else ())]))
+        defaults = (CHAT_STOP_SEQUENCES if is_chat else COMPLETION_STOP_SEQUENCES)[self.kind]
+        stops = tuple(dict.fromkeys([*stop, *defaults]))
         sampling = Sampling(budget, temperature, top_p, max(0, top_k), seed)
         return Job(input_ids, sampling, stops, strip_leading_space=is_chat, stream=stream)
 

@@ -1,0 +1,72 @@
+"""A data stage killed midway and re-run finishes and writes shards byte-identical to an
+uninterrupted run: the same file names under shards/train and shards/eval, with the same bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, Project
+
+pytestmark = pytest.mark.slow
+
+# Two bundled slices instead of seven: the same stage, a third of the work; small shards, so
+# that there are several (the order of files is compared too).
+ARGS = ["data", "--set", "data.sources=[{format: jsonl, path: 'bundled:corpus/wikipedia.jsonl.gz'}, "
+                         "{format: jsonl, path: 'bundled:corpus/arxiv.jsonl.gz'}]",
+        "--set", "data.sequences_per_shard=128"]
+MIDWAY = "[pajama] data: MinHash LSH dedup"
+
+
+def _shards(path) -> dict[str, bytes]:
+    """Every file under the artifact's shards/ by its path there ("train/00000.parquet"), in name order."""
+    return {str(file.relative_to(path / "shards")): file.read_bytes()
+            for file in sorted((path / "shards").rglob("*")) if file.is_file()}
+
+
+def _kill_midway(project: Project) -> str:
+    """Start `pajama data`, SIGKILL its whole process group once it prints MIDWAY; its output."""
+    proc = subprocess.Popen([sys.executable, "-m", "pajama", *ARGS], cwd=REPO, env=project.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    output = []
+    try:
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith(MIDWAY):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    return "".join(output)
+
+
+def test_killed_and_rerun_data_stage_writes_the_shards_of_an_uninterrupted_run(tmp_path):
+    uninterrupted = Project(tmp_path / "uninterrupted")
+    run = uninterrupted.pajama(*ARGS)
+    assert run.returncode == 0, run.output[-4000:]
+    expected_path, _ = uninterrupted.artifact("data")
+
+    resumed = Project(tmp_path / "resumed")
+    output = _kill_midway(resumed)
+    assert MIDWAY in output, output[-4000:]
+    data_dir = resumed.storage / "artifacts" / "data"
+    assert not list(data_dir.glob("*/manifest.json")), "the killed run finished"
+    assert list(data_dir.glob(".staging-*")), "the killed run left no staging directory"
+
+    run = resumed.pajama(*ARGS)
+    assert run.returncode == 0, run.output[-4000:]
+    path, _ = resumed.artifact("data")
+    assert path.name == expected_path.name  # same fingerprint
+
+    expected, actual = _shards(expected_path), _shards(path)
+    assert sum(name.startswith("train/") for name in expected) > 1 and any(name.startswith("eval/") for name in expected)
+    assert list(actual) == list(expected)
+    for name, data in expected.items():
+        assert actual[name] == data, f"shards/{name} differs"
