@@ -185,7 +185,18 @@ def _log_comparison(cfg: PajamaConfig, done: dict[str, Artifact], parent_run_id:
 
     artifacts = {kind: done[stage] for kind, stage in MODEL_STAGE_OF.items()}
     models = {kind: (a.path / a.manifest["model_dir"], a.fingerprint) for kind, a in artifacts.items()}
-    rows = compare.cached_compare(models, cfg.project.storage_path / "comparisons")
+    cache_dir = cfg.project.storage_path / "comparisons"
+    if cfg.pretrain.scaling.use_gpu:
+        # A 3B/7B model on a GPU worker of the cluster, not on the driver (often CPU-only);
+        # the storage is shared, so the cache is too.
+        import ray
+
+        from pajama.cluster import init_ray
+
+        init_ray(cfg.project.ray_address)
+        rows = ray.get(ray.remote(num_gpus=1)(compare.cached_compare).remote(models, cache_dir))
+    else:
+        rows = compare.cached_compare(models, cache_dir)
     versions = {kind: f"{a.manifest['registered_model']}/{a.manifest['registered_version']}"
                 for kind, a in artifacts.items() if a.manifest.get("registered_model")}
     compare.log_to_parent(parent_run_id, rows, versions)

@@ -415,7 +415,7 @@ def _singleton_clusters(batch: pa.Table) -> pa.Table:
 def fuzzy_dedup(
     ds: ray.data.Dataset,
     *,
-    threshold: float = 0.8,
+    threshold: float = 0.7,
     num_perm: int = 128,
     ngram: int = 13,
     bands: int | None = None,
