@@ -1,5 +1,6 @@
 """A data stage killed midway and re-run finishes and writes shards byte-identical to an
-uninterrupted run: the same file names under shards/train and shards/eval, with the same bytes."""
+uninterrupted run (the tiny DAG's data stage, same recipe): the same file names under
+shards/train and shards/eval, with the same bytes."""
 
 from __future__ import annotations
 
@@ -14,11 +15,7 @@ from conftest import REPO, Project
 
 pytestmark = pytest.mark.slow
 
-# Two bundled slices instead of seven: the same stage, a third of the work; small shards, so
-# that there are several (the order of files is compared too).
-ARGS = ["data", "--set", "data.sources=[{format: jsonl, path: 'bundled:corpus/wikipedia.jsonl.gz'}, "
-                         "{format: jsonl, path: 'bundled:corpus/arxiv.jsonl.gz'}]",
-        "--set", "data.sequences_per_shard=128"]
+ARGS = ["data"]
 MIDWAY = "[pajama] data: MinHash LSH dedup"
 
 
@@ -47,11 +44,8 @@ def _kill_midway(project: Project) -> str:
     return "".join(output)
 
 
-def test_killed_and_rerun_data_stage_writes_the_shards_of_an_uninterrupted_run(tmp_path):
-    uninterrupted = Project(tmp_path / "uninterrupted")
-    run = uninterrupted.pajama(*ARGS)
-    assert run.returncode == 0, run.output[-4000:]
-    expected_path, _ = uninterrupted.artifact("data")
+def test_killed_and_rerun_data_stage_writes_the_shards_of_an_uninterrupted_run(tmp_path, tiny_project, tiny_dag):
+    expected_path, _ = tiny_project.artifact("data")
 
     resumed = Project(tmp_path / "resumed")
     output = _kill_midway(resumed)

@@ -43,8 +43,8 @@ def submit(address: str, storage: Path, script: str, *args: str, timeout: int = 
 
 def test_ray_job_submit_pretrain(ray_head, tiny_project, tiny_dag):
     # The tiny DAG's data artifact is reused; pretraining runs for real with fewer steps.
-    proc = submit(ray_head, tiny_project.storage, "pretrain.py", "--set", "pretrain.max_steps=12",
-                  "--set", "pretrain.checkpoint_every=6", "--set", "pretrain.eval_every=6")
+    proc = submit(ray_head, tiny_project.storage, "pretrain.py", "--set", "pretrain.max_steps=4",
+                  "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.eval_every=2")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     assert "succeeded" in output

@@ -46,7 +46,8 @@ def _post(url: str, body: dict, timeout: float = 120) -> dict:
         return json.loads(response.read())
 
 
-def test_serve_run_of_the_rayservice_config_serves_the_registered_models(tiny_project, tiny_dag, tmp_path):
+def test_serve_run_of_the_rayservice_config_serves_the_registered_models(tiny_project, tiny_dag, tmp_path,
+                                                                         tmp_path_factory):
     committed = yaml.safe_load((REPO / "pipelines" / "serve.yaml").read_text())
     config = json.loads(json.dumps(committed))
     port = free_port()
@@ -62,7 +63,8 @@ def test_serve_run_of_the_rayservice_config_serves_the_registered_models(tiny_pr
     env.update(RAY_AUTH_MODE="token", MLFLOW_TRACKING_URI=tiny_project.tracking_uri,
                PAJAMA_STORAGE_URI=str(tiny_project.storage))
     # The config asks for a CPU per replica (3 models + ingress); logical CPUs let 2 cores host them.
-    with start_ray_head(tmp_path / "ray", env, num_cpus=6) as head:
+    # A short temp dir: Ray's Unix sockets live under it, and their paths are limited to 107 bytes.
+    with start_ray_head(tmp_path_factory.mktemp("ray-serve"), env, num_cpus=6) as head:
         log = (tmp_path / "serve-run.log").open("w")
         proc = subprocess.Popen([SERVE, "run", "--address", head.gcs, str(config_file)], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

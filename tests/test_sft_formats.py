@@ -48,8 +48,10 @@ def test_bundled_instruct_chat_and_eval():
 def test_bundled_files_are_small():
     from pathlib import Path
 
-    files = list(Path(bundled("")).glob("*.jsonl"))
-    assert len(files) == 6 and all(f.stat().st_size < 1_000_000 for f in files)
+    files = {f.name: f.stat().st_size for f in Path(bundled("")).glob("*.jsonl")}
+    assert set(files) == {"instruct.jsonl", "chat.jsonl", "eval.jsonl", "checks.jsonl", "p3_sample.jsonl",
+                          "dolly_sample.jsonl", "oasst1_sample.jsonl"}
+    assert all(size < 1_000_000 for size in files.values()), files
 
 
 def test_p3_sample():
