@@ -76,20 +76,21 @@ def _generate(model, tokenizer, texts: list[str], stops: tuple[str, ...], strip:
 
 
 def _response_losses(model, tokenizer, kind: str, checks: list[dict]) -> list[tuple[float, int]]:
-    """(mean loss, token count) of each reference answer, scored in one right-padded batch."""
+    """(mean loss, token count) of each reference answer, scored in one right-padded batch with the
+    training loop's own loss."""
+    import contextlib
+
     import torch
+
+    from pajama.train.loop import row_losses
 
     rows = [_labelled(tokenizer, kind, example) for example in checks]
     width = max(len(r["input_ids"]) for r in rows)
     pad = lambda values, fill: [v + [fill] * (width - len(v)) for v in values]
-    input_ids = torch.tensor(pad([r["input_ids"] for r in rows], tokenizer.pad_token_id), device=model.device)
-    labels = torch.tensor(pad([r["labels"] for r in rows], templates.IGNORE_INDEX), device=model.device)
-    mask = torch.tensor(pad([[1] * len(r["input_ids"]) for r in rows], 0), device=model.device)
-    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-    targets = labels[:, 1:]
-    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=templates.IGNORE_INDEX,
-                                               reduction="none").sum(dim=1)
-    counts = (targets != templates.IGNORE_INDEX).sum(dim=1)
+    batch = {"input_ids": torch.tensor(pad([r["input_ids"] for r in rows], tokenizer.pad_token_id)),
+             "labels": torch.tensor(pad([r["labels"] for r in rows], templates.IGNORE_INDEX)),
+             "attention_mask": torch.tensor(pad([[1] * len(r["input_ids"]) for r in rows], 0))}
+    losses, counts = row_losses(model, {k: v.to(model.device) for k, v in batch.items()}, contextlib.nullcontext())
     return [(loss / n, n) for loss, n in zip(losses.tolist(), counts.tolist())]
 
 

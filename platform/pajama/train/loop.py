@@ -43,9 +43,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from pajama.sft.templates import IGNORE_INDEX
 from pajama.train.trace import StepTrace
 
-IGNORE_INDEX = -100
 EXPORT_DIR = "hf"
 STATE_FILE = "train_state.json"
 
@@ -120,7 +120,7 @@ def _n_targets(batch: dict[str, torch.Tensor]) -> int:
     return int((batch.get("labels", batch["input_ids"])[:, 1:] != IGNORE_INDEX).sum())
 
 
-def _row_losses(model, batch: dict[str, torch.Tensor], autocast) -> tuple[torch.Tensor, torch.Tensor]:
+def row_losses(model, batch: dict[str, torch.Tensor], autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence summed next-token loss and target-token count (labels default to input_ids)."""
     input_ids = batch["input_ids"].long()
     labels = batch["labels"].long() if "labels" in batch else input_ids
@@ -277,7 +277,7 @@ def _evaluate(model, batches: list[dict[str, torch.Tensor]], spec: dict, device,
             local = _to_device(batch, device)
             slice_ids = local.pop("slice_id").long() if "slice_id" in local else torch.zeros(
                 len(local["input_ids"]), dtype=torch.long, device=device)
-            losses, n = _row_losses(model, local, autocast)
+            losses, n = row_losses(model, local, autocast)
             sums.index_add_(0, slice_ids, losses.double())
             counts.index_add_(0, slice_ids, n.double())
     model.train()
@@ -331,7 +331,7 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
     # One compiled graph from tokens to summed loss: the fp32 cast and the cross-entropy over the
     # vocabulary fuse instead of materialising fp32 logits (benchmarks/gpu_step_mfu.py, 1B on an
     # H100: 42.8% MFU at 36 GiB against 41.0% at 42 GiB for compiling the model alone).
-    train_row_losses = torch.compile(_row_losses) if cfg["compile"] else _row_losses
+    train_row_losses = torch.compile(row_losses) if cfg["compile"] else row_losses
     optimizer = _optimizer(model, cfg)
     torch.manual_seed(spec["seed"] + rank)
 
