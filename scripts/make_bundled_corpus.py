@@ -40,6 +40,7 @@ import textwrap
 import warnings
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "platform"))
@@ -232,6 +233,9 @@ def parse_members(path: Path) -> tuple[str, list[Member]]:
     """The module docstring and the documented public classes, functions and methods."""
     source = path.read_text(encoding="utf-8")
     tree = ast.parse(source)
+    # Split once: ast.get_source_segment re-splits the whole file on every call (minutes over the
+    # stdlib). newline="" splits on \n, \r and \r\n only, as the parser counts lines.
+    lines = io.StringIO(source, newline="").readlines()
     module = module_name(path)
     repo_path = "Lib/" + path.relative_to(STDLIB).as_posix()
     members = []
@@ -242,7 +246,10 @@ def parse_members(path: Path) -> tuple[str, list[Member]]:
             return
         signature = "" if kind == "class" else f"({ast.unparse(node.args)})"
         # padded: a method's first line gets its indentation back, so dedent works.
-        code = textwrap.dedent(ast.get_source_segment(source, node, padded=True) or "")
+        span = "".join(lines[node.lineno - 1:node.end_lineno])
+        at = SimpleNamespace(lineno=1, end_lineno=node.end_lineno - node.lineno + 1,
+                             col_offset=node.col_offset, end_col_offset=node.end_col_offset)
+        code = textwrap.dedent(ast.get_source_segment(span, at, padded=True) or "")
         members.append(Member(module, qualname, kind, signature, doc, code, repo_path))
 
     for node in tree.body:
