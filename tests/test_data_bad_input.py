@@ -66,7 +66,8 @@ def _config(tmp_path, **overrides) -> DataConfig:
         sources=[{"format": "jsonl", "path": str(tmp_path / "web" / "*.jsonl")},
                  {"format": "jsonl", "path": str(tmp_path / "wiki" / "cut.jsonl.gz"), "slice": "wikipedia"}],
         filters=["gopher"], tokenizer={"vocab_size": 300, "sample_documents": 200}, seq_len=16,
-        eval_fraction=0.2, sequences_per_shard=256, shuffle_partitions=2, **overrides)
+        eval_fraction=0.2, sequences_per_shard=256, shuffle_partitions=2,
+        shuffle_strategy="sort_shuffle_pull_based", **overrides)
 
 
 def test_bad_input_is_quarantined_with_reasons_and_counts_add_up(ray_session, tmp_path, sources):

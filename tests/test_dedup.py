@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
+from ray.data.context import ShuffleStrategy
 
+from pajama.data import dedup
 from pajama.data.dedup import (
     _connected_components,
     _connected_components_on_driver,
@@ -115,7 +117,28 @@ def test_null_text_is_a_clear_error():
 # --- Ray -------------------------------------------------------------------------------------
 
 
-def test_exact_dedup_across_slices_keeps_smallest_doc_id(ray_session):
+@pytest.fixture(autouse=True)
+def shuffle_strategy():
+    """The tiny recipe's shuffle (data.shuffle_strategy) unless a test picks another."""
+    context = ray.data.DataContext.get_current()
+    previous, context.shuffle_strategy = context.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    yield context
+    context.shuffle_strategy = previous
+
+
+# The laptop's path, and the cluster's: Ray's default shuffle with marks joined back by hash.
+SHUFFLE_AND_JOIN = pytest.mark.parametrize("cluster_path", [False, True], ids=["sort+broadcast", "v2+hash-join"])
+
+
+def _take_cluster_path(context, monkeypatch) -> None:
+    context.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
+    monkeypatch.setattr(dedup, "_BROADCAST_MAX_ROWS", 0)
+
+
+@SHUFFLE_AND_JOIN
+def test_exact_dedup_across_slices_keeps_smallest_doc_id(ray_session, shuffle_strategy, monkeypatch, cluster_path):
+    if cluster_path:
+        _take_cluster_path(shuffle_strategy, monkeypatch)
     text = "The quick brown fox jumps over the lazy dog."
     docs = [
         doc("c4/0002", "c4", text),
@@ -161,6 +184,23 @@ def test_fuzzy_dedup_without_candidates_leaves_every_document_alone(ray_session)
         assert (row["fuzzy_cluster"], row["fuzzy_dup_of"]) == (original["doc_id"], None)
     with pytest.raises(ValueError, match="both bands and rows"):
         fuzzy_dedup(ray.data.from_items(docs), bands=9)
+
+
+@SHUFFLE_AND_JOIN
+def test_fuzzy_dedup_keeps_the_smallest_doc_id_of_a_near_duplicate_pair(ray_session, shuffle_strategy,
+                                                                        monkeypatch, cluster_path):
+    if cluster_path:
+        _take_cluster_path(shuffle_strategy, monkeypatch)
+    rng = random.Random(3)
+    words = [f"w{rng.randrange(10_000)}" for _ in range(300)]
+    edited = words[:150] + ["edited"] + words[151:]
+    docs = [doc("c4/2", "c4", " ".join(words)), doc("books/1", "books", " ".join(edited)),
+            doc("c4/3", "c4", " ".join(reversed(words)))]
+    rows = by_id(fuzzy_dedup(ray.data.from_items(docs, override_num_blocks=2), num_partitions=2).take_all())
+    assert {d: (r["fuzzy_cluster"], r["fuzzy_dup_of"]) for d, r in rows.items()} == {
+        "books/1": ("books/1", None), "c4/2": ("books/1", "books/1"), "c4/3": ("c4/3", None)}
+    for original in docs:
+        assert {c: rows[original["doc_id"]][c] for c in DOCUMENT_COLUMNS} == original
 
 
 def test_connected_components_converge_on_long_chains(ray_session):

@@ -55,6 +55,9 @@ def stage_config(cfg: PajamaConfig, stage: str) -> dict:
     if stage == "serve":
         # Host and port say where to listen, not what is served: they do not change the stage.
         section = {k: v for k, v in section.items() if k not in ("host", "port")}
+    if stage == "data":
+        # How Ray shuffles, not what comes out: the shards are byte-identical either way.
+        section.pop("shuffle_strategy")
     return {"stage": section, "seed": cfg.project.seed}
 
 

@@ -3,7 +3,7 @@
 Both stages mark documents instead of dropping them, so the caller can count what each stage
 removed per slice and keep the removed documents in a quarantine with a reason
 (EXACT_DUPLICATE / NEAR_DUPLICATE). Every input column passes through with its values
-unchanged (the join may widen string to large_string); rows come back in shuffled order.
+unchanged (a hash join may widen string to large_string); rows may come back in another order.
 
 - exact_dedup: sha1 of the RPv2-normalised text; one document per hash is kept, the one with
   the smallest doc_id, across the whole corpus (all slices together).
@@ -13,8 +13,10 @@ unchanged (the join may widen string to large_string); rows come back in shuffle
   per cluster (the smallest doc_id). As in RPv2, documents shorter than one shingle get no
   signature and are left to exact dedup.
 
-Memory: every step is a Ray Data map, hash aggregate or hash join, so a worker holds one block
-or one shuffle partition (about the data volume / num_partitions), never the corpus. The
+Memory: every step is a Ray Data map, group-by aggregate or hash join, so a worker holds one
+block or one shuffle partition (about the data volume / num_partitions), never the corpus; the
+marks go back to the documents by a broadcast join (every block gets the table of repeated
+documents) while that table is small, by a hash join beyond _BROADCAST_MAX_ROWS. The
 largest single values are one LSH bucket's doc_id list and one node's neighbour list, both
 bounded by the size of the largest near-duplicate cluster. The one exception is deliberate: a
 candidate graph small enough for one process (fuzzy_dedup's driver_components_max_edges) gets
@@ -50,6 +52,8 @@ _SHINGLE_CHUNK = 1 << 14
 _SIGNATURE_BATCH = 256
 _MAX_CC_ROUNDS = 64
 _MAX_NGRAM = 64
+# Building the hash set of a lookup table this size costs ~10 ms per block it marks.
+_BROADCAST_MAX_ROWS = 200_000
 
 _EXACT_HASH = "_exact_hash"
 _EXACT_KEEP = "_exact_keep"
@@ -115,10 +119,44 @@ def exact_dedup(ds: ray.data.Dataset, *, num_partitions: int | None = None) -> r
         .groupby(_EXACT_HASH, num_partitions=partitions)
         .aggregate(Count(alias_name="_count"), Min("doc_id", alias_name=_EXACT_KEEP))
         .map_batches(_duplicated_hashes, batch_format="pyarrow")
+        .materialize()
     )
-    return hashed.join(
-        duplicated, join_type="left_outer", num_partitions=partitions, on=(_EXACT_HASH,)
-    ).map_batches(_mark_exact, batch_format="pyarrow")
+    return _left_join_unique(hashed, duplicated, _EXACT_HASH, [_EXACT_KEEP], partitions).map_batches(
+        _mark_exact, batch_format="pyarrow"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Marking documents from a small table
+
+
+def _table_of(ds: ray.data.Dataset) -> pa.Table:
+    return pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None)))
+
+
+def _append_looked_up(batch: pa.Table, *, table: pa.Table | None, key: str, values: list[str]) -> pa.Table:
+    index = None if table is None else pc.index_in(batch[key], value_set=table[key])
+    for column in values:
+        looked_up = pa.nulls(batch.num_rows, pa.string()) if index is None else table[column].take(index)
+        batch = batch.append_column(column, looked_up)
+    return batch
+
+
+def _left_join_unique(
+    ds: ray.data.Dataset, lookup: ray.data.Dataset, key: str, values: list[str], partitions: int
+) -> ray.data.Dataset:
+    """ds with lookup's `values` columns where ds[key] equals lookup's (unique) key, else null.
+
+    The lookup tables of dedup list the repeated documents only; up to _BROADCAST_MAX_ROWS
+    rows one goes to every block (a broadcast join) instead of shuffling the corpus for a hash
+    join. `lookup` must be materialised (it is counted, then read)."""
+    rows = lookup.count()
+    if rows <= _BROADCAST_MAX_ROWS:
+        table = _table_of(lookup).combine_chunks() if rows else None
+        return ds.map_batches(
+            _append_looked_up, fn_kwargs={"table": table, "key": key, "values": values}, batch_format="pyarrow"
+        )
+    return ds.join(lookup, join_type="left_outer", num_partitions=partitions, on=(key,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +411,7 @@ def _connected_components_on_driver(edges: ray.data.Dataset) -> ray.data.Dataset
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    table = pa.concat_tables(list(edges.iter_batches(batch_format="pyarrow", batch_size=None)))
+    table = _table_of(edges)
     child = table["_child"].to_numpy(zero_copy_only=False)
     parent = table["_parent"].to_numpy(zero_copy_only=False)
     # Sorted unique ids: a component's smallest index is its smallest doc_id (code-point order
@@ -465,6 +503,6 @@ def fuzzy_dedup(
         roots = _connected_components_on_driver(edges)
     else:
         roots = _connected_components(edges, partitions)
-    return ds.join(
-        roots, join_type="left_outer", num_partitions=partitions, on=("doc_id",)
-    ).map_batches(_mark_fuzzy, batch_format="pyarrow")
+    return _left_join_unique(ds, roots.materialize(), "doc_id", [_FUZZY_ROOT], partitions).map_batches(
+        _mark_fuzzy, batch_format="pyarrow"
+    )

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+from ray.data.context import ShuffleStrategy
 from tokenizers import Tokenizer
 
 from pajama.config import DataConfig, is_remote, resolve_path
@@ -202,6 +203,17 @@ def _upsample(batch: pa.Table, weights: dict[str, float], salt: str) -> pa.Table
 
 def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
     """Build the data artifact in `out`; returns the manifest fields (stats, slices, sequences)."""
+    context = ray.data.DataContext.get_current()
+    previous = context.shuffle_strategy
+    if cfg.shuffle_strategy:
+        context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
+    try:
+        return _build_data_artifact(cfg, out, seed)
+    finally:
+        context.shuffle_strategy = previous
+
+
+def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
     rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
 
     print("[pajama] data: reading sources, computing quality signals, applying filters")
