@@ -1,5 +1,6 @@
 """The tiny DAG's fine-tunes from the user's side: the base model picked from MLflow by run, version
-or alias; the comparison of base, instruct and chat on the DAG run; the chat model served.
+or alias; the comparison of base, instruct and chat on the DAG run. (The served chat model's
+answers are checked in test_serve_config.py, on the RayService's own serve config.)
 
 Uses the session fixture `tiny_dag` (one real run of the whole tiny DAG, shared with test_e2e.py).
 """
@@ -9,11 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import mlflow
 import pytest
 import torch
-from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -96,47 +95,3 @@ def _first_manifest(tiny_project, stage: str) -> dict:
     """The manifest of the first DAG run's artifact of `stage` (other tests train more)."""
     manifests = [json.loads(p.read_text()) for p in (tiny_project.storage / "artifacts" / stage).glob("*/manifest.json")]
     return min(manifests, key=lambda m: m["created"])
-
-
-@pytest.fixture(scope="module")
-def served_chat(tiny_project, tiny_dag):
-    """The DAG's chat model, as the serve stage deploys it (by registry version), on loopback."""
-    import ray
-    from pajama.serve import app as serve_app
-
-    _, chat = tiny_project.artifact("chat")
-    name = chat["registered_model"]
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        base_url = serve_app.deploy(
-            {"models": [{"name": name, "source": f"models:/{name}/{chat['registered_version']}", "kind": "chat"}],
-             "tracking_uri": tiny_project.tracking_uri, "num_cpus": 1, "num_gpus": 0, "ingress_num_cpus": 0.5},
-            port=free_port())
-        yield base_url, name
-    finally:
-        serve_app.shutdown()
-        ray.shutdown()
-
-
-def test_served_chat_model_answers_in_the_bot_turn_and_stops(served_chat):
-    base_url, model = served_chat
-    question = "What does `json.dumps` do?"
-    max_tokens = 64
-    chat = httpx.post(f"{base_url}/v1/chat/completions", timeout=120, json={
-        "model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
-        "temperature": 0}).json()
-    choice, used = chat["choices"][0], chat["usage"]["completion_tokens"]
-    answer = choice["message"]["content"]
-    print(f"chat answer ({choice['finish_reason']}, {used} tokens): {answer!r}")
-    assert answer and "<human>:" not in answer and "<bot>:" not in answer
-    assert choice["finish_reason"] == ("stop" if used < max_tokens else "length")
-
-    # The same conversation as a raw prompt: the model's own format, cut at the next turn too.
-    raw = httpx.post(f"{base_url}/v1/completions", timeout=120, json={
-        "model": model, "prompt": f"<human>: {question}\n<bot>:", "max_tokens": max_tokens,
-        "temperature": 0}).json()
-    text = raw["choices"][0]["text"]
-    assert "<human>:" not in text
-    assert raw["choices"][0]["finish_reason"] == ("stop" if raw["usage"]["completion_tokens"] < max_tokens
-                                                  else "length")
-    assert text.strip() == answer  # greedy: the chat route is this prompt rendered by the template

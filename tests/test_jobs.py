@@ -27,18 +27,39 @@ def _client_env() -> dict:
     return env
 
 
-def submit(address: str, storage: Path, script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _submit_command(address: str, storage: Path, script: str, *args: str) -> list[str]:
     """Exactly the README's command, with storage passed to the job through its runtime env."""
     runtime_env = f'{{"env_vars": {{"PAJAMA_STORAGE_URI": "{storage}"}}}}'
-    command = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json",
-               runtime_env, "--", "python", f"jobs/{script}", *args]
+    return [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json",
+            runtime_env, "--", "python", f"jobs/{script}", *args]
+
+
+def _agent_not_up(proc: subprocess.CompletedProcess) -> bool:
+    # The head answers before its job agent is up; Ray says so and asks to retry.
+    return "No available agent to submit job" in proc.stdout + proc.stderr
+
+
+def submit(address: str, storage: Path, script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    command = _submit_command(address, storage, script, *args)
     for _ in range(30):
         proc = subprocess.run(command, cwd=REPO, env=_client_env(), capture_output=True, text=True, timeout=timeout)
-        # The head answers before its job agent is up; Ray says so and asks to retry.
-        if "No available agent to submit job" not in proc.stdout + proc.stderr:
+        if not _agent_not_up(proc):
             return proc
         time.sleep(5)
     return proc
+
+
+def submit_together(address: str, storage: Path, jobs: list[list[str]], timeout: int = 900) -> list:
+    """Submit the jobs at once, as RayJobs sharing a cluster arrive; each result in order."""
+    commands = [_submit_command(address, storage, script, *args) for script, *args in jobs]
+    running = [subprocess.Popen(c, cwd=REPO, env=_client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for c in commands]
+    results = []
+    for job, command, popen in zip(jobs, commands, running):
+        stdout, stderr = popen.communicate(timeout=timeout)
+        proc = subprocess.CompletedProcess(command, popen.returncode, stdout, stderr)
+        results.append(submit(address, storage, *job) if _agent_not_up(proc) else proc)
+    return results
 
 
 def test_ray_job_submit_pretrain(ray_head, tiny_project, tiny_dag):
@@ -62,10 +83,12 @@ def test_k8s_rayjob_entrypoints_run_with_ray_job_submit(ray_head, tiny_project, 
 
     entrypoints = k8s_entrypoints("cpu-dev")
     assert len(entrypoints) == 5
+    jobs = []
     for entrypoint in entrypoints:
         python, script, *args = shlex.split(entrypoint)
         assert python == "python" and script.startswith("jobs/")
-        proc = submit(ray_head, tiny_project.storage, script.removeprefix("jobs/"), *args)
+        jobs.append([script.removeprefix("jobs/"), *args])
+    for entrypoint, proc in zip(entrypoints, submit_together(ray_head, tiny_project.storage, jobs)):
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"{entrypoint}:\n{output[-3000:]}"
         assert "up to date, reusing" in output and "Traceback" not in output, entrypoint
