@@ -25,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import statistics
 import time
 import urllib.request
@@ -579,9 +580,10 @@ def shutdown() -> None:
 
 
 def serve_forever(args: dict, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Deploy and block until Ctrl-C, then shut down."""
+    """Deploy and block until Ctrl-C (or SIGTERM, as from `kill` or a container stop), then shut down."""
     base_url = deploy(args, host, port)
     print(f"Pajama is serving on {base_url} (playground at {base_url}/); Ctrl-C to stop", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)
