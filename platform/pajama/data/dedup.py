@@ -135,7 +135,10 @@ def _table_of(ds: ray.data.Dataset) -> pa.Table:
 
 
 def _append_looked_up(batch: pa.Table, *, table: pa.Table | None, key: str, values: list[str]) -> pa.Table:
-    index = None if table is None else pc.index_in(batch[key], value_set=table[key])
+    # The same key type on both sides (one may be large_string after a hash join upstream).
+    index = None
+    if table is not None:
+        index = pc.index_in(batch[key], value_set=table[key].cast(batch.schema.field(key).type))
     for column in values:
         looked_up = pa.nulls(batch.num_rows, pa.string()) if index is None else table[column].take(index)
         batch = batch.append_column(column, looked_up)
