@@ -37,6 +37,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A field that says how or where a stage runs, not what it produces: left out of the stage's
+# fingerprint, so changing it reuses the finished stage (dag.stage_config).
+NOT_FINGERPRINTED = {"fingerprint": False}
+
+
+def fingerprinted_fields(section: BaseModel) -> dict:
+    """A config section as JSON, without its NOT_FINGERPRINTED fields."""
+    skip = {name for name, field in type(section).model_fields.items()
+            if field.json_schema_extra == NOT_FINGERPRINTED}
+    return section.model_dump(mode="json", exclude=skip)
+
+
 def resolve_path(path: str) -> str:
     """`bundled:x` names a file under the package's resources; URIs and other paths pass through."""
     if path.startswith(BUNDLED_PREFIX):
@@ -170,8 +182,9 @@ class DataConfig(Strict):
     # "sort_shuffle_pull_based" runs in the task workers that are already up, where shuffle_v2
     # starts its own worker processes for every shuffle: on a laptop's small corpus that is
     # ~0.5 s instead of ~10 s a shuffle.
+    # The shards are byte-identical under every strategy.
     shuffle_strategy: Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", "hash_shuffle",
-                              "shuffle_v2"] | None = None
+                              "shuffle_v2"] | None = Field(None, json_schema_extra=NOT_FINGERPRINTED)
 
 
 class ModelConfig(Strict):
@@ -288,8 +301,9 @@ class SFTConfig(TrainingConfig):
 
 
 class ServeConfig(Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    # Where to listen, not what is served.
+    host: str = Field("127.0.0.1", json_schema_extra=NOT_FINGERPRINTED)
+    port: int = Field(8000, ge=1, le=65535, json_schema_extra=NOT_FINGERPRINTED)
     # Which trained models the app serves.
     models: list[Literal["base", "instruct", "chat"]] = Field(default_factory=lambda: ["base", "instruct", "chat"])
     probe_message: str = "What does the json module do?"

@@ -19,7 +19,7 @@ import mlflow
 
 from pajama import lineage, tracking
 from pajama.artifacts import Artifact, ArtifactStore, fingerprint
-from pajama.config import PajamaConfig
+from pajama.config import PajamaConfig, fingerprinted_fields
 
 
 UPSTREAM = {
@@ -51,14 +51,7 @@ def required_stages(targets: list[str]) -> list[str]:
 
 
 def stage_config(cfg: PajamaConfig, stage: str) -> dict:
-    section = getattr(cfg, stage).model_dump(mode="json")
-    if stage == "serve":
-        # Host and port say where to listen, not what is served: they do not change the stage.
-        section = {k: v for k, v in section.items() if k not in ("host", "port")}
-    if stage == "data":
-        # How Ray shuffles, not what comes out: the shards are byte-identical either way.
-        section.pop("shuffle_strategy")
-    return {"stage": section, "seed": cfg.project.seed}
+    return {"stage": fingerprinted_fields(getattr(cfg, stage)), "seed": cfg.project.seed}
 
 
 def upstream_of(cfg: PajamaConfig, stage: str) -> list[str]:
