@@ -20,7 +20,8 @@ from pathlib import Path
 import ray
 
 from pajama.config import load_config
-from pajama.data.stage import run_data_stage
+from pajama.artifacts import StageContext
+from pajama.data.stage import run as run_data_stage
 
 STRATEGIES = ("shuffle_v2", "sort_shuffle_pull_based")
 
@@ -46,7 +47,8 @@ def main() -> None:
             out = Path(tmp) / strategy
             out.mkdir()
             started = time.perf_counter()
-            run_data_stage(cfg.data.model_copy(update={"shuffle_strategy": strategy}), out, cfg.project.seed)
+            run_data_stage(cfg.data.model_copy(update={"shuffle_strategy": strategy}),
+                           StageContext(out, Path(tmp), strategy, cfg.project.seed), {})
             seconds[strategy] = time.perf_counter() - started
             shards[strategy] = _files(out / "shards")
             print(f"[bench] {strategy}: {seconds[strategy]:.1f} s", flush=True)

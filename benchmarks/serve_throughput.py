@@ -25,7 +25,8 @@ import httpx
 import ray
 import torch
 from pajama.serve import app as serve_app
-from pajama.serve.engine import HFEngine, resolve_source
+from pajama.models import resolve_source
+from pajama.serve.engine import HFEngine
 from pajama.serve.tiny_model import make_tiny_model
 
 PROMPT = "The capital of France is"

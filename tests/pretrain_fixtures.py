@@ -79,14 +79,17 @@ def run_pretrain(cfg: PretrainConfig, data: Artifact, root: Path, name: str, tra
                  **env: str) -> dict:
     """The pretrain stage as the DAG runs it, with `env` (PAJAMA_TRACE_DIR, ...) set on the
     driver for the run, which `fit` forwards to the workers. Output goes to `root/name`."""
-    from pajama.train.pretrain import run_pretrain_stage
+    from pajama.artifacts import StageContext
+    from pajama.train.pretrain import run
 
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return run_pretrain_stage(cfg, data, out, root / "storage", name, seed=0, tracking=tracking)
+        ctx = StageContext(out=out, storage=root / "storage", fingerprint=name, seed=0,
+                           tracking_uri=tracking and tracking["uri"], run_id=tracking and tracking["run_id"])
+        return run(cfg, ctx, {"data": data})
     finally:
         for k, v in saved.items():
             if v is None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import torch
-from pajama import compare
+from pajama import compare, kinds
 from pajama.serve.tiny_model import make_tiny_model
 from transformers import AutoTokenizer
 
@@ -28,11 +28,11 @@ def test_check_set_is_held_out_eval_data():
 
 def test_each_model_gets_its_own_format():
     prompt = "What does `shlex.split` do?"
-    assert compare.render_prompt("base", prompt) == prompt
-    assert compare.render_prompt("instruct", prompt) == f"Q: {prompt}\nA:"
-    assert compare.render_prompt("chat", prompt) == f"<human>: {prompt}\n<bot>:"
-    with pytest.raises(ValueError, match="base, instruct or chat"):
-        compare.render_prompt("critic", prompt)
+    assert kinds.kind("base").style.render_prompt(prompt) == prompt
+    assert kinds.kind("instruct").style.render_prompt(prompt) == f"Q: {prompt}\nA:"
+    assert kinds.kind("chat").style.render_prompt(prompt) == f"<human>: {prompt}\n<bot>:"
+    with pytest.raises(ValueError, match="unknown model kind"):
+        kinds.kind("critic")
 
 
 def _stub_model(new_tokens: list[list[int]], prompt_width: int):
@@ -52,9 +52,9 @@ def test_answers_are_cut_at_the_next_turn_or_eos(model_dir):
     width = len(ids(prompt))
     model = _stub_model([ids(" Paris is nice.\n<human>: and more"), ids(" Paris") + [tokenizer.eos_token_id],
                          ids(" The quick brown fox")], width)
-    results = compare._generate(model, tokenizer, [prompt] * 3, compare.STOPS["chat"], strip=True)
+    results = compare._generate(model, tokenizer, [prompt] * 3, kinds.kind("chat").style.reply_stops, strip=True)
     assert results == [("Paris is nice.", "stop"), ("Paris", "stop"), ("The quick brown fox", "length")]
-    raw = compare._generate(model, tokenizer, [prompt] * 3, compare.STOPS["base"], strip=False)
+    raw = compare._generate(model, tokenizer, [prompt] * 3, kinds.kind("base").style.reply_stops, strip=False)
     assert raw[0] == (" Paris is nice.\n", "stop")
 
 

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from pajama.config import DataConfig
 from pajama.data.readers import QUARANTINED_TEXT_CHARS
-from pajama.data.stage import run_data_stage
+from pajama.artifacts import StageContext
+from pajama.data.stage import run as run_data_stage
 
 BIG_BYTES = 50 * 1024 * 1024
 
@@ -73,7 +74,7 @@ def _config(tmp_path, **overrides) -> DataConfig:
 def test_bad_input_is_quarantined_with_reasons_and_counts_add_up(ray_session, tmp_path, sources):
     out = tmp_path / "artifact"
     out.mkdir()
-    stats = run_data_stage(_config(tmp_path), out, seed=0)["stats"]
+    stats = run_data_stage(_config(tmp_path), StageContext(out, tmp_path, "test"), {})["stats"]
 
     quarantine = pq.read_table(out / "quarantine")
     bad = quarantine.filter(pc.starts_with(quarantine.column("reason"), "bad_input: ")).to_pylist()
@@ -121,7 +122,7 @@ def test_on_bad_input_fail_stops_the_stage_naming_the_file(ray_session, tmp_path
     out = tmp_path / "artifact"
     out.mkdir()
     with pytest.raises(Exception, match="record\\(s\\) could not be read") as raised:
-        run_data_stage(_config(tmp_path, on_bad_input="fail"), out, seed=0)
+        run_data_stage(_config(tmp_path, on_bad_input="fail"), StageContext(out, tmp_path, "test"), {})
     assert any(f"{path}: " in str(raised.value) for path in sources.values())
 
 

@@ -9,8 +9,8 @@ from pajama.serve.engine import (
     RequestError,
     Sampling,
     _Row,
-    resolve_source,
 )
+from pajama.models import resolve_source
 from pajama.serve.events import Delta, Finished
 from pajama.serve.tiny_model import make_tiny_model
 from pajama.sft.templates import render_chat
@@ -61,7 +61,8 @@ def test_fallback_chat_templates_are_the_sft_formats(engine, model_dir):
     instruct = HFEngine(resolve_source(str(model_dir)), kind="instruct")
     assert instruct.render_chat(messages[1:]) == "Q: Hi\nA: Hello!<|endoftext|>\nQ: Capital of France?\nA:"
     job = instruct.prepare(messages=messages[1:2], max_tokens=4, default_max_tokens=4)
-    assert job.stop == ("\nQ:",)
+    # Where a next question or a chat turn would start: the comparison stops there too (pajama.kinds).
+    assert job.stop == ("\nQ:", "<human>:")
 
 
 def test_tokenizer_chat_template_wins(engine):
@@ -152,7 +153,7 @@ def test_completions_of_a_fine_tuned_model_stop_at_its_next_turn(engine, model_d
     final = [e for e in (row.advance(token) for token in ids) if e is not None][-1]
     assert isinstance(final, Finished) and final.finish_reason == "stop" and row.text == " Paris.\n"
     instruct = HFEngine(resolve_source(str(model_dir)), kind="instruct")
-    assert instruct.prepare(prompt="Q: Hi\nA:", max_tokens=4, default_max_tokens=4).stop == ("\nQ:",)
+    assert instruct.prepare(prompt="Q: Hi\nA:", max_tokens=4, default_max_tokens=4).stop == ("\nQ:", "<human>:")
     # A base model has no turns: its text runs on until EOS, the budget or the caller's stops.
     base = HFEngine(resolve_source(str(model_dir)), kind="base")
     assert base.prepare(prompt=prompt, max_tokens=4, default_max_tokens=4).stop == ()

@@ -11,7 +11,8 @@ import pytest
 import torch
 from pajama.config import SFTConfig
 from pajama.serve.tiny_model import make_tiny_model
-from pajama.train.sft import run_sft_stage
+from pajama.artifacts import StageContext
+from pajama.train.sft import run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,9 @@ def test_finetune_exports_a_model_that_loads_and_generates(ray_session, base_dir
                     max_length=128, scaling={"num_workers": 1, "cpus_per_worker": 1},
                     micro_batch_size=4, global_batch_size=4, max_steps=3, warmup_steps=1,
                     learning_rate=5e-3, min_learning_rate=5e-4, checkpoint_every=3, eval_every=3, eval_batches=1)
-    manifest = run_sft_stage(cfg, base_dir, tmp_path / "out", tmp_path / "storage", f"test-{method}", 0, None)
+    (tmp_path / "out").mkdir()
+    ctx = StageContext(out=tmp_path / "out", storage=tmp_path / "storage", fingerprint=f"test-{method}")
+    manifest = run(cfg.model_copy(update={"base_model": str(base_dir)}), ctx, {})
     assert manifest["method"] == method and "eval_loss" in manifest["final_metrics"]
     export = tmp_path / "out" / manifest["model_dir"]
 

@@ -5,6 +5,10 @@ resolved config (`config.json`) and, written last, `manifest.json`. A stage buil
 a private staging directory and renames it into place only when complete, so a crash or a retry
 never leaves a half-written artifact where a reader would take it for a finished one; an artifact
 with a manifest is finished and is reused as is.
+
+Every stage has one signature, `run(section, ctx, inputs) -> manifest`: its config section, a
+`StageContext` (where to write, the project storage, its fingerprint and seed, its MLflow run) and
+the upstream artifacts it reads, by stage name. The returned manifest goes into `manifest.json`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,45 @@ def fingerprint(stage: str, config: dict, inputs: dict[str, str]) -> str:
     code's version (a new release may change what a stage produces)."""
     payload = {"stage": stage, "config": config, "inputs": inputs, "pajama": pajama.__version__}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Where and as what a stage runs; `run_id` is None outside a DAG run (tests, notebooks)."""
+
+    out: Path  # the staging directory the stage writes its payload into
+    storage: Path  # the project's storage root (checkpoints, caches, downloaded models)
+    fingerprint: str
+    seed: int = 0
+    tracking_uri: str | None = None
+    run_id: str | None = None  # the stage's MLflow run
+
+    @property
+    def train_tracking(self) -> dict | None:
+        """What training workers need to log to the stage's run themselves (rank 0 does)."""
+        return {"uri": self.tracking_uri, "run_id": self.run_id} if self.run_id else None
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        if self.run_id:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            for i in range(0, len(items), 1000):  # MLflow caps a batch at 1000 metrics
+                self._client().log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_artifact(self, path: Path) -> None:
+        if self.run_id:
+            self._client().log_artifact(self.run_id, str(path))
+
+    def log_dict(self, value: dict, name: str) -> None:
+        if self.run_id:
+            self._client().log_dict(self.run_id, value, name)
 
 
 @dataclass(frozen=True)

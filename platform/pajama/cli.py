@@ -4,6 +4,7 @@
     pajama pretrain --recipe 3b      one stage (and whatever upstream is not up to date)
     pajama serve                     keep the OpenAI-compatible app up on 127.0.0.1:8000
     pajama lineage [RUN_ID]          the DAG of a run: stages, runs, fingerprints, artifacts
+    pajama plan                      each stage's fingerprint, and whether a run would reuse it
     pajama config --set data.seq_len=512   the resolved config, validated
 
 Storage and tracking come from the recipe, or from PAJAMA_STORAGE_URI and MLFLOW_TRACKING_URI.
@@ -16,6 +17,7 @@ import json
 import sys
 
 from pajama.config import ConfigError, load_config
+from pajama.kinds import KINDS, kind, kind_named
 
 STAGE_COMMANDS = {
     "data": "prepare the data: read, clean, quality signals, filters, dedup, tokenizer, packed shards",
@@ -44,12 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--host", help="listen address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: serve.port, 8000)")
-    p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
-                   help="serve this model instead of the recipe's, e.g. pajama-chat=models:/pajama-chat@prod")
+    p.add_argument("--model", action="append", default=[], metavar="NAME[:KIND]=SOURCE",
+                   help="serve this model instead of the recipe's (repeatable), e.g. "
+                        "pajama-chat=models:/pajama-chat@production or mybot:chat=/path/to/hf-dir; "
+                        "KIND (base, instruct, chat) picks the prompt format and may be left out "
+                        "when NAME is a kind or its registered name")
     p = sub.add_parser("lineage", help="print the DAG of a run (default: the latest)")
     _recipe_args(p)
     p.add_argument("run_id", nargs="?", help="an MLflow DAG run id (default: the latest DAG run)")
     p.add_argument("--format", choices=["text", "mermaid"], default="text")
+    p = sub.add_parser("plan", help="show each stage's fingerprint and whether a run would reuse or run it")
+    _recipe_args(p)
+    p.add_argument("stages", nargs="*", help="target stages (default: the whole DAG)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p = sub.add_parser("config", help="print the resolved, validated config as JSON")
     _recipe_args(p)
     return parser
@@ -61,18 +70,39 @@ def _serve(cfg, recipe: str, args) -> None:
     from pajama.serve.stage import app_args
 
     if args.model:
-        models = []
-        for item in args.model:
-            name, _, source = item.partition("=")
-            models.append({"name": name, "source": source, "kind": "chat" if "chat" in name else
-                           "instruct" if "instruct" in name else "base"})
-        app = {"models": models, "tracking_uri": cfg.project.resolved_tracking_uri,
-               "api_key_env": cfg.serve.api_key_env}
+        app = {"models": [_model_option(item) for item in args.model],
+               "tracking_uri": cfg.project.resolved_tracking_uri, "api_key_env": cfg.serve.api_key_env}
     else:
-        targets = [dag.MODEL_STAGE_OF[m] for m in cfg.serve.models]
+        targets = [kind(name).stage for name in cfg.serve.models]
         artifacts = dag.run_dag(cfg, recipe, targets)
-        app = app_args(cfg, {s: artifacts[s] for s in targets})
+        app = app_args(cfg.serve, {s: artifacts[s] for s in targets}, cfg.project.resolved_tracking_uri)
     serve_forever(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port)
+
+
+def _model_option(item: str) -> dict:
+    """`--model NAME[:KIND]=SOURCE`; without KIND, NAME must be a kind or its registered name."""
+    name, sep, source = item.partition("=")
+    name, _, kind_name = name.partition(":")
+    if not sep or not name or not source:
+        raise ConfigError(f"--model {item!r}: expected NAME=SOURCE or NAME:KIND=SOURCE")
+    found = kind(kind_name) if kind_name else kind_named(name)
+    if found is None:
+        raise ConfigError(f"--model {item!r}: say which kind of model {name!r} is, e.g. {name}:chat={source} "
+                          f"(kinds: {', '.join(KINDS)})")
+    return {"name": name, "source": source, "kind": found.name}
+
+
+def _plan(cfg, args) -> None:
+    from pajama.dag import plan
+
+    steps = plan(cfg, args.stages or None)
+    if args.json:
+        print(json.dumps({s.stage: {"fingerprint": s.fingerprint, "up_to_date": s.existing is not None,
+                                    "upstream": list(s.upstream)} for s in steps}, indent=1))
+        return
+    for s in steps:
+        status = f"up to date (run {s.existing.run_id})" if s.existing else "would run"
+        print(f"{s.stage:<10} {s.fingerprint}  {status}")
 
 
 def _lineage(cfg, args) -> None:
@@ -93,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    elif args.command == "plan":
+        _plan(cfg, args)
     elif args.command == "lineage":
         _lineage(cfg, args)
     elif args.command == "serve":

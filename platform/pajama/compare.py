@@ -15,31 +15,18 @@ import hashlib
 import json
 from pathlib import Path
 
+from pajama import kinds
 from pajama.config import RESOURCES_DIR
 from pajama.sft import formats, templates
 
 CHECKS = RESOURCES_DIR / "sft" / "checks.jsonl"
 MAX_NEW_TOKENS = 48
 TABLE_FILE = "evaluation/comparison.json"
-# Every model stops where a chat turn would start: the base model has seen none, so this only
-# shortens what it rambles on with.
-STOPS = {"base": (templates.HUMAN_PREFIX,), "instruct": (*templates.TURN_STOPS["instruct"], templates.HUMAN_PREFIX),
-         "chat": templates.TURN_STOPS["chat"]}
 
 
 def load_checks(path: Path = CHECKS) -> list[dict]:
     """The check prompts and their reference answers, as (user, assistant) message pairs."""
     return formats.load_examples("instruct_jsonl", str(path))
-
-
-def render_prompt(kind: str, prompt: str) -> str:
-    if kind == "base":
-        return prompt
-    if kind == "instruct":
-        return templates.render_instruct(prompt)
-    if kind == "chat":
-        return templates.render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    raise ValueError(f"unknown model kind {kind!r}; expected base, instruct or chat")
 
 
 def _labelled(tokenizer, kind: str, example: dict) -> dict:
@@ -105,10 +92,11 @@ def evaluate_model(model_dir: Path, kind: str, checks: list[dict]) -> list[dict]
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     prompts = [example["messages"][0]["content"] for example in checks]
-    rendered = [render_prompt(kind, prompt) for prompt in prompts]
+    style = kinds.kind(kind).style
+    rendered = [style.render_prompt(prompt) for prompt in prompts]
     with torch.inference_mode():
         # A reply starts with the space after "A:" or "<bot>:"; a base model's whitespace is its output.
-        answers = _generate(model, tokenizer, rendered, STOPS[kind], strip=kind != "base")
+        answers = _generate(model, tokenizer, rendered, style.reply_stops, strip=kind != "base")
         losses = _response_losses(model, tokenizer, kind, checks)
     return [{"model": kind, "prompt": prompt, "rendered_prompt": text, "generation": answer, "finish_reason": finish,
              "reference": example["messages"][1]["content"], "response_loss": loss, "response_tokens": n}

@@ -21,11 +21,9 @@ import pajama
 
 PACKAGE_DIR = Path(pajama.__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
-# Recipes live in the repo's pipelines/ (an installed wheel ships a copy as package data).
-PIPELINES_DIR = next(
-    (p for p in (PACKAGE_DIR.parents[1] / "pipelines", RESOURCES_DIR / "pipelines") if p.is_dir()),
-    PACKAGE_DIR.parents[1] / "pipelines",
-)
+# The repository's pipelines/ (recipes, filter recipes, the Serve config), linked into the package so
+# that a wheel ships it as package data.
+PIPELINES_DIR = PACKAGE_DIR / "pipelines"
 BUNDLED_PREFIX = "bundled:"
 
 
@@ -154,6 +152,18 @@ class DataConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     # Filter recipes by name (pipelines/filters/<name>.yaml) or path, applied in order.
     filters: list[str] = Field(default_factory=lambda: ["gopher", "c4", "rpv1_github"])
+
+    @field_validator("filters")
+    @classmethod
+    def _recipes_load(cls, names: list[str]) -> list[str]:
+        from pajama.data.filters import load_recipe
+
+        for name in names:
+            try:
+                load_recipe(name)
+            except FileNotFoundError as err:
+                raise ValueError(str(err)) from None
+        return names
     exact_dedup: bool = True
     fuzzy_dedup: FuzzyDedupConfig = Field(default_factory=FuzzyDedupConfig)
     # Keep the dropped documents with their reason under the artifact's quarantine/.

@@ -11,26 +11,50 @@ comparison on a small generation check set (`pajama.compare`) and the lineage.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 
-from pajama import lineage, tracking
-from pajama.artifacts import Artifact, ArtifactStore, fingerprint
+from pajama import kinds, lineage, tracking
+from pajama.artifacts import Artifact, ArtifactStore, StageContext, fingerprint
 from pajama.config import PajamaConfig, fingerprinted_fields
 
 
-UPSTREAM = {
-    "data": [],
-    "pretrain": ["data"],
-    "instruct": ["pretrain"],
-    "chat": ["pretrain"],
-    "serve": ["pretrain", "instruct", "chat"],
-}
-STAGES = list(UPSTREAM)
-MODEL_STAGE_OF = {"base": "pretrain", "instruct": "instruct", "chat": "chat"}
+@dataclass(frozen=True)
+class Stage:
+    """One row of the DAG. The config section is `PajamaConfig.<name>`; `run` and `select_upstream`
+    are "module:function" names, imported when needed (so `pajama config` does not import torch)."""
+
+    name: str
+    upstream: tuple[str, ...]
+    run: str  # run(section, ctx: StageContext, inputs: dict[stage, Artifact]) -> manifest
+    # (section, upstream) -> the upstream stages this config reads (e.g. none for a named base model)
+    select_upstream: str | None = None
+
+    @property
+    def kind(self) -> kinds.ModelKind | None:
+        """The model kind this stage trains and registers, if any."""
+        return kinds.kind_of_stage(self.name)
+
+
+TABLE = (
+    Stage("data", (), "pajama.data.stage:run"),
+    Stage("pretrain", ("data",), "pajama.train.pretrain:run"),
+    Stage("instruct", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
+    Stage("chat", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
+    Stage("serve", ("pretrain", "instruct", "chat"), "pajama.serve.stage:run", "pajama.serve.stage:upstream"),
+)
+BY_NAME = {stage.name: stage for stage in TABLE}
+STAGES = list(BY_NAME)
+
+
+def _function(reference: str):
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def required_stages(targets: list[str]) -> list[str]:
@@ -38,11 +62,11 @@ def required_stages(targets: list[str]) -> list[str]:
     needed: set[str] = set()
 
     def visit(stage: str) -> None:
-        if stage not in UPSTREAM:
+        if stage not in BY_NAME:
             raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
         if stage not in needed:
             needed.add(stage)
-            for up in UPSTREAM[stage]:
+            for up in BY_NAME[stage].upstream:
                 visit(up)
 
     for target in targets:
@@ -54,12 +78,12 @@ def stage_config(cfg: PajamaConfig, stage: str) -> dict:
     return {"stage": fingerprinted_fields(getattr(cfg, stage)), "seed": cfg.project.seed}
 
 
-def upstream_of(cfg: PajamaConfig, stage: str) -> list[str]:
-    if stage == "serve":
-        return [MODEL_STAGE_OF[m] for m in cfg.serve.models]
-    if stage in ("instruct", "chat") and getattr(cfg, stage).base_model:
-        return []  # a base model chosen by path, run or registry URI, not by this DAG
-    return UPSTREAM[stage]
+def upstream_of(cfg: PajamaConfig, stage: str) -> tuple[str, ...]:
+    """The upstream stages `stage` reads under this config (a subset of its table entry's)."""
+    row = BY_NAME[stage]
+    if row.select_upstream is None:
+        return row.upstream
+    return _function(row.select_upstream)(getattr(cfg, stage), row.upstream)
 
 
 class _RayOnDemand:
@@ -76,75 +100,42 @@ class _RayOnDemand:
             self.started = True
 
 
-def _execute(stage: str, cfg: PajamaConfig, upstream: dict[str, Artifact], out: Path, fp: str,
-             run_id: str) -> dict:
-    storage = cfg.project.storage_path
-    train_tracking = {"uri": cfg.project.resolved_tracking_uri, "run_id": run_id}
-    seed = cfg.project.seed
-    if stage == "data":
-        from pajama.data.stage import run_data_stage
-
-        manifest = run_data_stage(cfg.data, out, seed)
-        _log_data_metrics(manifest["stats"])
-        mlflow.log_artifact(str(out / "report.md"))
-        mlflow.log_artifact(str(out / "report.png"))
-        return manifest
-    if stage == "pretrain":
-        from pajama.train.pretrain import run_pretrain_stage
-
-        return run_pretrain_stage(cfg.pretrain, upstream["data"], out, storage, fp, seed, train_tracking)
-    if stage in ("instruct", "chat"):
-        from pajama.models import resolve_model_dir
-        from pajama.train.sft import run_sft_stage
-
-        sft = getattr(cfg, stage)
-        base = resolve_model_dir(sft.base_model, cfg.project.resolved_tracking_uri, storage / "models") \
-            if sft.base_model else \
-            upstream["pretrain"].path / upstream["pretrain"].manifest["model_dir"]
-        manifest = run_sft_stage(sft, base, out, storage, fp, seed, train_tracking)
-        manifest["base_model"] = sft.base_model or f"runs:/{upstream['pretrain'].run_id}"
-        return manifest
-    if stage == "serve":
-        from pajama.serve.stage import run_serve_stage
-
-        return run_serve_stage(cfg, upstream, out)
-    raise ValueError(stage)
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: str
+    fingerprint: str
+    upstream: tuple[str, ...]
+    existing: Artifact | None  # the finished artifact a run would reuse
 
 
-def _log_data_metrics(stats: dict) -> None:
-    metrics = {}
-    for name, e in stats["slices"].items():
-        metrics[f"documents_in.{name}"] = e["documents_in"]
-        metrics[f"documents_out.{name}"] = e["documents_out"]
-        metrics[f"exact_duplicates.{name}"] = e["exact_duplicates"]
-        metrics[f"near_duplicates.{name}"] = e["near_duplicates"]
-        metrics[f"bad_input.{name}"] = e["bad_input"]
-        metrics[f"train_tokens.{name}"] = e.get("train_tokens", 0)
-        for rule, n in e["dropped"].items():
-            metrics[f"dropped.{rule}.{name}"] = n
-    totals = {k: sum(e[k] for e in stats["slices"].values())
-              for k in ("documents_in", "documents_out", "exact_duplicates", "near_duplicates", "bad_input")}
-    metrics.update({f"total.{k}": v for k, v in totals.items()})
-    metrics["bad_input_without_slice"] = stats["bad_input_without_slice"]
-    metrics["total.documents_dropped"] = sum(sum(e["dropped"].values()) for e in stats["slices"].values())
-    metrics["train_sequences"] = stats["train_sequences"]
-    metrics["eval_sequences"] = stats["eval_sequences"]
-    mlflow.log_metrics(metrics)
+def plan(cfg: PajamaConfig, targets: list[str] | None = None) -> list[PlannedStage]:
+    """What a run of `targets` would do: each stage's fingerprint and whether it is up to date.
+    Reads only configs and manifests (no Ray, no MLflow)."""
+    store = ArtifactStore(cfg.project.storage_path / "artifacts")
+    fingerprints: dict[str, str] = {}
+    planned = []
+    for stage in required_stages(targets or STAGES):
+        upstream = upstream_of(cfg, stage)
+        fp = fingerprint(stage, stage_config(cfg, stage), {up: fingerprints[up] for up in upstream})
+        fingerprints[stage] = fp
+        planned.append(PlannedStage(stage, fp, upstream, store.find(stage, fp)))
+    return planned
 
 
 def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) -> dict[str, Artifact]:
     """Run (or reuse) the target stages and their upstream; returns each stage's artifact."""
-    stages = required_stages(targets or STAGES)
+    planned = plan(cfg, targets)
     store = ArtifactStore(cfg.project.storage_path / "artifacts")
     tracking.setup(cfg)
     ensure_ray = _RayOnDemand(cfg)
     done: dict[str, Artifact] = {}
-    with tracking.dag_run(cfg, recipe, stages) as parent:
+    with tracking.dag_run(cfg, recipe, [p.stage for p in planned]) as parent:
         print(f"[pajama] DAG run {parent.info.run_id} (MLflow {cfg.project.resolved_tracking_uri})")
-        for stage in stages:
-            upstream = {up: done[up] for up in upstream_of(cfg, stage)}
+        for step in planned:
+            stage, fp = step.stage, step.fingerprint
+            upstream = {up: done[up] for up in step.upstream}
             config = stage_config(cfg, stage)
-            fp = fingerprint(stage, config, {up: a.fingerprint for up, a in upstream.items()})
+            # Looked up again: a concurrent run may have finished the stage since the plan.
             existing = store.find(stage, fp)
             if existing is not None:
                 tracking.record_reuse(stage, existing, upstream)
@@ -157,19 +148,23 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
             staging = store.staging_dir(stage, fp)
             # A failed attempt leaves no partial artifact behind (its MLflow run is marked FAILED).
             with _discard_on_error(staging), tracking.stage_run(stage, config, fp, upstream) as run:
-                manifest = _execute(stage, cfg, upstream, staging, fp, run.info.run_id)
+                ctx = StageContext(out=staging, storage=cfg.project.storage_path, fingerprint=fp, seed=cfg.project.seed,
+                                   tracking_uri=cfg.project.resolved_tracking_uri, run_id=run.info.run_id)
+                row = BY_NAME[stage]
+                manifest = _function(row.run)(getattr(cfg, stage), ctx, upstream)
                 manifest.update(mlflow_run_id=run.info.run_id, duration_s=time.time() - started)
-                if stage in tracking.REGISTERED_NAMES:
+                if row.kind:
                     tags = {f"{tracking.TAG_UPSTREAM}{up}": a.run_id or "" for up, a in upstream.items()}
                     tags.update({f"pajama.fingerprint.{up}": a.fingerprint for up, a in upstream.items()})
-                    tags["pajama.data_fingerprint"] = _data_fingerprint(stage, upstream)
-                    manifest.update(tracking.log_hf_model(stage, staging / manifest["model_dir"], fp, tags))
+                    tags["pajama.data_fingerprint"] = _data_fingerprint(upstream)
+                    manifest.update(tracking.log_hf_model(stage, row.kind.registered_name,
+                                                          staging / manifest["model_dir"], fp, tags))
                 artifact = store.commit(staging, stage, fp, config, {u: a.fingerprint for u, a in upstream.items()},
                                         manifest)
                 mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
             print(f"[pajama] {stage}: done in {time.time() - started:.0f}s -> {artifact.path}")
             done[stage] = artifact
-        if all(stage in done for stage in MODEL_STAGE_OF.values()):
+        if all(kind.stage in done for kind in kinds.KINDS.values()):
             _log_comparison(cfg, done, parent.info.run_id)
         lineage.log_to_parent(parent.info.run_id)
     return done
@@ -179,7 +174,7 @@ def _log_comparison(cfg: PajamaConfig, done: dict[str, Artifact], parent_run_id:
     """Base, instruct and chat on the generation check set, logged to the DAG run (pajama.compare)."""
     from pajama import compare
 
-    artifacts = {kind: done[stage] for kind, stage in MODEL_STAGE_OF.items()}
+    artifacts = {name: done[kind.stage] for name, kind in kinds.KINDS.items()}
     models = {kind: (a.path / a.manifest["model_dir"], a.fingerprint) for kind, a in artifacts.items()}
     cache_dir = cfg.project.storage_path / "comparisons"
     if cfg.pretrain.scaling.use_gpu:
@@ -209,9 +204,8 @@ def _discard_on_error(staging: Path):
         raise
 
 
-def _data_fingerprint(stage: str, upstream: dict[str, Artifact]) -> str:
-    """The data artifact a model descends from (directly for pretrain, through the base model)."""
+def _data_fingerprint(upstream: dict[str, Artifact]) -> str:
+    """The data artifact a model descends from: an input, or an input of its inputs (the base model)."""
     if "data" in upstream:
         return upstream["data"].fingerprint
-    base = upstream.get("pretrain")
-    return base.manifest["inputs"].get("data", "") if base else ""
+    return next((a.manifest["inputs"]["data"] for a in upstream.values() if "data" in a.manifest["inputs"]), "")

@@ -33,8 +33,6 @@ TAG_DAG = "pajama.dag"
 TAG_MODEL_ID = "pajama.model_id"
 PARENT_TAG = "mlflow.parentRunId"
 
-REGISTERED_NAMES = {"pretrain": "pajama-base", "instruct": "pajama-instruct", "chat": "pajama-chat"}
-
 
 def setup(cfg: PajamaConfig) -> str:
     """Point MLflow at the project's store and make sure the experiment exists."""
@@ -111,12 +109,11 @@ def record_reuse(stage: str, artifact: Artifact, upstream: dict[str, Artifact]) 
         return run.info.run_id
 
 
-def log_hf_model(stage: str, hf_dir: Path, fp: str, lineage_tags: dict[str, str]) -> dict[str, str]:
-    """Log an exported Hugging Face directory with the transformers flavour and register it.
+def log_hf_model(stage: str, name: str, hf_dir: Path, fp: str, lineage_tags: dict[str, str]) -> dict[str, str]:
+    """Log an exported Hugging Face directory with the transformers flavour and register it as `name`.
 
     Returns the logged model id and the registered version, which go into the stage manifest.
     """
-    name = REGISTERED_NAMES[stage]
     info = mlflow.transformers.log_model(
         transformers_model=str(hf_dir),
         name="model",

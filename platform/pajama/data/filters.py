@@ -49,10 +49,10 @@ from pydantic import (
     model_validator,
 )
 
-import pajama
+from pajama.config import PIPELINES_DIR
 from pajama.data.slices import check_slice
 
-RECIPES_DIR = Path(pajama.__file__).parents[2] / "pipelines" / "filters"
+RECIPES_DIR = PIPELINES_DIR / "filters"
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 _ORDERING_OPS = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}

@@ -34,7 +34,6 @@ import glob
 import hashlib
 import json
 import math
-import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -46,12 +45,12 @@ import ray
 from ray.data.context import ShuffleStrategy
 from tokenizers import Tokenizer
 
+from pajama.artifacts import StageContext
 from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import dedup, filters, readers, signals
 from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
 
-log = logging.getLogger(__name__)
 
 # RedPajama-1T's token counts per slice (billions), the "rpv1" mixture preset.
 RPV1_TOKENS_B = {"common_crawl": 878, "c4": 175, "github": 59, "books": 26, "arxiv": 28, "wikipedia": 24,
@@ -201,16 +200,42 @@ def _upsample(batch: pa.Table, weights: dict[str, float], salt: str) -> pa.Table
     return batch.take(pa.array(np.repeat(np.arange(len(repeats)), repeats), type=pa.int64()))
 
 
-def run_data_stage(cfg: DataConfig, out: Path, seed: int) -> dict:
-    """Build the data artifact in `out`; returns the manifest fields (stats, slices, sequences)."""
+def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
+    """The data stage: build the data artifact in `ctx.out`; returns the manifest fields (stats,
+    slices, sequences) and logs the per-slice counts and the report to the stage's run."""
     context = ray.data.DataContext.get_current()
     previous = context.shuffle_strategy
     if cfg.shuffle_strategy:
         context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
     try:
-        return _build_data_artifact(cfg, out, seed)
+        manifest = _build_data_artifact(cfg, ctx.out, ctx.seed)
     finally:
         context.shuffle_strategy = previous
+    ctx.log_metrics(_stats_metrics(manifest["stats"]))
+    ctx.log_artifact(ctx.out / "report.md")
+    ctx.log_artifact(ctx.out / "report.png")
+    return manifest
+
+
+def _stats_metrics(stats: dict) -> dict[str, float]:
+    metrics = {}
+    for name, e in stats["slices"].items():
+        metrics[f"documents_in.{name}"] = e["documents_in"]
+        metrics[f"documents_out.{name}"] = e["documents_out"]
+        metrics[f"exact_duplicates.{name}"] = e["exact_duplicates"]
+        metrics[f"near_duplicates.{name}"] = e["near_duplicates"]
+        metrics[f"bad_input.{name}"] = e["bad_input"]
+        metrics[f"train_tokens.{name}"] = e.get("train_tokens", 0)
+        for rule, n in e["dropped"].items():
+            metrics[f"dropped.{rule}.{name}"] = n
+    totals = {k: sum(e[k] for e in stats["slices"].values())
+              for k in ("documents_in", "documents_out", "exact_duplicates", "near_duplicates", "bad_input")}
+    metrics.update({f"total.{k}": v for k, v in totals.items()})
+    metrics["bad_input_without_slice"] = stats["bad_input_without_slice"]
+    metrics["total.documents_dropped"] = sum(sum(e["dropped"].values()) for e in stats["slices"].values())
+    metrics["train_sequences"] = stats["train_sequences"]
+    metrics["eval_sequences"] = stats["eval_sequences"]
+    return metrics
 
 
 def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:

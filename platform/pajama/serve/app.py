@@ -163,7 +163,8 @@ class ModelServer:
 
     def __init__(self, spec: dict, tracking_uri: str | None, cache_dir: str | None, options: dict, default_max_tokens: int):
         # torch/transformers are imported here, not at module level, so the ingress starts fast.
-        from pajama.serve.engine import HFEngine, resolve_source
+        from pajama.models import resolve_source
+        from pajama.serve.engine import HFEngine
 
         self.name = spec["name"]
         self.kind = spec["kind"]
@@ -507,7 +508,7 @@ def _vllm_usable() -> bool:
 def _build_vllm_app(config: ServeArgs) -> serve.Application:
     from ray.serve.llm import LLMConfig, build_openai_app
 
-    from pajama.serve.engine import resolve_source
+    from pajama.models import resolve_source
 
     llm_configs = []
     for spec in config.models:

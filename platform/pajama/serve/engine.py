@@ -1,11 +1,7 @@
-"""The HF (transformers) generation engine behind Pajama's Serve app, and model source resolution.
+"""The HF (transformers) generation engine behind Pajama's Serve app.
 
-`resolve_source` turns a model source into a local Hugging Face directory plus provenance: a local
-directory (version = a content fingerprint) or an MLflow registry URI `models:/<name>@<alias>` /
-`models:/<name>/<version>` (version and run id from the registry; artifacts as written by
-`mlflow.transformers.log_model`).
-
-`HFEngine` serves a batch of requests with ONE `model.generate` call: prompts are padded on the left,
+`HFEngine` loads a model that `pajama.models.resolve_source` found (a local directory or an MLflow
+registry version) and serves a batch of requests with ONE `model.generate` call: prompts are padded on the left,
 and per-request sampling parameters are applied row by row (see `_PerRowSampler`) instead of grouping
 the batch by parameters. Grouping would split a batch of 16 mixed requests into several sequential
 `generate` calls and lose most of the batching gain; per-row sampling costs a small Python loop per
@@ -36,18 +32,9 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from pajama.models import ResolvedModel, resolve_source  # noqa: F401  (re-exported for the serve app)
+from pajama.kinds import kind as model_kind
+from pajama.models import ResolvedModel
 from pajama.serve.events import Delta, Finished
-from pajama.sft.templates import CHAT_TEMPLATE, HUMAN_PREFIX, INSTRUCT_CHAT_TEMPLATE, TURN_STOPS
-
-# Used when a tokenizer carries no chat_template of its own (the SFT stage stores these same
-# templates in the tokenizers it exports): "<human>: ...\n<bot>:" for chat models, "Q: ...\nA:" for
-# instruct models. The stop sequences end a reply where the model starts the next user turn.
-FALLBACK_CHAT_TEMPLATES = {"chat": CHAT_TEMPLATE, "instruct": INSTRUCT_CHAT_TEMPLATE, "base": CHAT_TEMPLATE}
-CHAT_STOP_SEQUENCES = {**TURN_STOPS, "base": (HUMAN_PREFIX,)}
-# Raw completions of a fine-tuned model stop there too (a prompt written in the model's own format
-# must not run into a turn the model invents); a base model's text continues as it likes.
-COMPLETION_STOP_SEQUENCES = {**TURN_STOPS, "base": ()}
 
 
 class RequestError(ValueError):
@@ -240,7 +227,7 @@ class HFEngine:
         on_batch: Callable[[int], None] | None = None,
     ):
         self.resolved = resolved
-        self.kind = kind  # "base" | "instruct" | "chat": picks the fallback chat format
+        self.style = model_kind(kind).style  # the chat format when the tokenizer has none, and the stops
         self.device = device or pick_device()
         self.max_batch_size = max_batch_size
         self.on_batch = on_batch  # told the row count of each generate call (metrics)
@@ -264,7 +251,8 @@ class HFEngine:
     # -- request preparation ---------------------------------------------------------------
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        template = None if self.tokenizer.chat_template else FALLBACK_CHAT_TEMPLATES[self.kind]
+        # The SFT stage stores its template in the tokenizers it exports; others get the kind's.
+        template = None if self.tokenizer.chat_template else self.style.chat_template
         return self.tokenizer.apply_chat_template(
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
@@ -304,7 +292,7 @@ class HFEngine:
                 code="context_length_exceeded",
             )
         budget = max_tokens if max_tokens is not None else min(default_max_tokens, room)
-        defaults = (CHAT_STOP_SEQUENCES if is_chat else COMPLETION_STOP_SEQUENCES)[self.kind]
+        defaults = self.style.reply_stops if is_chat else self.style.completion_stops
         stops = tuple(dict.fromkeys([*stop, *defaults]))
         sampling = Sampling(budget, temperature, top_p, max(0, top_k), seed)
         return Job(input_ids, sampling, stops, strip_leading_space=is_chat, stream=stream)

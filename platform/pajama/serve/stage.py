@@ -9,44 +9,44 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-import mlflow
-
-from pajama.artifacts import Artifact
-from pajama.config import PajamaConfig
-
-KIND_OF_STAGE = {"pretrain": "base", "instruct": "instruct", "chat": "chat"}
+from pajama.artifacts import Artifact, StageContext
+from pajama.config import ServeConfig
+from pajama.kinds import kind, kind_of_stage
 
 
-def app_args(cfg: PajamaConfig, models: dict[str, Artifact]) -> dict:
+def upstream(cfg: ServeConfig, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The stages that train the models this config serves."""
+    return tuple(kind(name).stage for name in cfg.models)
+
+
+def app_args(cfg: ServeConfig, models: dict[str, Artifact], tracking_uri: str) -> dict:
     """The Serve application's args: each trained model by its registry version (for provenance)."""
     entries = []
     for stage, artifact in models.items():
+        model_kind = kind_of_stage(stage)
         name, version = artifact.manifest.get("registered_model"), artifact.manifest.get("registered_version")
         source = f"models:/{name}/{version}" if name else str(artifact.path / artifact.manifest["model_dir"])
-        entries.append({"name": name or f"pajama-{KIND_OF_STAGE[stage]}", "source": source,
-                        "kind": KIND_OF_STAGE[stage]})
-    return {"models": entries, "tracking_uri": cfg.project.resolved_tracking_uri,
-            "api_key_env": cfg.serve.api_key_env, "num_cpus": cfg.serve.num_cpus,
-            "ingress_num_cpus": cfg.serve.ingress_num_cpus}
+        entries.append({"name": name or model_kind.registered_name, "source": source, "kind": model_kind.name})
+    return {"models": entries, "tracking_uri": tracking_uri, "api_key_env": cfg.api_key_env,
+            "num_cpus": cfg.num_cpus, "ingress_num_cpus": cfg.ingress_num_cpus}
 
 
-def run_serve_stage(cfg: PajamaConfig, upstream: dict[str, Artifact], out: Path) -> dict:
+def run(cfg: ServeConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
     from pajama.serve.app import deploy, probe_chat, shutdown
 
-    args = app_args(cfg, upstream)
+    args = app_args(cfg, inputs, ctx.tracking_uri)
     chat_model = next((m["name"] for m in args["models"] if m["kind"] == "chat"), args["models"][0]["name"])
-    base_url = deploy(args, cfg.serve.host, cfg.serve.port)
+    base_url = deploy(args, cfg.host, cfg.port)
     try:
-        answer, latency = probe_chat(base_url, chat_model, [{"role": "user", "content": cfg.serve.probe_message}],
-                                     api_key=os.environ.get(cfg.serve.api_key_env), max_tokens=cfg.serve.max_tokens)
+        answer, latency = probe_chat(base_url, chat_model, [{"role": "user", "content": cfg.probe_message}],
+                                     api_key=os.environ.get(cfg.api_key_env), max_tokens=cfg.max_tokens)
     finally:
         shutdown()
-    probe = {"model": chat_model, "question": cfg.serve.probe_message, "answer": answer, "latency_s": latency}
+    probe = {"model": chat_model, "question": cfg.probe_message, "answer": answer, "latency_s": latency}
     print(f"[pajama] serve: {chat_model} answered in {latency:.2f}s: {answer!r}")
-    (out / "probe.json").write_text(json.dumps(probe, indent=2))
-    (out / "app_args.json").write_text(json.dumps(args, indent=2))
-    mlflow.log_metric("probe_latency_s", latency)
-    mlflow.log_dict(probe, "probe.json")
+    (ctx.out / "probe.json").write_text(json.dumps(probe, indent=2))
+    (ctx.out / "app_args.json").write_text(json.dumps(args, indent=2))
+    ctx.log_metrics({"probe_latency_s": latency})
+    ctx.log_dict(probe, "probe.json")
     return {"app_args": args, "probe": probe}

@@ -36,8 +36,9 @@ IGNORE_INDEX = -100  # the label value transformers' causal-LM loss skips
 HUMAN_PREFIX = "<human>:"
 BOT_PREFIX = "<bot>:"
 INSTRUCT_TEMPLATE = "Q: {prompt}\nA:"
-# Where a fine-tuned model's reply ends if it runs past EOS into the next user turn.
-TURN_STOPS = {"chat": (HUMAN_PREFIX,), "instruct": ("\nQ:",)}
+# Where an instruct model's answer ends if it runs past EOS into a next question
+# (pajama.kinds holds every style's stops).
+INSTRUCT_TURN_STOP = "\nQ:"
 
 ROLES = ("system", "user", "assistant")
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
-from pajama.artifacts import Artifact
+from pajama.artifacts import Artifact, StageContext
 from pajama.config import ModelConfig, PretrainConfig
 from pajama.data.stage import read_parquet_dir
 from pajama.data.tokenizer import load_tokenizer
@@ -34,19 +32,20 @@ def gpt_neox_config(model: ModelConfig, tokenizer) -> dict:
     }
 
 
-def run_pretrain_stage(cfg: PretrainConfig, data: Artifact, out: Path, storage: Path, fp: str, seed: int,
-                       tracking: dict | None) -> dict:
+def run(cfg: PretrainConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
+    """The pretrain stage: train on the data stage's shards, export a HF model to `ctx.out/model`."""
+    data = inputs["data"]
     tokenizer = load_tokenizer(str(data.path / "tokenizer"))
     model_config = gpt_neox_config(cfg.model, tokenizer)
     spec = {
         "init": "scratch",
         "model_config": model_config,
-        "seed": seed,
+        "seed": ctx.seed,
         "seq_len": data.manifest["seq_len"],
         "eval_slices": data.manifest["slices"],
-        "tracking": tracking,
+        "tracking": ctx.train_tracking,
     }
     metrics = fit(spec, read_parquet_dir(data.path / "shards" / "train"), read_parquet_dir(data.path / "shards" / "eval"),
-                  cfg, storage, run_name=f"pretrain-{fp}", export_to=out / "model")
-    tokenizer.save_pretrained(out / "model")
+                  cfg, ctx.storage, run_name=f"pretrain-{ctx.fingerprint}", export_to=ctx.out / "model")
+    tokenizer.save_pretrained(ctx.out / "model")
     return {"model_dir": "model", "final_metrics": metrics, "model_config": model_config}

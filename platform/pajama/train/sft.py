@@ -10,12 +10,14 @@ resume, MLflow); the export is a Hugging Face model whose tokenizer carries the 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pyarrow as pa
 import ray
 
+from pajama.artifacts import Artifact, StageContext
 from pajama.config import SFTConfig, resolve_path
+from pajama.kinds import kind
+from pajama.models import resolve_model_dir
 from pajama.data.tokenizer import load_tokenizer
 from pajama.sft import decontam, formats, packing, templates
 from pajama.train.trainer import fit
@@ -44,22 +46,34 @@ def prepare_examples(cfg: SFTConfig, tokenizer, seed: int) -> tuple[pa.Table, pa
     return tables["train"], tables["eval"], report
 
 
-def run_sft_stage(cfg: SFTConfig, base_model_dir: Path, out: Path, storage: Path, fp: str, seed: int,
-                  tracking: dict | None) -> dict:
+def upstream(cfg: SFTConfig, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The DAG's pretrain stage, unless the recipe names a base model (a path, run or registry URI)."""
+    return () if cfg.base_model else stages
+
+
+def run(cfg: SFTConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
+    """The instruct or chat stage: fine-tune the base model, export it with its chat template."""
+    if cfg.base_model:
+        base_model_dir = resolve_model_dir(cfg.base_model, ctx.tracking_uri, ctx.storage / "models")
+        base_model = cfg.base_model
+    else:
+        base = inputs["pretrain"]
+        base_model_dir, base_model = base.path / base.manifest["model_dir"], f"runs:/{base.run_id}"
     tokenizer = load_tokenizer(str(base_model_dir))
-    train, evaluation, report = prepare_examples(cfg, tokenizer, seed)
+    train, evaluation, report = prepare_examples(cfg, tokenizer, ctx.seed)
     print(f"[pajama] {cfg.style}: {train.num_rows} packed train sequences, {evaluation.num_rows} eval; "
           f"decontaminated {report['decontaminated'] or 'nothing'}")
     spec = {
         "init": str(base_model_dir),
         "lora": cfg.lora.model_dump() if cfg.method == "lora" else None,
-        "seed": seed,
+        "seed": ctx.seed,
         "seq_len": cfg.max_length,
         "eval_slices": ["response"],
-        "tracking": tracking,
+        "tracking": ctx.train_tracking,
     }
-    metrics = fit(spec, ray.data.from_arrow(train), ray.data.from_arrow(evaluation), cfg, storage,
-                  run_name=f"{cfg.style}-{fp}", export_to=out / "model")
-    tokenizer.chat_template = templates.CHAT_TEMPLATE if cfg.style == "chat" else templates.INSTRUCT_CHAT_TEMPLATE
-    tokenizer.save_pretrained(out / "model")
-    return {"model_dir": "model", "final_metrics": metrics, "data_report": report, "method": cfg.method}
+    metrics = fit(spec, ray.data.from_arrow(train), ray.data.from_arrow(evaluation), cfg, ctx.storage,
+                  run_name=f"{cfg.style}-{ctx.fingerprint}", export_to=ctx.out / "model")
+    tokenizer.chat_template = kind(cfg.style).style.chat_template
+    tokenizer.save_pretrained(ctx.out / "model")
+    return {"model_dir": "model", "final_metrics": metrics, "data_report": report, "method": cfg.method,
+            "base_model": base_model}
