@@ -44,6 +44,7 @@ def test_overrides_apply_last_and_are_typed():
     ("data.sources.0.path=/no/such/corpus.jsonl", "data.sources.0.path"),  # missing data path
     ("pretrain.global_batch_size=12", "pretrain"),                      # not a multiple of micro x workers
     ("data.sources.0.slice=reddit", "data.sources.0.slice"),            # unknown slice
+    ("data.filters=[gopher, c4_typo]", "data.filters"),                 # misspelt filter recipe
 ])
 def test_bad_config_names_the_field(override, field):
     if override.startswith("data.sources.0."):
@@ -55,6 +56,8 @@ def test_bad_config_names_the_field(override, field):
     with pytest.raises(ConfigError) as err:
         load_config("tiny", [override])
     assert f"  {field}" in str(err.value)
+    if field == "data.filters":
+        assert "c4_typo" in str(err.value) and "c4" in str(err.value)  # the name, and the known recipes
 
 
 def test_unknown_recipe_lists_the_known_ones():

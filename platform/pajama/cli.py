@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+
+import pajama
 
 from pajama.config import ConfigError, load_config
 from pajama.kinds import KINDS, kind, kind_named
@@ -37,6 +40,10 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pajama", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pajama {pajama.__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more detail: debug lines, and tracebacks of expected errors")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run the whole DAG (stages that are up to date are reused)")
     _recipe_args(p)
@@ -114,13 +121,44 @@ def _lineage(cfg, args) -> None:
     print(lineage.render_mermaid(nodes) if args.format == "mermaid" else lineage.render_text(run_id, nodes))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _setup_logging(verbosity: int) -> None:
+    """Pajama's progress lines on stderr: -q only warnings, -v debug detail (and tracebacks)."""
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[pajama] %(message)s"))
+    root = logging.getLogger("pajama")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _expected_error(err: BaseException) -> BaseException | None:
+    """The user-fixable error behind `err`, also when it was raised in a Ray task or actor."""
+    from pajama.data.readers import BadInputError
+
+    expected: tuple[type[BaseException], ...] = (ConfigError, BadInputError, LookupError, FileNotFoundError,
+                                                 PermissionError)
     try:
-        cfg = load_config(args.recipe, args.overrides)
-    except ConfigError as err:
-        print(f"pajama: {err}", file=sys.stderr)
-        return 2
+        from mlflow.exceptions import MlflowException
+
+        expected += (MlflowException,)
+    except ImportError:
+        pass
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        cause = getattr(err, "cause", None)  # a RayTaskError keeps the remote exception here
+        if isinstance(cause, BaseException):
+            err = cause
+            continue
+        if isinstance(err, expected):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _dispatch(args) -> None:
+    cfg = load_config(args.recipe, args.overrides)
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     elif args.command == "plan":
@@ -133,6 +171,29 @@ def main(argv: list[str] | None = None) -> int:
         from pajama.dag import run_dag
 
         run_dag(cfg, args.recipe, None if args.command == "run" else [args.command])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; expected failures print one line and exit non-zero (-v: the traceback)."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose - args.quiet)
+    try:
+        _dispatch(args)
+    except KeyboardInterrupt:
+        # Stages build in staging directories that an interrupted run removes: nothing half-written stays.
+        print("pajama: interrupted; unfinished stages left nothing behind", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 (sorted into expected and unexpected below)
+        expected = _expected_error(err)
+        if expected is None or args.verbose:
+            raise
+        if isinstance(expected, ConfigError):
+            print(f"pajama: {expected}", file=sys.stderr)
+            return 2
+        first, _, rest = str(expected).strip().partition("\n")
+        more = " (run with -v for the details)" if rest else ""
+        print(f"pajama: {first}{more}", file=sys.stderr)
+        return 1
     return 0
 
 
