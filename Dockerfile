@@ -26,10 +26,10 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_IN
 COPY --chown=ray:users . /home/ray/pajama
 WORKDIR /home/ray/pajama
 
-# Editable, because recipes are found next to the package (pipelines/ beside platform/), and
-# RayJobs run `python jobs/<stage>.py` from this directory (their runtime_env working_dir).
-# psycopg2 lets the MLflow server keep its runs in PostgreSQL (k8s/overlays/gpu).
-RUN pip install --no-cache-dir -e . "psycopg2-binary>=2.9,<3" \
+# A regular (non-editable) install: the recipes ship inside the package. The repository copy stays
+# here because RayJobs run `python jobs/<stage>.py` from this directory (their runtime_env
+# working_dir). psycopg2 lets the MLflow server keep its runs in PostgreSQL (k8s/overlays/gpu).
+RUN pip install --no-cache-dir . "psycopg2-binary>=2.9,<3" \
     && python -c "import pajama, ray, torch, mlflow; print('pajama on ray', ray.__version__, 'torch', torch.__version__)"
 
 ENV PYTHONUNBUFFERED=1

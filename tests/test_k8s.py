@@ -1,13 +1,16 @@
 """Render the Kubernetes manifests (k8s/overlays/*) with kustomize and validate them strictly.
 
-Every KubeRay object is checked against the KubeRay v1 CRD schemas (shared/schemas/kuberay) twice:
-with jsonschema (types, enums, required fields, quantity patterns), and by a walk that rejects
-every field the CRD does not declare, since the CRD schemas do not forbid unknown fields and the
-API server would silently drop a misspelt one. Core objects, and every pod template inside the
-KubeRay objects, are checked against the Kubernetes OpenAPI schemas in strict mode
-(kubernetes-validate, offline). Then the project's own rules: non-root containers, secrets only
-by reference, no Ray port outside the cluster, one shared storage on every pod, RayJob
-entrypoints that are the laptop commands, and a RayService that serves pipelines/serve.yaml.
+Every custom resource, KubeRay's (shared/schemas/kuberay) and the Prometheus Operator's PodMonitors
+(shared/schemas/prometheus-operator), is checked against its v1 CRD schema twice: with jsonschema
+(types, enums, required fields, quantity patterns), and by a walk that rejects every field the CRD
+does not declare, since the CRD schemas do not forbid unknown fields and the API server would
+silently drop a misspelt one. Core objects, and every pod template inside the KubeRay objects, are
+checked against the Kubernetes OpenAPI schemas in strict mode (kubernetes-validate, offline). Then
+the project's own rules: non-root containers, secrets only by reference, Ray token authentication,
+no Ray port outside the cluster, one shared storage on every pod, RayJob entrypoints that are the
+laptop commands, a RayService that serves pipelines/serve.yaml with GCS fault tolerance and the API
+key, Prometheus scraping of every Ray pod, and a Grafana dashboard whose queries name only metrics
+that exist.
 
 `k8s_entrypoints()` gives the RayJob entrypoints, so that another test can run them locally
 (`from test_k8s import k8s_entrypoints`: pytest puts tests/ on sys.path).
@@ -15,6 +18,7 @@ entrypoints that are the laptop commands, and a RayService that serves pipelines
 
 from __future__ import annotations
 
+import ast
 import copy
 import fnmatch
 import functools
@@ -37,14 +41,26 @@ RECIPE_OF_OVERLAY = {"cpu-dev": "tiny", "gpu": "7b"}
 # The RayJobs, in pipeline order; run_all is the whole DAG in one job. jobs/serve.py has no
 # RayJob: serving on the cluster is the RayService.
 JOB_SCRIPTS = ("prepare_data", "pretrain", "instruct", "chat", "run_all")
-KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
+SCHEMAS = REPO.parent / "shared" / "schemas"
 KUBERAY_KINDS = ("RayCluster", "RayJob", "RayService")
+# Custom resources: kind -> (apiVersion, the folder of shared/schemas with its v1 CRD schema).
+CRDS = {
+    **{kind: ("ray.io/v1", "kuberay") for kind in KUBERAY_KINDS},
+    **{
+        kind: ("monitoring.coreos.com/v1", "prometheus-operator")
+        for kind in ("PodMonitor", "ServiceMonitor")
+    },
+}
 # The Kubernetes version whose OpenAPI schemas the core objects must pass.
 K8S_VERSION = "1.32"
 # Ray's GCS, dashboard/job API, client server and dashboard agent: they run code for whoever
 # reaches them.
 RAY_CONTROL_PORTS = {6379, 8265, 10001, 52365}
 SERVE_IMPORT_PATH = "pajama.serve.app:build_app"
+# The only pods that do not run the Pajama image, and the pinned releases they must run.
+THIRD_PARTY_IMAGES = {"Deployment/pajama-redis": r"([^/\s]+/)*redis:\d+\.\d+\.\d+(-alpine)?"}
+# The label that admits the RayService's head to Redis (k8s/base/rayservice.yaml).
+REDIS_CLIENT_LABEL = {"pajama-redis-client": "yes"}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 URI_WITH_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
@@ -186,11 +202,9 @@ def docs(overlay) -> list[dict]:
 
 
 @functools.cache
-def kuberay_schema(kind: str) -> dict:
-    path = KUBERAY_SCHEMAS / f"{kind}_v1.json"
-    assert path.is_file(), (
-        f"KubeRay CRD schema {path} is missing (shared/ must sit beside the repository)"
-    )
+def crd_schema(kind: str) -> dict:
+    path = SCHEMAS / CRDS[kind][1] / f"{kind}_v1.json"
+    assert path.is_file(), f"CRD schema {path} is missing (shared/ must sit beside the repository)"
     return json.loads(path.read_text())
 
 
@@ -274,6 +288,13 @@ def test_renders_the_expected_objects(overlay, docs):
         "Service/mlflow",
         "NetworkPolicy/ray-ingress",
         "NetworkPolicy/mlflow-ingress",
+        "NetworkPolicy/redis-ingress",
+        "PersistentVolumeClaim/pajama-redis-data",
+        "Deployment/pajama-redis",
+        "Service/pajama-redis",
+        "PodMonitor/ray-head",
+        "PodMonitor/ray-workers",
+        "ConfigMap/pajama-grafana-dashboard",
         "RayCluster/pajama",
         "RayService/pajama-llm",
     } | {f"RayJob/pajama-{script.replace('_', '-')}" for script in JOB_SCRIPTS}
@@ -285,12 +306,12 @@ def test_renders_the_expected_objects(overlay, docs):
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "pajama", name_of(doc)
 
 
-def test_kuberay_objects_pass_crd_schemas(docs):
+def test_custom_resources_pass_crd_schemas(docs):
     for doc in docs:
-        if doc["kind"] not in KUBERAY_KINDS:
+        if doc["kind"] not in CRDS:
             continue
-        assert doc["apiVersion"] == "ray.io/v1", name_of(doc)
-        schema = kuberay_schema(doc["kind"])
+        assert doc["apiVersion"] == CRDS[doc["kind"]][0], name_of(doc)
+        schema = crd_schema(doc["kind"])
         errors = sorted(
             jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path)
         )
@@ -299,11 +320,11 @@ def test_kuberay_objects_pass_crd_schemas(docs):
         )
 
 
-def test_kuberay_objects_have_no_undeclared_fields(docs):
+def test_custom_resources_have_no_undeclared_fields(docs):
     for doc in docs:
-        if doc["kind"] not in KUBERAY_KINDS:
+        if doc["kind"] not in CRDS:
             continue
-        schema = kuberay_schema(doc["kind"])
+        schema = crd_schema(doc["kind"])
         assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, (
             f"{name_of(doc)}: {sorted(doc)}"
         )
@@ -317,7 +338,7 @@ def test_kuberay_objects_have_no_undeclared_fields(docs):
 
 
 def test_undeclared_field_walk_catches_typos():
-    schema = kuberay_schema("RayCluster")["properties"]["spec"]
+    schema = crd_schema("RayCluster")["properties"]["spec"]
     spec = {
         "enableInTreeAutoscaling": True,
         "autoscalerOptions": {"idleTimeoutSecond": 60},
@@ -350,9 +371,20 @@ def test_undeclared_field_walk_catches_typos():
     )
 
 
+def test_undeclared_field_walk_catches_monitor_typos():
+    schema = crd_schema("PodMonitor")["properties"]["spec"]
+    spec = {
+        "selector": {"matchLabels": {"ray.io/node-type": "head"}},
+        "podMetricsEndpoints": [{"port": "metrics", "relabellings": []}],
+    }
+    assert undeclared_fields(spec, schema, "spec") == [
+        "spec.podMetricsEndpoints[0].relabellings: not a field of the CRD schema"
+    ]
+
+
 def test_core_objects_pass_strict_kubernetes_schemas(docs):
     for doc in docs:
-        if doc["kind"] not in KUBERAY_KINDS:
+        if doc["kind"] not in CRDS:
             assert core_strict_errors(doc) is None, f"{name_of(doc)}: {core_strict_errors(doc)}"
 
 
@@ -528,6 +560,27 @@ def test_cluster_autoscales_cpu_and_gpu_groups(overlay, docs):
     assert (gpus == 0) if overlay == "cpu-dev" else (gpus >= 64)
 
 
+def api_key_env() -> str:
+    """The variable the serving ingress reads its API key from (the serve config's api_key_env)."""
+    serve_config = yaml.safe_load((K8S / "base" / "serve-config.yaml").read_text())
+    (app,) = [a for a in serve_config["applications"] if a["import_path"] == SERVE_IMPORT_PATH]
+    return app["args"]["api_key_env"]
+
+
+def pod_labels(doc: dict) -> list[tuple[str, dict, dict]]:
+    """(where, pod template, labels the pods will carry) for every pod an object makes, with the
+    labels KubeRay adds to Ray nodes."""
+    found = []
+    node_templates = {where for where, _ in ray_node_templates(doc)}
+    for where, template in pod_templates(doc):
+        labels = dict(template.get("metadata", {}).get("labels", {}))
+        if where in node_templates:
+            node_type = "head" if where.endswith("headGroupSpec.template") else "worker"
+            labels |= {"ray.io/is-ray-node": "yes", "ray.io/node-type": node_type}
+        found.append((where, template, labels))
+    return found
+
+
 def quantity(amount) -> float:
     """A Kubernetes quantity ("8Gi", "500m", 2) as a number."""
     number, unit = re.fullmatch(r"([0-9.]+)([KMGTPE]i|[kMGTPEm]?)", str(amount)).groups()
@@ -565,7 +618,11 @@ def test_images_match_the_dockerfile_and_project_version(docs):
                 f"{name_of(doc)} {where}.rayVersion"
             )
         for where, container, _ in containers(doc):
-            if "image" in container:
+            if name_of(doc) in THIRD_PARTY_IMAGES:
+                assert re.fullmatch(THIRD_PARTY_IMAGES[name_of(doc)], container["image"]), (
+                    f"{name_of(doc)} {where}: pin the image to a release"
+                )
+            elif "image" in container:
                 gpu = "nvidia.com/gpu" in container.get("resources", {}).get("limits", {})
                 # An overlay may add a registry (kustomize `images:`); name and tag stay.
                 expected = rf"([^/\s]+/)*pajama:{re.escape(version)}-{'gpu' if gpu else 'cpu'}"
@@ -644,11 +701,20 @@ def test_rayjob_scripts_exist():
 def test_rayservice_serves_the_serve_config_on_the_shared_cluster_spec(docs):
     service = one(docs, "RayService", "pajama-llm")
     assert service["spec"]["suspend"] is True, "the app waits for a trained model"
-    assert service["spec"]["rayClusterConfig"] == one(docs, "RayCluster", "pajama")["spec"]
     committed_copy = (K8S / "base" / "serve-config.yaml").read_text()
     assert service["spec"]["serveConfigV2"] == committed_copy
     serve_config = yaml.safe_load(committed_copy)
     assert SERVE_IMPORT_PATH in [app["import_path"] for app in serve_config["applications"]]
+    # The shared spec plus exactly the RayService's additions (k8s/base/rayservice.yaml); the
+    # overlays paste those over the copied spec, so an env or head label the shared spec gained
+    # would be overwritten there: this comparison catches it.
+    cluster = copy.deepcopy(service["spec"]["rayClusterConfig"])
+    cluster.pop("gcsFaultToleranceOptions")
+    assert cluster["headGroupSpec"]["template"].pop("metadata") == {"labels": REDIS_CLIENT_LABEL}
+    for _, template in ray_node_templates({"kind": "RayCluster", "spec": cluster}):
+        for container in template["spec"]["containers"]:
+            assert [env["name"] for env in container.pop("env")] == [api_key_env()]
+    assert cluster == one(docs, "RayCluster", "pajama")["spec"]
     # KubeRay's Serve Service sends traffic to port 8000 of the pod IP: a proxy bound to loopback
     # (or moved off 8000) would be unreachable. Unset, Serve's deploy schema binds 0.0.0.0:8000.
     http_options = serve_config.get("http_options", {})
@@ -665,6 +731,80 @@ def test_rayservice_serves_the_serve_config_on_the_shared_cluster_spec(docs):
     assert 8000 in head_ports, "Serve's HTTP proxy listens on 8000"
 
 
+def test_every_ray_cluster_requires_a_token(docs):
+    """Ray token authentication: KubeRay makes a token Secret per cluster and hands it to every Ray
+    container and RayJob submitter. Kubernetes-delegated tokens are unsupported for RayJob and
+    RayService, and a fixed secretName would give every cluster the same token."""
+    for doc in docs:
+        for where, cluster in ray_cluster_specs(doc):
+            assert cluster.get("authOptions") == {"mode": "token"}, f"{name_of(doc)} {where}"
+            version = tuple(int(part) for part in cluster["rayVersion"].split(".")[:2])
+            assert version >= (2, 52), "Ray token authentication needs Ray 2.52 or later"
+
+
+def test_rayservice_keeps_gcs_state_in_a_private_redis(docs):
+    service = one(docs, "RayService", "pajama-llm")
+    options = service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert options.get("backend", "redis") == "redis"
+    host, port = options["redisAddress"].rsplit(":", 1)
+    redis_service = one(docs, "Service", host)
+    assert redis_service["spec"]["type"] == "ClusterIP"
+    assert int(port) in {p["port"] for p in redis_service["spec"]["ports"]}
+    redis = one(docs, "Deployment", host)
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert redis_service["spec"]["selector"].items() <= redis_labels.items()
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    # Ray authenticates with the password Redis requires: the same key of the same Secret.
+    assert options["redisPassword"] == {"valueFrom": env["REDIS_PASSWORD"]["valueFrom"]}
+    assert "requirepass $REDIS_PASSWORD" in container["command"][-1]
+    # Only the RayService's cluster uses Redis: the RayJobs' clusters are short-lived.
+    for doc in docs:
+        if doc["kind"] != "RayService":
+            for where, cluster in ray_cluster_specs(doc):
+                assert "gcsFaultToleranceOptions" not in cluster, f"{name_of(doc)} {where}"
+    # NetworkPolicy: Redis admits, on its port only, the pods that carry the RayService head's
+    # label (the head and KubeRay's Redis cleanup Job, built from it), and no other pod here.
+    (policy,) = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    ]
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "no other namespace, no IP block"
+    assert rule["ports"] == [{"port": int(port), "protocol": "TCP"}]
+    admitted = peer["podSelector"]["matchLabels"]
+    for doc in docs:
+        for where, template, labels in pod_labels(doc):
+            head_of_service = doc["kind"] == "RayService" and "headGroupSpec" in where
+            assert (admitted.items() <= labels.items()) == head_of_service, (
+                f"{name_of(doc)} {where}: admitted to Redis: {not head_of_service}"
+            )
+
+
+def test_rayservice_pods_take_the_api_key_from_a_secret(overlay, docs):
+    name = api_key_env()
+    service = one(docs, "RayService", "pajama-llm")
+    templates = ray_node_templates(service)
+    assert len(templates) == 3
+    for where, template in templates:
+        for container in template["spec"]["containers"]:
+            (env,) = [e for e in container.get("env", []) if e["name"] == name]
+            # Dev clusters may serve without a key; production pods do not start without one.
+            assert env["valueFrom"]["secretKeyRef"] == {
+                "name": "pajama-api-key",
+                "key": "api-key",
+                "optional": overlay == "cpu-dev",
+            }, where
+    for doc in docs:
+        if doc["kind"] != "RayService":
+            for where, container, _ in containers(doc):
+                assert name not in {e["name"] for e in container.get("env", [])}, (
+                    f"{name_of(doc)} {where}: only the serving pods get the API key"
+                )
+
+
 def test_serve_config_copy_is_up_to_date():
     source = REPO / "pipelines" / "serve.yaml"
     if not source.is_file():
@@ -674,6 +814,188 @@ def test_serve_config_copy_is_up_to_date():
     assert (K8S / "base" / "serve-config.yaml").read_text() == source.read_text(), (
         "k8s/base/serve-config.yaml is stale: cp pipelines/serve.yaml k8s/base/serve-config.yaml"
     )
+
+
+# ---------------------------------------------------------------- observability
+
+# Ray's own metrics the Grafana dashboard may use, as Prometheus names them (Ray prefixes "ray_";
+# counters end in _total, histograms are read through _bucket/_sum/_count). Ray core node metrics,
+# Ray Serve's built-ins and Ray Train V2's, as Ray's own dashboards query them.
+RAY_BUILTIN_METRICS = {
+    "ray_node_cpu_utilization",
+    "ray_node_cpu_count",
+    "ray_node_mem_used",
+    "ray_node_mem_total",
+    "ray_node_gpus_utilization",
+    "ray_node_gram_used",
+    "ray_node_gram_available",
+    "ray_node_network_receive_speed",
+    "ray_node_network_send_speed",
+    "ray_object_store_memory",
+    "ray_resources",
+    "ray_tasks",
+    "ray_actors",
+    "ray_serve_num_http_requests_total",
+    "ray_serve_num_http_error_requests_total",
+    "ray_serve_http_request_latency_ms_bucket",
+    "ray_serve_num_ongoing_http_requests",
+    "ray_serve_deployment_queued_queries",
+    "ray_serve_deployment_replica_healthy",
+    "ray_serve_deployment_request_counter_total",
+    "ray_serve_deployment_error_counter_total",
+    "ray_serve_deployment_processing_latency_ms_bucket",
+    "ray_serve_replica_processing_queries",
+    "ray_train_report_total_blocked_time_s",
+    "ray_train_checkpoint_sync_total_time_s",
+    "ray_train_controller_state",
+}
+# PromQL words that look like metric names: aggregation operators, modifiers, set operators.
+PROMQL_KEYWORDS = {
+    *("sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk"),
+    *("quantile", "count_values", "by", "without", "on", "ignoring", "group_left"),
+    *("group_right", "and", "or", "unless", "bool", "offset"),
+}
+
+
+@functools.cache
+def pajama_metrics() -> dict[str, frozenset[str]]:
+    """The metrics Pajama defines with ray.serve.metrics/ray.util.metrics: name in the code ->
+    the names Prometheus gets."""
+    exported = {
+        "Counter": ("_total",),
+        "Gauge": ("",),
+        "Histogram": ("_bucket", "_sum", "_count"),
+    }
+    metrics = {}
+    for path in (REPO / "platform" / "pajama").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module in ("ray.serve.metrics", "ray.util.metrics")
+            for alias in node.names
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in imported & set(exported)
+            ):
+                (name, *_) = node.args
+                assert isinstance(name, ast.Constant), f"{path}: a metric name that is not literal"
+                metrics[name.value] = frozenset(
+                    f"ray_{name.value}{suffix}" for suffix in exported[node.func.id]
+                )
+    return metrics
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings (label values)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)  # label matchers, range selectors
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = re.findall(r"(?<![\w.$])([A-Za-z_:][\w:]*)\b(?!\s*\()", expr)  # not functions
+    return set(names) - PROMQL_KEYWORDS
+
+
+def test_promql_metric_names():
+    assert promql_metric_names(
+        'histogram_quantile(0.95, sum by (le, route) (rate(ray_a_bucket{x=~"$y"}[5m]))) '
+        '/ on() sum without (a) (ray_b{c="d"}) * 1e-3 > bool 0 or vector(0)'
+    ) == {"ray_a_bucket", "ray_b"}
+
+
+def dashboards(docs: list[dict]) -> list[tuple[str, dict]]:
+    """(where, dashboard) for every Grafana dashboard the sidecar would load."""
+    found = []
+    for config_map in of_kind(docs, "ConfigMap"):
+        if config_map["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
+            for key, text in config_map["data"].items():
+                found.append((f"{name_of(config_map)}[{key}]", json.loads(text)))
+    return found
+
+
+def test_grafana_dashboard_queries_only_metrics_that_exist(docs):
+    ((where, dashboard),) = dashboards(docs)
+    assert pajama_metrics(), "no metrics found in platform/pajama: has their import moved?"
+    known = RAY_BUILTIN_METRICS.union(*pajama_metrics().values())
+    panels = [
+        panel for top in dashboard["panels"] for panel in (top, *top.get("panels", []))
+    ]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), f"{where}: panel ids repeat"
+    used = set()
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel.get("targets"), f"{where}: panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            names = promql_metric_names(target["expr"])
+            assert names and names <= known, (
+                f"{where}: panel {panel['title']!r} reads {sorted(names - known)}, which no code "
+                "or Ray built-in exports"
+            )
+            used |= names
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((\w+), *\w+\)", variable["query"]["query"])
+            assert match and match.group(1) in known, f"{where}: variable {variable['name']}"
+    # Every metric Pajama defines has a panel.
+    unused = sorted(name for name, exported in pajama_metrics().items() if not exported & used)
+    assert not unused, f"{where}: no panel reads {unused}"
+
+
+def test_prometheus_scrapes_every_ray_pod(docs):
+    monitors = {
+        monitor["spec"]["selector"]["matchLabels"].get("ray.io/node-type"): monitor
+        for monitor in of_kind(docs, "PodMonitor")
+    }
+    assert set(monitors) == {"head", "worker"}
+    scraped_ports = set()
+    for node_type, monitor in monitors.items():
+        spec = monitor["spec"]
+        assert spec["selector"] == {"matchLabels": {"ray.io/node-type": node_type}}
+        assert "namespaceSelector" not in spec, "a PodMonitor selects its own namespace's pods"
+        endpoints = spec["podMetricsEndpoints"]
+        assert "metrics" in [endpoint["port"] for endpoint in endpoints]
+        for endpoint in endpoints:
+            # The dashboard filters by ray_io_cluster, KubeRay's ray.io/cluster pod label.
+            assert {
+                "sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
+                "targetLabel": "ray_io_cluster",
+            } in endpoint["relabelings"], name_of(monitor)
+        # Every head (worker) of every Ray cluster declares the ports its monitor scrapes; the
+        # metrics port is the one Ray exports on (metrics-export-port, 8080 unless set).
+        for doc in docs:
+            for where, cluster in ray_cluster_specs(doc):
+                groups = (
+                    [cluster["headGroupSpec"]]
+                    if node_type == "head"
+                    else cluster.get("workerGroupSpecs", [])
+                )
+                for group in groups:
+                    ray_container = group["template"]["spec"]["containers"][0]
+                    ports = {p["name"]: p["containerPort"] for p in ray_container.get("ports", [])}
+                    start_params = group.get("rayStartParams", {})
+                    export_port = int(start_params.get("metrics-export-port", 8080))
+                    assert ports.get("metrics") == export_port, f"{name_of(doc)} {where}"
+                    for endpoint in endpoints:
+                        assert endpoint["port"] in ports, (
+                            f"{name_of(doc)} {where}: no port {endpoint['port']}"
+                        )
+                        scraped_ports.add(ports[endpoint["port"]])
+    # The Ray pods' NetworkPolicy admits Prometheus, from its own namespace, to these ports only.
+    ray_policy = one(docs, "NetworkPolicy", "ray-ingress")
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    (rule,) = [
+        rule
+        for rule in ray_policy["spec"]["ingress"]
+        if any(peer.get("podSelector", {}).get("matchLabels") == prometheus for peer in rule["from"])
+    ]
+    assert all(peer.get("namespaceSelector") for peer in rule["from"]), "not from every namespace"
+    assert {p["port"] for p in rule["ports"]} == scraped_ports
+    assert not scraped_ports & RAY_CONTROL_PORTS
 
 
 # ---------------------------------------------------------------- MLflow
