@@ -77,7 +77,7 @@ def _serve(cfg, recipe: str, args) -> None:
     from pajama.serve.stage import app_args
 
     if args.model:
-        app = {"models": [_model_option(item) for item in args.model],
+        app = {"models": [_model_option(item, cfg.project.resolved_tracking_uri) for item in args.model],
                "tracking_uri": cfg.project.resolved_tracking_uri, "api_key_env": cfg.serve.api_key_env}
     else:
         targets = [kind(name).stage for name in cfg.serve.models]
@@ -86,12 +86,18 @@ def _serve(cfg, recipe: str, args) -> None:
     serve_forever(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port)
 
 
-def _model_option(item: str) -> dict:
-    """`--model NAME[:KIND]=SOURCE`; without KIND, NAME must be a kind or its registered name."""
+def _model_option(item: str, tracking_uri: str) -> dict:
+    """`--model NAME[:KIND]=SOURCE`; without KIND, NAME must be a kind or its registered name.
+    The source is checked here, so a wrong one fails before Serve starts replicas for it."""
+    from pajama.models import check_source
+
     name, sep, source = item.partition("=")
     name, _, kind_name = name.partition(":")
     if not sep or not name or not source:
         raise ConfigError(f"--model {item!r}: expected NAME=SOURCE or NAME:KIND=SOURCE")
+    if kind_name and kind_name not in KINDS:
+        raise ConfigError(f"--model {item!r}: unknown kind {kind_name!r}; kinds: {', '.join(KINDS)}")
+    check_source(source, tracking_uri)
     found = kind(kind_name) if kind_name else kind_named(name)
     if found is None:
         raise ConfigError(f"--model {item!r}: say which kind of model {name!r} is, e.g. {name}:chat={source} "
@@ -170,7 +176,25 @@ def _dispatch(args) -> None:
     else:
         from pajama.dag import run_dag
 
+        if not args.verbose:
+            _hide_ray_data_tracebacks()
         run_dag(cfg, args.recipe, None if args.command == "run" else [args.command])
+
+
+def _hide_ray_data_tracebacks() -> None:
+    """Ray Data prints the traceback of a failed read or task on the console (and calls an error
+    raised in a reader "internal"); the CLI names the cause in one line instead. Ray Data's log file
+    keeps everything, and -v leaves the console as Ray sets it."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger and its console handler)
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.exc_info or record.getMessage().startswith(("Full stack trace", "Exception occurred in Ray Data")):
+            return False
+        return True
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(keep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -395,11 +395,11 @@ def _apply_override(raw: dict, keys: list[str], value: Any) -> None:
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {field}: {e['msg']}")
-    return "\n".join(lines)
+    """One line for one error (`invalid config (recipe 'tiny'): data.seq_len: ...`), else a line each."""
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+    if len(problems) == 1:
+        return f"invalid config ({source}): {problems[0]}"
+    return "\n".join([f"invalid config ({source}):", *(f"  {p}" for p in problems)])
 
 
 def load_config(recipe: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> PajamaConfig:

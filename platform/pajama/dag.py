@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import mlflow
 from pajama import kinds, lineage, tracking
 from pajama.artifacts import Artifact, ArtifactStore, StageContext, fingerprint
 from pajama.config import PajamaConfig, fingerprinted_fields
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,9 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
     tracking.setup(cfg)
     ensure_ray = _RayOnDemand(cfg)
     done: dict[str, Artifact] = {}
+    reused: list[str] = []
     with tracking.dag_run(cfg, recipe, [p.stage for p in planned]) as parent:
-        print(f"[pajama] DAG run {parent.info.run_id} (MLflow {cfg.project.resolved_tracking_uri})")
+        log.info("DAG run %s, %s (MLflow %s)", parent.info.run_name, parent.info.run_id, cfg.project.resolved_tracking_uri)
         for step in planned:
             stage, fp = step.stage, step.fingerprint
             upstream = {up: done[up] for up in step.upstream}
@@ -138,12 +142,13 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
             # Looked up again: a concurrent run may have finished the stage since the plan.
             existing = store.find(stage, fp)
             if existing is not None:
+                reused.append(stage)
                 tracking.record_reuse(stage, existing, upstream)
-                print(f"[pajama] {stage}: up to date, reusing {fp} (run {existing.run_id})")
+                log.info("%s: up to date, reusing %s (run %s)", stage, fp, existing.run_id)
                 done[stage] = existing
                 continue
             ensure_ray()
-            print(f"[pajama] {stage}: running (fingerprint {fp})")
+            log.info("%s: running (fingerprint %s)", stage, fp)
             started = time.time()
             staging = store.staging_dir(stage, fp)
             # A failed attempt leaves no partial artifact behind (its MLflow run is marked FAILED).
@@ -162,8 +167,9 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
                 artifact = store.commit(staging, stage, fp, config, {u: a.fingerprint for u, a in upstream.items()},
                                         manifest)
                 mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
-            print(f"[pajama] {stage}: done in {time.time() - started:.0f}s -> {artifact.path}")
+            log.info("%s: done in %.0fs -> %s", stage, time.time() - started, artifact.path)
             done[stage] = artifact
+        tracking.describe_dag_run(recipe, [s for s in done if s not in reused], reused)
         if all(kind.stage in done for kind in kinds.KINDS.values()):
             _log_comparison(cfg, done, parent.info.run_id)
         lineage.log_to_parent(parent.info.run_id)
@@ -192,7 +198,7 @@ def _log_comparison(cfg: PajamaConfig, done: dict[str, Artifact], parent_run_id:
                 for kind, a in artifacts.items() if a.manifest.get("registered_model")}
     compare.log_to_parent(parent_run_id, rows, versions)
     losses = ", ".join(f"{kind} {loss:.3f}" for kind, loss in compare.mean_losses(rows).items())
-    print(f"[pajama] compare: check-set response loss {losses} ({compare.TABLE_FILE} on the DAG run)")
+    log.info("compare: check-set response loss %s (%s on the DAG run)", losses, compare.TABLE_FILE)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,19 @@ def fingerprint_dir(path: Path) -> str:
     return f"sha256-{digest.hexdigest()[:16]}"
 
 
+def check_source(source: str, tracking_uri: str | None = None) -> None:
+    """Fail fast, naming the source, if `source` names no model (without downloading anything)."""
+    if source.startswith("models:/"):
+        _registry_version(source, tracking_uri)
+    elif source.startswith("runs:/"):
+        _newest_version_of_run(source, tracking_uri)
+    elif not (Path(source).expanduser() / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model source {source!r} is not a Hugging Face model directory (no config.json); "
+            "give a directory written by save_pretrained, runs:/<id> or models:/<name>@<alias>"
+        )
+
+
 def resolve_source(source: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> ResolvedModel:
     """Resolve a local HF directory or an MLflow `models:/` URI into a loadable `ResolvedModel`."""
     if source.startswith("models:/"):
@@ -52,19 +65,8 @@ def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None) -
     import mlflow
     from mlflow.models import Model
 
+    client, model_version = _registry_version(uri, tracking_uri)
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not tracking_uri:
-        raise ValueError(f"model source {uri!r} needs an MLflow tracking URI: set tracking_uri or MLFLOW_TRACKING_URI")
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    reference = uri[len("models:/"):]
-    if "@" in reference:
-        name, alias = reference.split("@", 1)
-        model_version = client.get_model_version_by_alias(name, alias)
-    elif reference.count("/") == 1:
-        name, version = reference.split("/")
-        model_version = client.get_model_version(name, version)
-    else:
-        raise ValueError(f"model source {uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
 
     # Download the pinned version, not the alias, so the files match the provenance we report.
     destination = Path(cache_dir or tempfile.mkdtemp(prefix="pajama-serve-"))
@@ -89,17 +91,44 @@ def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None) -
     )
 
 
+def _registry_version(uri: str, tracking_uri: str | None):
+    """(client, ModelVersion) of `models:/<name>@<alias>` or `models:/<name>/<version>`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise ValueError(f"model source {uri!r} needs an MLflow tracking URI: set tracking_uri or MLFLOW_TRACKING_URI")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    reference = uri[len("models:/"):]
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            return client, client.get_model_version_by_alias(name, alias)
+        if reference.count("/") == 1:
+            name, version = reference.split("/")
+            return client, client.get_model_version(name, version)
+    except MlflowException as err:
+        raise LookupError(f"model source {uri!r} is not in the MLflow registry: {err.message}") from None
+    raise ValueError(f"model source {uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def _newest_version_of_run(source: str, tracking_uri: str | None) -> str:
+    """`runs:/<id>` as `models:/<name>/<version>` of the newest version that run registered."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = source[len("runs:/"):].strip("/").split("/")[0]
+    versions = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_model_versions(
+        f"run_id = '{run_id}'")
+    if not versions:
+        raise LookupError(f"MLflow run {run_id} registered no model version; give models:/<name>/<version>")
+    newest = max(versions, key=lambda v: int(v.version))
+    return f"models:/{newest.name}/{newest.version}"
+
+
 def resolve_model(source: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> ResolvedModel:
     if source.startswith("runs:/"):
-        from mlflow.tracking import MlflowClient
-
-        run_id = source[len("runs:/"):].strip("/").split("/")[0]
-        versions = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_model_versions(
-            f"run_id = '{run_id}'")
-        if not versions:
-            raise LookupError(f"MLflow run {run_id} registered no model version; give models:/<name>/<version>")
-        newest = max(versions, key=lambda v: int(v.version))
-        source = f"models:/{newest.name}/{newest.version}"
+        source = _newest_version_of_run(source, tracking_uri)
     return resolve_source(source, tracking_uri, cache_dir)
 
 

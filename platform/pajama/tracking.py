@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -60,12 +62,27 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def dag_run_name(recipe: str) -> str:
+    """`<recipe>-<UTC date and time>-<short id>`: runs of one recipe told apart in the UI."""
+    stem = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:4]}"
+
+
 @contextlib.contextmanager
 def dag_run(cfg: PajamaConfig, recipe: str, stages: list[str]) -> Iterator[mlflow.ActiveRun]:
-    with mlflow.start_run(run_name=f"{cfg.project.name}-dag") as run:
-        mlflow.set_tags({TAG_DAG: "true", "pajama.recipe": recipe, "pajama.stages": ",".join(stages)})
+    with mlflow.start_run(run_name=dag_run_name(recipe)) as run:
+        mlflow.set_tags({TAG_DAG: "true", "pajama.recipe": recipe, "pajama.project": cfg.project.name,
+                         "pajama.stages": ",".join(stages)})
         mlflow.log_params({"recipe": recipe, "storage": str(cfg.project.storage_path)})
         yield run
+
+
+def describe_dag_run(recipe: str, ran: list[str], reused: list[str]) -> None:
+    """The run's description in the MLflow UI: what ran and what was reused."""
+    lines = [f"Pajama DAG, recipe `{recipe}`.", "",
+             f"- ran: {', '.join(ran) or 'nothing (everything was up to date)'}",
+             f"- reused: {', '.join(reused) or 'nothing'}"]
+    mlflow.set_tag("mlflow.note.content", "\n".join(lines))
 
 
 def _log_upstream_inputs(upstream: dict[str, Artifact]) -> None:
