@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from pajama.config import DataConfig
-from pajama.data.readers import QUARANTINED_TEXT_CHARS
+from pajama.data.readers.common import QUARANTINED_TEXT_CHARS
 from pajama.data.stage import run_data_stage
 
 BIG_BYTES = 50 * 1024 * 1024

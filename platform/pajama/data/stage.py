@@ -5,7 +5,7 @@ between phases as parquet inside the artifact, so each phase streams from storag
 memory on any cluster size. The artifact holds:
 
 - `documents/`   every input record: documents with their RedPajama-V2 signals and filter
-                 verdict, bad input (non-null `read_error`, see readers.py) with null signals
+                 verdict, bad input (non-null `read_error`, see pajama.data.readers) with null signals
 - `quarantine/`  what was not kept, with its reason: the first failing rule, `exact_duplicate of
                  <doc_id>` / `near_duplicate of <doc_id>`, or `bad_input: <read_error>`
 - `tokenizer/`   the Hugging Face tokenizer the shards were made with
@@ -330,7 +330,7 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
                             "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
         batch_format="pyarrow")
     for row in _totals(sizes, ["slice", "keep", "drop_reason", "bad_input"], ("bytes",)):
-        if row["slice"] is None:  # only bad input lacks a slice (see readers.py)
+        if row["slice"] is None:  # only bad input lacks a slice (see pajama.data.readers)
             without_slice += row["count"]
             continue
         e = entry(row["slice"])
