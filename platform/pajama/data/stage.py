@@ -13,12 +13,12 @@ memory on any cluster size. The artifact holds:
                  `<shard>.parquet` files of about data.sequences_per_shard sequences each
 - `report.md`, `report.png`, `stats.json`  per-slice statistics
 
-Bad input (unreadable records, broken files, documents over data.max_document_bytes) goes
-straight to quarantine: no signal, filter or dedup sees it. With data.on_bad_input "fail" the
-readers raise instead and the stage stops. Counts add up per slice: documents in = bad input +
-dropped by each rule + duplicates removed + kept. Bad-input records whose slice cannot be told
-(a jsonl record that is not JSON, read without a slice in its source) are counted apart, in
-stats `bad_input_without_slice`; no slice is guessed for them.
+Bad input (unreadable records, broken files, files that cannot be opened, documents over
+data.max_document_bytes) goes straight to quarantine: no signal, filter or dedup sees it. With
+data.on_bad_input "fail" the readers raise instead and the stage stops. Counts add up per slice:
+documents in = bad input + dropped by each rule + duplicates removed + kept. Bad-input records
+whose slice cannot be told (a jsonl record that is not JSON, read without a slice in its source)
+are counted apart, in stats `bad_input_without_slice`; no slice is guessed for them.
 
 The shards are byte-identical across runs with the same config, seed and library versions (a
 killed run re-run included), although Ray delivers rows in whatever order its tasks finish:

@@ -36,7 +36,9 @@ the record could not be read, naming the file and the record ("<path>: line 7: n
 Such a row is emitted for every record that cannot be read (invalid
 JSON or UTF-8, a missing or non-string text, empty text in jsonl/parquet/hf records, a bad meta,
 a malformed post or page, a text over `max_document_bytes`) and once for a file that breaks off
-(a truncated or corrupt compressed file, malformed XML or WARC framing, an unreadable archive):
+(a truncated or corrupt compressed file, malformed XML or WARC framing, an unreadable archive)
+or cannot be opened at all (a symbolic link loop, a dangling link, a FIFO, a file removed after
+listing or without read permission: the row's doc_id is the path, see readers/common.py):
 that row says after which line or record it broke, and the records before it are read as usual.
 A bad-input row has the doc_id its record would have had (a StackExchange post: `<path>#post-<id>`;
 a broken file: `<path>#<line or row where it broke>`, `<path>#xml-line-<n>` or `#xml-end`,
@@ -46,7 +48,9 @@ readable ("{}" if not), and its slice when known: from the argument, or from the
 that could be parsed. A jsonl/parquet/hf record read without a slice argument whose slice cannot be
 told has a null slice: no slice is guessed, and the data stage counts it apart from the slices.
 With `on_bad_input="fail"` the reader instead finishes the file and raises BadInputError naming
-it and each bad record, so the input can be fixed first. Input that is not a document by design is
+it and each bad record, so the input can be fixed first (paths that cannot be listed: at once,
+before anything is read). When none of the paths can be read, read_source raises
+FileNotFoundError naming each with its reason. Input that is not a document by design is
 left out as documented per format: non-HTML or non-200 WARC responses, non-article wiki pages
 and redirects, StackExchange posts that are neither questions nor answers (and answers whose
 question is missing from the dump, which are logged), repository files that are not source code

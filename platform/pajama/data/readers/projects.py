@@ -39,7 +39,10 @@ class _Project:
         self._filesystem = filesystem
         self._path = path
         self._file = self._archive = None
-        if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+        kind = filesystem.get_file_info(path).type
+        if kind == pafs.FileType.Unknown:  # opening a FIFO would wait for a writer forever
+            raise OSError("not a regular file (a FIFO, socket or device)")
+        if kind == pafs.FileType.Directory:
             selector = pafs.FileSelector(path, recursive=True)
             infos = [info for info in filesystem.get_file_info(selector) if info.is_file]
             self._members = {

@@ -113,7 +113,7 @@ class _TableDocuments(DocumentFiles):
 class _ParquetDocuments(_TableDocuments):
     EXTENSIONS = ["parquet"]
 
-    def _open_input_source(self, filesystem, path, **open_args):
+    def _open_file(self, filesystem, path, **open_args):
         return filesystem.open_input_file(path)  # parquet reads its footer first: random access
 
     def _record_batches(self, f):
