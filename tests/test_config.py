@@ -1,6 +1,10 @@
 """The config tree: presets, inheritance, overrides, and errors that name the field."""
 
+<<<<<<< HEAD
 import re
+=======
+import os
+>>>>>>> readers
 import subprocess
 import sys
 import time
@@ -59,6 +63,28 @@ def test_bad_config_names_the_field(override, field):
     assert re.search(rf"(: |\n  ){re.escape(field)}: ", str(err.value)), str(err.value)
     if field == "data.filters":
         assert "c4_typo" in str(err.value) and "c4" in str(err.value)  # the name, and the known recipes
+
+
+def test_source_of_only_empty_or_unreadable_files_fails_naming_the_path(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "nested").mkdir(parents=True)
+    (empty / "a.jsonl").write_text("")
+    (empty / "nested" / "b.jsonl").write_text("")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "loop.jsonl").symlink_to(broken / "loop-back")  # loop.jsonl -> loop-back -> loop.jsonl
+    (broken / "loop-back").symlink_to(broken / "loop.jsonl")
+    (broken / "gone.jsonl").symlink_to(broken / "missing.jsonl")
+    os.mkfifo(broken / "fifo.jsonl")
+    (broken / "dir.jsonl").mkdir()  # a directory where a file is expected, holding nothing
+    for path in (str(empty / "*.jsonl"), str(empty), str(broken / "*.jsonl"), str(broken / "loop.jsonl")):
+        with pytest.raises(ConfigError) as err:
+            load_config("tiny", [f"data.sources=[{{format: jsonl, path: {path!r}}}]"])
+        assert "  data.sources.0.path" in str(err.value)
+        assert f"path {path!r} matches no readable, non-empty file" in str(err.value)
+    # One readable file beside the broken ones is a source: the others are quarantined when read.
+    (broken / "good.jsonl").write_text('{"text": "A document."}\n')
+    assert load_config("tiny", [f"data.sources=[{{format: jsonl, path: {str(broken / '*.jsonl')!r}}}]"])
 
 
 def test_unknown_recipe_lists_the_known_ones():

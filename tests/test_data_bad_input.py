@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 
 import pyarrow.compute as pc
@@ -13,8 +14,9 @@ import pytest
 from pydantic import ValidationError
 
 from pajama.config import DataConfig
-from pajama.data.readers import QUARANTINED_TEXT_CHARS
 from pajama.artifacts import StageContext
+from pajama.data.readers import read_source
+from pajama.data.readers.common import QUARANTINED_TEXT_CHARS
 from pajama.data.stage import run as run_data_stage
 
 BIG_BYTES = 50 * 1024 * 1024
@@ -127,9 +129,86 @@ def test_on_bad_input_fail_stops_the_stage_naming_the_file(ray_session, tmp_path
 
 
 def test_bad_input_settings_are_validated(tmp_path):
-    (tmp_path / "a.jsonl").write_text("")
+    (tmp_path / "a.jsonl").write_bytes(_record("A document."))
     source = [{"format": "jsonl", "path": str(tmp_path / "a.jsonl")}]
     with pytest.raises(ValidationError, match="on_bad_input"):
         DataConfig(sources=source, on_bad_input="skip")
     with pytest.raises(ValidationError, match="max_document_bytes"):
         DataConfig(sources=source, max_document_bytes=0)
+
+
+@pytest.fixture()
+def unopenable(tmp_path):
+    """A glob's worth of files: good documents beside three files that cannot be opened. Tests
+    run as root, whom chmod 000 does not stop, so the unreadable ones are of kinds no one can read."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = random.Random(1)
+    (corpus / "good.jsonl").write_bytes(b"".join(_record(_words(rng, 80)) for _ in range(20)))
+    loop, back = corpus / "loop.jsonl", corpus / "loop-back"
+    loop.symlink_to(back)  # loop.jsonl -> loop-back -> loop.jsonl
+    back.symlink_to(loop)
+    fifo = corpus / "fifo.jsonl"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    gone = corpus / "gone.jsonl"
+    gone.symlink_to(corpus / "deleted.jsonl")  # its target removed after the glob listed it
+    return {"corpus": corpus, "loop": loop, "fifo": fifo, "gone": gone}
+
+
+def _glob_config(corpus, **overrides) -> DataConfig:
+    return DataConfig(
+        sources=[{"format": "jsonl", "path": str(corpus / "*.jsonl"), "slice": "c4"}], filters=["gopher"],
+        tokenizer={"vocab_size": 300, "sample_documents": 200}, seq_len=16, eval_fraction=0.2,
+        sequences_per_shard=256, shuffle_partitions=2, shuffle_strategy="sort_shuffle_pull_based", **overrides)
+
+
+def test_files_that_cannot_be_opened_are_quarantined_and_the_others_read(ray_session, tmp_path, unopenable):
+    out = tmp_path / "artifact"
+    out.mkdir()
+    stats = run_data_stage(_glob_config(unopenable["corpus"]), StageContext(out, tmp_path, "test"), {})["stats"]
+
+    quarantine = pq.read_table(out / "quarantine")
+    bad = {row["doc_id"]: row for row in quarantine.filter(
+        pc.starts_with(quarantine.column("reason"), "bad_input: ")).to_pylist()}
+    loop, fifo, gone = unopenable["loop"], unopenable["fifo"], unopenable["gone"]
+    assert bad.keys() == {str(loop), str(fifo), str(gone)}
+    assert bad[str(loop)]["reason"] == (
+        f"bad_input: {loop}: the file: cannot be opened: a symbolic link loop (Too many levels of symbolic links)")
+    assert bad[str(fifo)]["reason"] == (f"bad_input: {fifo}: the file: not a regular file (a FIFO, socket or "
+                                        "device); only files and directories are read")
+    assert bad[str(gone)]["reason"] == (
+        f"bad_input: {gone}: the file: cannot be opened: a dangling symbolic link (No such file or directory)")
+    assert all(row["slice"] == "c4" for row in bad.values())
+
+    c4 = stats["slices"]["c4"]
+    assert c4["bad_input"] == 3 and c4["documents_in"] == 20 + 3
+    assert c4["documents_out"] > 0 and stats["train_sequences"] > 0
+    documents = pq.read_table(out / "documents")
+    read = documents.filter(pc.is_null(documents.column("read_error"))).column("doc_id").to_pylist()
+    assert sorted(read) == sorted(f"{unopenable['corpus'] / 'good.jsonl'}#{line}" for line in range(1, 21))
+
+
+def test_files_that_cannot_be_opened_stop_the_stage_on_fail(ray_session, tmp_path, unopenable):
+    out = tmp_path / "artifact"
+    out.mkdir()
+    with pytest.raises(Exception, match="file\\(s\\) that cannot be read") as raised:
+        run_data_stage(_glob_config(unopenable["corpus"], on_bad_input="fail"), StageContext(out, tmp_path, "test"), {})
+    assert f"{unopenable['loop']}: cannot be opened: a symbolic link loop" in str(raised.value)
+    assert f"{unopenable['fifo']}: not a regular file" in str(raised.value)
+
+
+def test_a_file_removed_between_listing_and_reading_is_bad_input(ray_session, tmp_path):
+    kept, removed = tmp_path / "kept.jsonl", tmp_path / "removed.jsonl"
+    for path in (kept, removed):
+        path.write_bytes(_record("A document that is read."))
+    documents = read_source("jsonl", [str(kept), str(removed)], "c4")  # lists the files now, reads them later
+    failing = read_source("jsonl", [str(kept), str(removed)], "c4", on_bad_input="fail")
+    removed.unlink()
+
+    rows = {row["doc_id"]: row for row in documents.take_all()}
+    assert rows[f"{kept}#1"]["read_error"] is None
+    assert rows[str(removed)]["slice"] == "c4"
+    assert rows[str(removed)]["read_error"].startswith(f"{removed}: the file: cannot be opened (")
+    assert "No such file or directory" in rows[str(removed)]["read_error"]
+    with pytest.raises(Exception, match=f"{removed}: 1 record\\(s\\) could not be read"):
+        failing.take_all()

@@ -23,10 +23,10 @@ from pajama.data.dedup import (
     exact_dedup,
     fuzzy_dedup,
     minhash_signatures,
-    normalize_text,
     optimal_bands_rows,
 )
 from pajama.data.slices import DOCUMENT_COLUMNS, SLICES
+from pajama.data.text import normalize_text
 
 
 

@@ -19,7 +19,9 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from pajama.data import cleaning
-from pajama.data.readers import FORMATS, QUARANTINED_TEXT_CHARS, detect_licence, read_source
+from pajama.data.readers import FORMATS, read_source
+from pajama.data.readers.common import QUARANTINED_TEXT_CHARS
+from pajama.data.readers.github import detect_licence
 from pajama.data.slices import DOCUMENT_COLUMNS, READ_ERROR
 
 MIT_TEXT = """MIT License

@@ -4,7 +4,8 @@ import math
 
 import pyarrow as pa
 import pytest
-from pajama.data.signals import SIGNAL_COLUMNS, compute_signals, normalize
+from pajama.data.signals import SIGNAL_COLUMNS, compute_signals
+from pajama.data.text import normalize_text
 
 
 def signals_of(*texts: str) -> list[dict]:
@@ -22,7 +23,7 @@ SIMPLE = "The cat sat. The cat ran!\nDogs bark...\n"
 
 def test_normalize_follows_rpv2():
     # ASCII punctuation dropped, lowercased, whitespace runs (incl. unicode spaces) -> " ", stripped, NFD
-    assert normalize("  Héllo,\u2003WORLD!\n\tIt's  ") == "he\u0301llo world its"
+    assert normalize_text("  Héllo,\u2003WORLD!\n\tIt's  ") == "he\u0301llo world its"
 
 
 def test_word_and_sentence_signals():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +88,30 @@ class ProjectConfig(Strict):
         return uri or f"sqlite:///{self.storage_path / 'mlflow.db'}"
 
 
+def _holds_readable_data(pattern: str) -> bool:
+    """Whether a local path or glob matches, directly or inside a matched directory, a regular file
+    that is not empty and can be opened (unreadable files are quarantined when read; a source of
+    nothing but those, or of empty files, is a mistake worth stopping for)."""
+
+    def readable(file: str) -> bool:
+        try:
+            info = os.stat(file)
+            if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+                return False  # FIFOs and devices are never opened: that could wait forever
+            with open(file, "rb"):
+                return True
+        except OSError:  # a symbolic link loop, a dangling link, no read permission
+            return False
+
+    for match in glob.iglob(pattern):
+        if os.path.isdir(match):
+            if any(readable(os.path.join(root, name)) for root, _, names in os.walk(match) for name in names):
+                return True
+        elif readable(match):
+            return True
+    return False
+
+
 class SourceConfig(Strict):
     format: Literal[
         "jsonl", "parquet", "hf_disk", "hf_hub", "warc", "wet", "mediawiki", "github", "arxiv",
@@ -101,7 +126,11 @@ class SourceConfig(Strict):
     def _exists(cls, v: str, info) -> str:
         if info.data.get("format") == "hf_hub":
             return v
-        return check_local_path_exists(v)
+        check_local_path_exists(v)
+        resolved = resolve_path(v)
+        if not is_remote(resolved) and not _holds_readable_data(resolved.removeprefix("file://")):
+            raise ValueError(f"path {v!r} matches no readable, non-empty file (resolved to {resolved!r})")
+        return v
 
     @field_validator("slice")
     @classmethod

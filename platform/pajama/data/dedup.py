@@ -29,8 +29,6 @@ RAY_DATA_ENABLE_DISK_SHUFFLE=1) when the corpus exceeds the cluster's object sto
 from __future__ import annotations
 
 import hashlib
-import string
-import unicodedata
 from itertools import chain
 
 import numpy as np
@@ -40,10 +38,10 @@ import pyarrow.compute as pc
 import ray
 from ray.data.aggregate import AsList, Count, Min, Sum, Unique
 
+from pajama.data.text import normalize_text
+
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
-
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 _MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 # Shingles hashed per (chunk x num_perm) uint64 matrix: 16 MiB at 128 permutations.
@@ -59,13 +57,6 @@ _EXACT_HASH = "_exact_hash"
 _EXACT_KEEP = "_exact_keep"
 _BAND_KEY = "_band_key"
 _FUZZY_ROOT = "_fuzzy_root"
-
-
-def normalize_text(text: str) -> str:
-    """RedPajama-V2 normalisation: drop ASCII punctuation, lowercase, collapse whitespace, NFD."""
-    # str.split() splits on exactly the characters re's \s matches: RPv2's re.sub(r"\s+", " ").
-    text = " ".join(text.translate(_PUNCTUATION).lower().split())
-    return unicodedata.normalize("NFD", text)
 
 
 def _texts(batch: pa.Table) -> list[str]:

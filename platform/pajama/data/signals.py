@@ -43,8 +43,6 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-import string
-import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from importlib import resources
@@ -53,10 +51,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pajama.data.text import normalize_text
+
 PRECISION = 8  # RPv2 rounds its fractional signals to 8 decimals
 
-# re.sub removes the same characters as RPv2's str.translate table, several times faster
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")
 # RPv2's raw words are NLTK WordPunctTokenizer tokens, r"\w+|[^\w\s]+": word runs and punctuation runs
 _WORD_RUN = re.compile(r"\w+")
 _PUNCTUATION_RUN = re.compile(r"[^\w\s]+")
@@ -167,12 +165,6 @@ _RAW_WORD_CONSUMERS = frozenset(
 )
 
 
-def normalize(text: str) -> str:
-    """RPv2's text normalisation: drop ASCII punctuation, lowercase, collapse whitespace, NFD."""
-    # split() and strip() share re's "\s" notion of whitespace, so this equals RPv2's re.sub(r"\s+", " ")
-    return unicodedata.normalize("NFD", " ".join(_PUNCTUATION.sub("", text).lower().split()))
-
-
 def compute_signals(batch: pa.Table, columns: Iterable[str] | None = None) -> pa.Table:
     """Append the columns of SIGNAL_COLUMNS to `batch` (which needs a non-null `text` column).
 
@@ -230,15 +222,15 @@ def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str
     need_lines = bool(wanted & _RAW_LINE_CONSUMERS)
     need_normalized_lines = bool(wanted & _NORMALIZED_LINE_CONSUMERS)
     lines = _LINE.findall(text) if need_lines or need_normalized_lines else []
-    normalized_lines = [normalize(line) for line in lines] if need_normalized_lines else []
+    normalized_lines = [normalize_text(line) for line in lines] if need_normalized_lines else []
     words: list[str] = []
     normalized = ""
     if wanted & _NORMALIZED_WORD_CONSUMERS:
         if need_normalized_lines:
-            # lines split at "\n", which normalisation turns into a word break, so this is normalize(text)
+            # lines split at "\n", which normalisation turns into a word break, so this is normalize_text(text)
             normalized = " ".join(line for line in normalized_lines if line)
         else:
-            normalized = normalize(text)
+            normalized = normalize_text(text)
         words = normalized.split()
     word_runs: list[str] = []
     num_raw_words = 0

@@ -5,7 +5,7 @@ between phases as parquet inside the artifact, so each phase streams from storag
 memory on any cluster size. The artifact holds:
 
 - `documents/`   every input record: documents with their RedPajama-V2 signals and filter
-                 verdict, bad input (non-null `read_error`, see readers.py) with null signals
+                 verdict, bad input (non-null `read_error`, see pajama.data.readers) with null signals
 - `quarantine/`  what was not kept, with its reason: the first failing rule, `exact_duplicate of
                  <doc_id>` / `near_duplicate of <doc_id>`, or `bad_input: <read_error>`
 - `tokenizer/`   the Hugging Face tokenizer the shards were made with
@@ -13,12 +13,12 @@ memory on any cluster size. The artifact holds:
                  `<shard>.parquet` files of about data.sequences_per_shard sequences each
 - `report.md`, `report.png`, `stats.json`  per-slice statistics
 
-Bad input (unreadable records, broken files, documents over data.max_document_bytes) goes
-straight to quarantine: no signal, filter or dedup sees it. With data.on_bad_input "fail" the
-readers raise instead and the stage stops. Counts add up per slice: documents in = bad input +
-dropped by each rule + duplicates removed + kept. Bad-input records whose slice cannot be told
-(a jsonl record that is not JSON, read without a slice in its source) are counted apart, in
-stats `bad_input_without_slice`; no slice is guessed for them.
+Bad input (unreadable records, broken files, files that cannot be opened, documents over
+data.max_document_bytes) goes straight to quarantine: no signal, filter or dedup sees it. With
+data.on_bad_input "fail" the readers raise instead and the stage stops. Counts add up per slice:
+documents in = bad input + dropped by each rule + duplicates removed + kept. Bad-input records
+whose slice cannot be told (a jsonl record that is not JSON, read without a slice in its source)
+are counted apart, in stats `bad_input_without_slice`; no slice is guessed for them.
 
 The shards are byte-identical across runs with the same config, seed and library versions (a
 killed run re-run included), although Ray delivers rows in whatever order its tasks finish:
@@ -355,7 +355,7 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
                             "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
         batch_format="pyarrow")
     for row in _totals(sizes, ["slice", "keep", "drop_reason", "bad_input"], ("bytes",)):
-        if row["slice"] is None:  # only bad input lacks a slice (see readers.py)
+        if row["slice"] is None:  # only bad input lacks a slice (see pajama.data.readers)
             without_slice += row["count"]
             continue
         e = entry(row["slice"])

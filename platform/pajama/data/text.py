@@ -1,0 +1,20 @@
+"""RedPajama-V2's text normalisation, shared by the quality signals and deduplication.
+
+RPv2 (togethercomputer/RedPajama-Data, app/src/core/document.py) normalises a text by removing
+ASCII punctuation, lowercasing, stripping, making every whitespace run one space, then applying
+unicode NFD. Signals count normalised words and lines; exact dedup hashes the normalised text and
+fuzzy dedup shingles its words.
+"""
+
+import re
+import string
+import unicodedata
+
+# Removes exactly the characters of RPv2's str.translate table (string.punctuation).
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")
+
+
+def normalize_text(text: str) -> str:
+    """RPv2's text normalisation: drop ASCII punctuation, lowercase, collapse whitespace, NFD."""
+    # split() and strip() share re's "\s" notion of whitespace, so this equals RPv2's re.sub(r"\s+", " ")
+    return unicodedata.normalize("NFD", " ".join(_PUNCTUATION.sub("", text).lower().split()))
