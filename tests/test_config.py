@@ -1,10 +1,7 @@
 """The config tree: presets, inheritance, overrides, and errors that name the field."""
 
-<<<<<<< HEAD
-import re
-=======
 import os
->>>>>>> readers
+import re
 import subprocess
 import sys
 import time

@@ -667,9 +667,14 @@ def test_every_ray_pod_shares_one_storage_and_tracking_server(docs):
 def test_rayjobs_run_the_stage_commands_on_their_own_cluster(overlay, docs):
     recipe = RECIPE_OF_OVERLAY[overlay]
     assert (REPO / "pipelines" / f"{recipe}.yaml").is_file()
+    # run_all promotes the run's models to the alias the RayService serves.
+    promote = {"run_all": " --set project.promote_to=production"}
     assert k8s_entrypoints(overlay) == [
-        f"python jobs/{script}.py --recipe {recipe}" for script in JOB_SCRIPTS
+        f"python jobs/{script}.py{promote.get(script, '')} --recipe {recipe}" for script in JOB_SCRIPTS
     ]
+    serve_config = yaml.safe_load((REPO / "pipelines" / "serve.yaml").read_text())
+    assert all(m["source"].endswith("@production")
+               for app in serve_config["applications"] for m in app["args"]["models"])
     cluster_spec = one(docs, "RayCluster", "pajama")["spec"]
     workdir = re.search(r"^WORKDIR (\S+)$", (REPO / "Dockerfile").read_text(), re.M).group(1)
     for job in of_kind(docs, "RayJob"):

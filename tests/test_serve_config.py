@@ -3,13 +3,14 @@ and the served chat model answers in its bot turn and stops at the next one.
 
 The document is used as committed except for two lines the test must own: http_options.port (a
 free port) and http_options.host (loopback, where the cluster leaves it unset). The models come
-from the MLflow registry by the `production` alias, which the test points at the DAG's newest
-versions, exactly as an operator promotes a model before the RayService picks it up.
+from the MLflow registry by the `production` alias, which `pajama promote` points at the DAG's
+versions, exactly as an operator promotes the models before the RayService picks them up.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -29,15 +30,12 @@ pytestmark = pytest.mark.slow
 SERVE = str(Path(sys.executable).with_name("serve"))
 
 
-def _promote_newest_versions(tracking_uri: str) -> dict[str, str]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    promoted = {}
-    for name in ("pajama-base", "pajama-instruct", "pajama-chat"):
-        newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-        client.set_registered_model_alias(name, "production", newest.version)
-        promoted[name] = newest.version
+def _promote(project) -> dict[str, str]:
+    """`pajama promote`: the DAG's models to @production; {registered name: version}."""
+    run = project.pajama("promote")
+    assert run.returncode == 0, run.output
+    promoted = dict(re.findall(r"models:/(pajama-\w+)@production -> version (\d+)", run.output))
+    assert set(promoted) == {"pajama-base", "pajama-instruct", "pajama-chat"}, run.output
     return promoted
 
 
@@ -61,7 +59,7 @@ def served(tiny_project, tiny_dag, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve-config")
     config_file = work / "serve.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    promoted = _promote_newest_versions(tiny_project.tracking_uri)
+    promoted = _promote(tiny_project)
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PAJAMA_API_KEY")}
     env.update(RAY_AUTH_MODE="token", MLFLOW_TRACKING_URI=tiny_project.tracking_uri,

@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,27 @@ class StageContext:
     def log_artifact(self, path: Path) -> None:
         if self.run_id:
             self._client().log_artifact(self.run_id, str(path))
+
+    def log_datasets(self, entries: list[dict], context: str) -> None:
+        """Record inputs as MLflow datasets: {uri, name, digest, source_type, tags} each."""
+        if not self.run_id or not entries:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for entry in entries:
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": local, as meant
+                warnings.simplefilter("ignore", UserWarning)
+                source = HuggingFaceDatasetSource(path=entry["uri"]) if entry["source_type"] == "hf_hub" \
+                    else resolve_dataset_source(entry["uri"])
+            dataset = MetaDataset(source, name=entry["name"], digest=entry["digest"])._to_mlflow_entity()
+            tags = [InputTag("mlflow.data.context", context), *(InputTag(k, str(v)) for k, v in entry["tags"].items())]
+            inputs.append(DatasetInput(dataset, tags))
+        for i in range(0, len(inputs), 100):
+            self._client().log_inputs(self.run_id, datasets=inputs[i : i + 100])
 
     def log_dict(self, value: dict, name: str) -> None:
         if self.run_id:

@@ -4,6 +4,7 @@
     pajama pretrain --recipe 3b      one stage (and whatever upstream is not up to date)
     pajama serve                     keep the OpenAI-compatible app up on 127.0.0.1:8000
     pajama lineage [RUN_ID]          the DAG of a run: stages, runs, fingerprints, artifacts
+    pajama promote                   the latest DAG run's models -> alias production (what serve.yaml serves)
     pajama plan                      each stage's fingerprint, and whether a run would reuse it
     pajama config --set data.seq_len=512   the resolved config, validated
 
@@ -62,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("run_id", nargs="?", help="an MLflow DAG run id (default: the latest DAG run)")
     p.add_argument("--format", choices=["text", "mermaid"], default="text")
+    p = sub.add_parser("promote", help="point a registry alias (default: production) at a DAG run's models")
+    _recipe_args(p)
+    p.add_argument("--alias", default="production",
+                   help="the alias to set (default: production, which pipelines/serve.yaml serves)")
+    p.add_argument("--run", dest="run_id", help="the DAG run whose base, instruct and chat versions to promote "
+                                                "(default: the latest DAG run)")
+    p.add_argument("--model", dest="versions", action="append", default=[], metavar="NAME/VERSION",
+                   help="promote this version instead, e.g. pajama-chat/3 or models:/pajama-chat/3 (repeatable)")
     p = sub.add_parser("plan", help="show each stage's fingerprint and whether a run would reuse or run it")
     _recipe_args(p)
     p.add_argument("stages", nargs="*", help="target stages (default: the whole DAG)")
@@ -103,6 +112,27 @@ def _model_option(item: str, tracking_uri: str) -> dict:
         raise ConfigError(f"--model {item!r}: say which kind of model {name!r} is, e.g. {name}:chat={source} "
                           f"(kinds: {', '.join(KINDS)})")
     return {"name": name, "source": source, "kind": found.name}
+
+
+def _promote(cfg, args) -> None:
+    from pajama import tracking
+
+    tracking.setup(cfg)
+    if args.versions:
+        versions = {}
+        for item in args.versions:
+            name, sep, version = item.removeprefix("models:/").partition("/")
+            if not sep or not version.isdigit():
+                raise ConfigError(f"--model {item!r}: expected NAME/VERSION, e.g. pajama-chat/3")
+            versions[name] = version
+    else:
+        run_id = args.run_id or tracking.latest_dag_run(cfg.project.experiment)
+        versions = tracking.dag_run_versions(run_id)
+        if not versions:
+            raise LookupError(f"DAG run {run_id} trained or reused no registered model; run the whole DAG first")
+    tracking.promote(versions, args.alias)
+    for name, version in versions.items():
+        print(f"models:/{name}@{args.alias} -> version {version}")
 
 
 def _plan(cfg, args) -> None:
@@ -167,6 +197,8 @@ def _dispatch(args) -> None:
     cfg = load_config(args.recipe, args.overrides)
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    elif args.command == "promote":
+        _promote(cfg, args)
     elif args.command == "plan":
         _plan(cfg, args)
     elif args.command == "lineage":

@@ -77,6 +77,9 @@ class ProjectConfig(Strict):
     # None: start a local Ray instance, or join the cluster named by RAY_ADDRESS.
     ray_address: str | None = None
     seed: int = 0
+    # After a successful run of the whole DAG, point this registry alias (e.g. production, which
+    # pipelines/serve.yaml serves) at the run's base, instruct and chat versions. None: promote by hand.
+    promote_to: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
 
     @property
     def storage_path(self) -> Path:

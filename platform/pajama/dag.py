@@ -162,14 +162,17 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
                     tags = {f"{tracking.TAG_UPSTREAM}{up}": a.run_id or "" for up, a in upstream.items()}
                     tags.update({f"pajama.fingerprint.{up}": a.fingerprint for up, a in upstream.items()})
                     tags["pajama.data_fingerprint"] = _data_fingerprint(upstream)
-                    manifest.update(tracking.log_hf_model(stage, row.kind.registered_name,
-                                                          staging / manifest["model_dir"], fp, tags))
+                    manifest.update(tracking.log_hf_model(stage, row.kind, staging / manifest["model_dir"], fp, tags))
                 artifact = store.commit(staging, stage, fp, config, {u: a.fingerprint for u, a in upstream.items()},
                                         manifest)
                 mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
             log.info("%s: done in %.0fs -> %s", stage, time.time() - started, artifact.path)
             done[stage] = artifact
         tracking.describe_dag_run(recipe, [s for s in done if s not in reused], reused)
+        if cfg.project.promote_to and targets is None:
+            promoted = tracking.dag_run_versions(parent.info.run_id)
+            tracking.promote(promoted, cfg.project.promote_to)
+            log.info("promoted %s to @%s", ", ".join(f"{n}/{v}" for n, v in promoted.items()), cfg.project.promote_to)
         if all(kind.stage in done for kind in kinds.KINDS.values()):
             _log_comparison(cfg, done, parent.info.run_id)
         lineage.log_to_parent(parent.info.run_id)

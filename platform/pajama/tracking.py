@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from pajama.artifacts import Artifact
 from pajama.config import PajamaConfig
+from pajama.kinds import ModelKind
 
 
 TAG_STAGE = "pajama.stage"
@@ -34,6 +35,7 @@ TAG_UPSTREAM = "pajama.upstream."  # + stage name -> the upstream stage's run id
 TAG_DAG = "pajama.dag"
 TAG_MODEL_ID = "pajama.model_id"
 PARENT_TAG = "mlflow.parentRunId"
+CANDIDATE_ALIAS = "candidate"
 
 
 def setup(cfg: PajamaConfig) -> str:
@@ -126,15 +128,24 @@ def record_reuse(stage: str, artifact: Artifact, upstream: dict[str, Artifact]) 
         return run.info.run_id
 
 
-def log_hf_model(stage: str, name: str, hf_dir: Path, fp: str, lineage_tags: dict[str, str]) -> dict[str, str]:
-    """Log an exported Hugging Face directory with the transformers flavour and register it as `name`.
+def log_hf_model(stage: str, kind: ModelKind, hf_dir: Path, fp: str, lineage_tags: dict[str, str]) -> dict[str, str]:
+    """Log an exported Hugging Face directory with the transformers flavour and register it under
+    the kind's name, as the OpenAI-style task that fits it (chat or completions) with an example
+    request in its own prompt format.
 
     Returns the logged model id and the registered version, which go into the stage manifest.
     """
+    name = kind.registered_name
+    question = "What does the json module do?"
+    if kind.style.name == "chat":
+        task, example = "llm/v1/chat", {"messages": [{"role": "user", "content": question}], "max_tokens": 64}
+    else:
+        task, example = "llm/v1/completions", {"prompt": kind.style.render_prompt(question), "max_tokens": 64}
     info = mlflow.transformers.log_model(
         transformers_model=str(hf_dir),
         name="model",
-        task="text-generation",
+        task=task,
+        input_example=example,
         registered_model_name=name,
         # Inference of requirements imports torchvision, which a CPU install lacks; state them.
         pip_requirements=["torch", "transformers>=4.57,<4.58", "tokenizers", "safetensors", "accelerate"],
@@ -144,6 +155,12 @@ def log_hf_model(stage: str, name: str, hf_dir: Path, fp: str, lineage_tags: dic
     version = str(info.registered_model_version)
     for key, value in {TAG_FINGERPRINT: fp, TAG_STAGE: stage, **lineage_tags}.items():
         client.set_model_version_tag(name, version, key, value)
+    run = mlflow.active_run()
+    client.update_model_version(name, version, description=(
+        f"Pajama {kind.name} model ({kind.style.name} prompt format), trained by the `{stage}` stage "
+        f"(fingerprint {fp}) in run {run.info.run_id}; data {lineage_tags.get('pajama.data_fingerprint', '?')}."))
+    # The newest version of every kind is the candidate; `pajama promote` moves `production`.
+    client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
     mlflow.set_tag(TAG_MODEL_ID, info.model_id)
     return {"mlflow_model_id": info.model_id, "registered_model": name, "registered_version": version}
 
@@ -154,6 +171,30 @@ def latest_dag_run(experiment: str) -> str:
     if not runs:
         raise LookupError(f"no DAG run in MLflow experiment {experiment!r}; run `pajama run` first")
     return runs[0].info.run_id
+
+
+def dag_run_versions(parent_run_id: str) -> dict[str, str]:
+    """The registered versions a DAG run trained or reused, by registered name: {name: version}."""
+    from pajama.kinds import kind_of_stage
+
+    client = MlflowClient()
+    versions = {}
+    for child in child_runs(parent_run_id):
+        kind = kind_of_stage(child.data.tags.get(TAG_STAGE, ""))
+        if kind is None:
+            continue
+        trained_by = child.data.tags.get(TAG_REUSED_FROM) or child.info.run_id
+        found = [v for v in client.search_model_versions(f"run_id = '{trained_by}'") if v.name == kind.registered_name]
+        if found:
+            versions[kind.registered_name] = max(found, key=lambda v: int(v.version)).version
+    return versions
+
+
+def promote(versions: dict[str, str], alias: str) -> None:
+    """Point `alias` (e.g. production) at each {registered name: version}."""
+    client = MlflowClient()
+    for name, version in versions.items():
+        client.set_registered_model_alias(name, alias, version)
 
 
 def child_runs(parent_run_id: str) -> list[mlflow.entities.Run]:

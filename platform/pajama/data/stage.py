@@ -48,6 +48,7 @@ from tokenizers import Tokenizer
 from pajama.artifacts import StageContext
 from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import dedup, filters, readers, signals
+from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
 
@@ -211,6 +212,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
         manifest = _build_data_artifact(cfg, ctx.out, ctx.seed)
     finally:
         context.shuffle_strategy = previous
+    ctx.log_datasets(raw_inputs(cfg), context="raw")
     ctx.log_metrics(_stats_metrics(manifest["stats"]))
     ctx.log_artifact(ctx.out / "report.md")
     ctx.log_artifact(ctx.out / "report.png")
