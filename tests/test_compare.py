@@ -107,4 +107,4 @@ def test_cached_and_logged_to_the_dag_run(model_dir, tmp_path, monkeypatch):
     assert len(records) == len(first) and {r["version"] for r in records} == {"pajama-base/1", "pajama-chat/1"}
     assert {"model", "prompt", "rendered_prompt", "generation", "finish_reason", "response_loss"} <= set(columns)
     metrics = mlflow.get_run(run.info.run_id).data.metrics
-    assert metrics["compare.response_loss.chat"] == pytest.approx(compare.mean_losses(first)["chat"])
+    assert metrics["compare/response_loss/chat"] == pytest.approx(compare.mean_losses(first)["chat"])

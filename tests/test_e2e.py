@@ -103,7 +103,7 @@ def test_mlflow_holds_the_dag(client, tiny_project):
         assert run.data.params, f"{stage} has no params"
         assert run.data.tags["pajama.fingerprint"]
     assert children["pretrain"].data.params["stage.learning_rate"] == "0.003"
-    assert children["data"].data.metrics["total.documents_in"] > children["data"].data.metrics["total.documents_out"]
+    assert children["data"].data.metrics["documents_in/total"] > children["data"].data.metrics["documents_out/total"]
     assert "eval_loss" in children["pretrain"].data.metrics
     # Inputs name the upstream run: dataset inputs (artifacts) and model inputs (logged models).
     for stage, ups in {"pretrain": ["data"], "instruct": ["pretrain"], "chat": ["pretrain"],

@@ -86,8 +86,8 @@ def test_dag_run_holds_the_comparison_of_base_instruct_and_chat(tiny_project, ti
     losses = parent.data.metrics
     print("check-set response loss:", {k: round(v, 3) for k, v in losses.items() if k.startswith("compare.")})
     # Fine-tuning on stdlib questions in the model's own format beats the base model on held-out ones.
-    assert losses["compare.response_loss.instruct"] < losses["compare.response_loss.base"]
-    assert losses["compare.response_loss.chat"] < losses["compare.response_loss.base"]
+    assert losses["compare/response_loss/instruct"] < losses["compare/response_loss/base"]
+    assert losses["compare/response_loss/chat"] < losses["compare/response_loss/base"]
     assert "[pajama] compare: check-set response loss" in tiny_dag.output
 
 

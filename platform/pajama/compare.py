@@ -142,4 +142,4 @@ def log_to_parent(parent_run_id: str, rows: list[dict], versions: dict[str, str]
     mlflow.log_table({key: [row[key] for row in table] for key in table[0]}, TABLE_FILE, run_id=parent_run_id)
     client = MlflowClient()
     for kind, loss in mean_losses(rows).items():
-        client.log_metric(parent_run_id, f"compare.response_loss.{kind}", loss)
+        client.log_metric(parent_run_id, f"compare/response_loss/{kind}", loss)

@@ -108,7 +108,8 @@ def _log_upstream_inputs(upstream: dict[str, Artifact]) -> None:
 @contextlib.contextmanager
 def stage_run(stage: str, config: dict, fp: str, upstream: dict[str, Artifact]) -> Iterator[mlflow.ActiveRun]:
     """A child run of the active DAG run for one stage that is about to execute."""
-    with mlflow.start_run(run_name=stage, nested=True) as run:
+    # System metrics (CPU, memory, GPU of the node running the stage) beside the stage's own.
+    with mlflow.start_run(run_name=stage, nested=True, log_system_metrics=True) as run:
         mlflow.set_tags({TAG_STAGE: stage, TAG_FINGERPRINT: fp})
         params = flatten(config)
         items = list(params.items())

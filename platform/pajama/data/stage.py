@@ -220,23 +220,22 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
 
 
 def _stats_metrics(stats: dict) -> dict[str, float]:
+    """The per-slice funnel as `<group>/<slice>` metrics (and `<group>/total`), which the MLflow UI
+    charts together per group; drops as `dropped/<rule>/<slice>`."""
+    counts = ("documents_in", "documents_out", "exact_duplicates", "near_duplicates", "bad_input")
     metrics = {}
     for name, e in stats["slices"].items():
-        metrics[f"documents_in.{name}"] = e["documents_in"]
-        metrics[f"documents_out.{name}"] = e["documents_out"]
-        metrics[f"exact_duplicates.{name}"] = e["exact_duplicates"]
-        metrics[f"near_duplicates.{name}"] = e["near_duplicates"]
-        metrics[f"bad_input.{name}"] = e["bad_input"]
-        metrics[f"train_tokens.{name}"] = e.get("train_tokens", 0)
+        for key in counts:
+            metrics[f"{key}/{name}"] = e[key]
+        metrics[f"train_tokens/{name}"] = e.get("train_tokens", 0)
         for rule, n in e["dropped"].items():
-            metrics[f"dropped.{rule}.{name}"] = n
-    totals = {k: sum(e[k] for e in stats["slices"].values())
-              for k in ("documents_in", "documents_out", "exact_duplicates", "near_duplicates", "bad_input")}
-    metrics.update({f"total.{k}": v for k, v in totals.items()})
-    metrics["bad_input_without_slice"] = stats["bad_input_without_slice"]
-    metrics["total.documents_dropped"] = sum(sum(e["dropped"].values()) for e in stats["slices"].values())
-    metrics["train_sequences"] = stats["train_sequences"]
-    metrics["eval_sequences"] = stats["eval_sequences"]
+            metrics[f"dropped/{rule}/{name}"] = n
+    for key in counts:
+        metrics[f"{key}/total"] = sum(e[key] for e in stats["slices"].values())
+    metrics["bad_input/without_slice"] = stats["bad_input_without_slice"]
+    metrics["dropped/total"] = sum(sum(e["dropped"].values()) for e in stats["slices"].values())
+    metrics["sequences/train"] = stats["train_sequences"]
+    metrics["sequences/eval"] = stats["eval_sequences"]
     return metrics
 
 

@@ -47,6 +47,6 @@ def run(cfg: ServeConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dic
     print(f"[pajama] serve: {chat_model} answered in {latency:.2f}s: {answer!r}")
     (ctx.out / "probe.json").write_text(json.dumps(probe, indent=2))
     (ctx.out / "app_args.json").write_text(json.dumps(args, indent=2))
-    ctx.log_metrics({"probe_latency_s": latency})
+    ctx.log_metrics({"probe/latency_s": latency})
     ctx.log_dict(probe, "probe.json")
     return {"app_args": args, "probe": probe}
