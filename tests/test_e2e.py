@@ -7,6 +7,7 @@ exported model loaded with plain transformers, the MLflow runs, inputs and regis
 
 from __future__ import annotations
 
+import json
 import re
 
 import mlflow
@@ -134,6 +135,37 @@ def test_mlflow_holds_the_dag(client, tiny_project):
         tags = versions[stage].tags
         assert tags["pajama.upstream.pretrain"] == versions["pretrain"].run_id
         assert tags["pajama.fingerprint.pretrain"] == versions["pretrain"].tags["pajama.fingerprint"]
+
+
+def test_mlflow_is_browsable(client, tiny_project):
+    """What a researcher sees in the UI: a named, described DAG run; the data run's raw inputs with
+    digests; models logged with the task that fits them and an input example; grouped metrics."""
+    from mlflow.models import Model
+
+    from pajama.config import RESOURCES_DIR
+    from pajama.data.provenance import file_digest
+
+    parent = _dag_runs(client)[0]
+    assert re.fullmatch(r"tiny-\d{8}-\d{6}-[0-9a-f]{4}", parent.info.run_name), parent.info.run_name
+    assert "- ran: data, pretrain, instruct, chat, serve" in parent.data.tags["mlflow.note.content"]
+    children = _children(client, parent.info.run_id)
+    raw = [i for i in client.get_run(children["data"].info.run_id).inputs.dataset_inputs
+           if {t.key: t.value for t in i.tags}.get("mlflow.data.context") == "raw"]
+    corpus = sorted((RESOURCES_DIR / "corpus").glob("*.jsonl.gz"))
+    assert sorted(i.dataset.name for i in raw) == [p.name for p in corpus]
+    digests = {i.dataset.name: i.dataset.digest for i in raw}
+    assert all(digests[p.name] == file_digest(str(p)) for p in corpus)
+    assert all(json.loads(i.dataset.source)["uri"].endswith(i.dataset.name) for i in raw)
+    for stage, task in {"pretrain": "llm/v1/completions", "instruct": "llm/v1/completions",
+                        "chat": "llm/v1/chat"}.items():
+        _, manifest = tiny_project.artifact(stage)
+        logged = mlflow.get_logged_model(manifest["mlflow_model_id"])
+        model = Model.load(mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/MLmodel"))
+        assert model.metadata["task"] == task and model.saved_input_example_info, stage
+        version = client.get_model_version(manifest["registered_model"], manifest["registered_version"])
+        assert version.description and "candidate" in version.aliases
+    assert "documents_in/total" in children["data"].data.metrics
+    assert any(key.startswith("system/") for key in client.get_run(children["pretrain"].info.run_id).data.metrics)
 
 
 def test_finetunes_start_from_the_base_run(tiny_project):

@@ -135,6 +135,7 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
     reused: list[str] = []
     with tracking.dag_run(cfg, recipe, [p.stage for p in planned]) as parent:
         log.info("DAG run %s, %s (MLflow %s)", parent.info.run_name, parent.info.run_id, cfg.project.resolved_tracking_uri)
+        log.info("plan: %s", ", ".join(f"{p.stage} ({'reuse' if p.existing else 'run'})" for p in planned))
         for step in planned:
             stage, fp = step.stage, step.fingerprint
             upstream = {up: done[up] for up in step.upstream}

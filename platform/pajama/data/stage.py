@@ -33,6 +33,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -51,6 +52,8 @@ from pajama.data import dedup, filters, readers, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
+
+log = logging.getLogger(__name__)
 
 
 # RedPajama-1T's token counts per slice (billions), the "rpv1" mixture preset.
@@ -242,7 +245,7 @@ def _stats_metrics(stats: dict) -> dict[str, float]:
 def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
     rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
 
-    print("[pajama] data: reading sources, computing quality signals, applying filters")
+    log.info("data: reading sources, computing quality signals, applying filters")
     annotated = read_sources(cfg).map_batches(_annotate, fn_kwargs={"rules": rules}, batch_format="pyarrow")
     annotated.write_parquet(str(out / "documents"))
     documents = read_parquet_dir(out / "documents")
@@ -251,10 +254,10 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
     # Ray's default of 200 shuffle partitions is for big clusters; a laptop wants a few.
     partitions = cfg.shuffle_partitions or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
     if cfg.exact_dedup:
-        print("[pajama] data: exact dedup")
+        log.info("data: exact dedup")
         kept = dedup.exact_dedup(kept, num_partitions=partitions)
     if cfg.fuzzy_dedup.enabled:
-        print("[pajama] data: MinHash LSH dedup")
+        log.info("data: MinHash LSH dedup")
         fz = cfg.fuzzy_dedup
         # fuzzy_dedup reads its input twice (keys, then the join): run what precedes it once.
         kept = dedup.fuzzy_dedup(kept.materialize(), threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
@@ -269,7 +272,7 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
     if cfg.quarantine:
         _write_quarantine(documents, deduped, dup_columns, out / "quarantine")
 
-    print("[pajama] data: tokenizer")
+    log.info("data: tokenizer")
     salt = str(seed)
     final_docs = final.select_columns(["doc_id", "slice", "text"])
     if cfg.tokenizer.train:
@@ -285,7 +288,7 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
         tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
     tokenizer.save_pretrained(out / "tokenizer")
 
-    print("[pajama] data: tokenizing and packing")
+    log.info("data: tokenizing and packing")
     slices = sorted(stats["slices"])
     in_eval = lambda b: pa.array([_hash_unit(d, salt + ":eval") < cfg.eval_fraction
                                   for d in b.column("doc_id").to_pylist()])

@@ -8,11 +8,14 @@ shuts it down; `pajama serve` keeps the same app up.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import ServeConfig
 from pajama.kinds import kind, kind_of_stage
+
+log = logging.getLogger(__name__)
 
 
 def upstream(cfg: ServeConfig, stages: tuple[str, ...]) -> tuple[str, ...]:
@@ -44,7 +47,7 @@ def run(cfg: ServeConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dic
     finally:
         shutdown()
     probe = {"model": chat_model, "question": cfg.probe_message, "answer": answer, "latency_s": latency}
-    print(f"[pajama] serve: {chat_model} answered in {latency:.2f}s: {answer!r}")
+    log.info("serve: %s answered in %.2fs: %r", chat_model, latency, answer)
     (ctx.out / "probe.json").write_text(json.dumps(probe, indent=2))
     (ctx.out / "app_args.json").write_text(json.dumps(args, indent=2))
     ctx.log_metrics({"probe/latency_s": latency})

@@ -1,0 +1,23 @@
+"""The benchmarks run in the environment the README's test command creates (`.[test,bench]`).
+
+A short run of `benchmarks/data_pipeline.py` (Pajama against datatrove on the same rules) must
+complete and print its stable lines; the figures themselves are for people, not for asserts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_data_pipeline_benchmark_runs_briefly():
+    proc = subprocess.run([sys.executable, "benchmarks/data_pipeline.py", "--docs", "200", "--repeats", "1",
+                           "--pack-copies", "1"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Pajama / datatrove documents per second:" in proc.stdout, proc.stdout[-3000:]
+    assert "Pack / encode_batch throughput:" in proc.stdout, proc.stdout[-3000:]
