@@ -77,7 +77,7 @@ def test_source_of_only_empty_or_unreadable_files_fails_naming_the_path(tmp_path
     for path in (str(empty / "*.jsonl"), str(empty), str(broken / "*.jsonl"), str(broken / "loop.jsonl")):
         with pytest.raises(ConfigError) as err:
             load_config("tiny", [f"data.sources=[{{format: jsonl, path: {path!r}}}]"])
-        assert "  data.sources.0.path" in str(err.value)
+        assert ": data.sources.0.path: " in str(err.value)
         assert f"path {path!r} matches no readable, non-empty file" in str(err.value)
     # One readable file beside the broken ones is a source: the others are quarantined when read.
     (broken / "good.jsonl").write_text('{"text": "A document."}\n')
