@@ -86,3 +86,15 @@ def test_plan_prints_fingerprints_without_running_anything(tmp_path):
     assert all(not step["up_to_date"] and len(step["fingerprint"]) == 20 for step in plan.values())
     assert plan["serve"]["upstream"] == ["pretrain", "instruct", "chat"]
     assert not (tmp_path / "storage").exists(), "plan reads configs and manifests only"
+
+
+def test_config_explain_documents_every_field(tmp_path):
+    proc = _pajama(tmp_path, "config", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    from pajama.config import PajamaConfig, explain
+
+    paths = [row[0] for row in explain()]
+    assert {"project.promote_to", "data.fuzzy_dedup.threshold", "pretrain.learning_rate", "serve.port"} <= set(paths)
+    assert all(f"{path}  (" in proc.stdout for path in paths)
+    assert "RedPajama-V2's published LSH settings" in proc.stdout
+    assert set(PajamaConfig.model_fields) <= set(paths)

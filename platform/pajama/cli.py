@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 
 import pajama
 
@@ -75,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("stages", nargs="*", help="target stages (default: the whole DAG)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p = sub.add_parser("config", help="print the resolved, validated config as JSON")
+    p = sub.add_parser("config", help="print the resolved, validated config as JSON (--explain: every field)")
     _recipe_args(p)
+    p.add_argument("--explain", nargs="?", const="", metavar="PREFIX",
+                   help="list the fields (path, type, default, what it does), e.g. --explain pretrain")
     return parser
 
 
@@ -195,7 +198,15 @@ def _expected_error(err: BaseException) -> BaseException | None:
 
 def _dispatch(args) -> None:
     cfg = load_config(args.recipe, args.overrides)
-    if args.command == "config":
+    if args.command == "config" and args.explain is not None:
+        from pajama.config import explain
+
+        for path, kind, default, text in explain():
+            if path.startswith(args.explain):
+                print(f"{path}  ({kind}{', default ' + default if default else ''})")
+                if text:
+                    print(textwrap.fill(" ".join(text.split()), 100, initial_indent="    ", subsequent_indent="    "))
+    elif args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     elif args.command == "promote":
         _promote(cfg, args)

@@ -13,7 +13,7 @@ import glob
 import os
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A field's docstring is its description: `pajama config --explain` prints them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 # A field that says how or where a stage runs, not what it produces: left out of the stage's
@@ -69,17 +70,21 @@ def check_local_path_exists(path: str) -> str:
 
 class ProjectConfig(Strict):
     name: str = "pajama"
-    # Artifacts (shards, models, checkpoints) go here; PAJAMA_STORAGE_URI overrides it.
+    """Names the project in MLflow tags and run descriptions."""
     storage: str = ".pajama"
-    # None: a SQLite store under `storage`; MLFLOW_TRACKING_URI overrides it.
+    """Artifacts (shards, models, checkpoints) go here; PAJAMA_STORAGE_URI overrides it."""
     tracking_uri: str | None = None
+    """None: a SQLite store under `storage`; MLFLOW_TRACKING_URI overrides it."""
     experiment: str = "pajama"
-    # None: start a local Ray instance, or join the cluster named by RAY_ADDRESS.
+    """The MLflow experiment that holds the DAG runs."""
     ray_address: str | None = None
+    """None: start a local Ray instance, or join the cluster named by RAY_ADDRESS."""
     seed: int = 0
-    # After a successful run of the whole DAG, point this registry alias (e.g. production, which
-    # pipelines/serve.yaml serves) at the run's base, instruct and chat versions. None: promote by hand.
+    """Seeds sampling, shuffles, initial weights and dedup hashes; part of every stage's fingerprint."""
     promote_to: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    """After a successful run of the whole DAG, point this registry alias (e.g. production, which
+    pipelines/serve.yaml serves) at the run's base, instruct and chat versions. None: promote by hand.
+    """
 
     @property
     def storage_path(self) -> Path:
@@ -144,9 +149,10 @@ class SourceConfig(Strict):
 
 
 class TokenizerConfig(Strict):
-    # Train a byte-level BPE on a sample of the kept documents, or load a Hugging Face tokenizer
-    # by hub name or local path (GPT-NeoX-20B for the INCITE presets).
     train: bool = True
+    """Train a byte-level BPE on a sample of the kept documents, or load a Hugging Face tokenizer by hub name
+    or local path (GPT-NeoX-20B for the INCITE presets).
+    """
     name_or_path: str | None = None
     vocab_size: int = Field(4096, ge=260)
     sample_documents: int = Field(20_000, ge=1)
@@ -160,16 +166,17 @@ class TokenizerConfig(Strict):
 
 class FuzzyDedupConfig(Strict):
     enabled: bool = True
-    # 0.7 (14 bands x 9 rows), one of RedPajama-V2's published LSH settings: with 13-word shingles
-    # one edited word changes up to 13 shingles, so a copy with a word or two edited in a
-    # 100-300 word document lands at Jaccard 0.7-0.9, where 0.8's 9x13 bands find only ~86%.
     threshold: float = Field(0.7, gt=0, lt=1)
+    """0.7 (14 bands x 9 rows), one of RedPajama-V2's published LSH settings: with 13-word shingles one edited
+    word changes up to 13 shingles, so a copy with a word or two edited in a 100-300 word document lands at
+    Jaccard 0.7-0.9, where 0.8's 9x13 bands find only ~86%.
+    """
     num_perm: int = Field(128, ge=16)
     ngram: int = Field(13, ge=1)
     bands: int | None = None
     rows: int | None = None
-    # Connected components of up to this many candidate pairs run on the driver (~100 B each).
     driver_components_max_edges: int = Field(2_000_000, ge=0)
+    """Connected components of up to this many candidate pairs run on the driver (~100 B each)."""
 
     @model_validator(mode="after")
     def _bands_rows(self) -> "FuzzyDedupConfig":
@@ -182,8 +189,42 @@ class FuzzyDedupConfig(Strict):
 
 class DataConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
-    # Filter recipes by name (pipelines/filters/<name>.yaml) or path, applied in order.
     filters: list[str] = Field(default_factory=lambda: ["gopher", "c4", "rpv1_github"])
+    """Filter recipes by name (pipelines/filters/<name>.yaml) or path, applied in order."""
+    exact_dedup: bool = True
+    fuzzy_dedup: FuzzyDedupConfig = Field(default_factory=FuzzyDedupConfig)
+    quarantine: bool = True
+    """Keep the dropped documents with their reason under the artifact's quarantine/."""
+    on_bad_input: Literal["quarantine", "fail"] = "quarantine"
+    """A record that cannot be read (invalid JSON or UTF-8, no text, a broken compressed file, a document over
+    max_document_bytes): "quarantine" counts it and keeps it with its reason, and the stage goes on; "fail"
+    stops the stage at the first file with one, naming its records.
+    """
+    max_document_bytes: int = Field(10_000_000, ge=1)
+    """Documents whose text is larger than this (UTF-8 bytes) are bad input, kept in quarantine without their
+    text. 10 MB holds the longest books (complete works run to a few MB) with room to spare; larger
+    "documents" are concatenated dumps or data blobs, and the signals (word n-grams) and the tokenizer need
+    many times a document's size in memory at once.
+    """
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    seq_len: int = Field(256, ge=8)
+    mixture: dict[str, float] | str | None = None
+    """Per-slice sampling weight (1.0 keeps a slice as is, 0.5 halves it, 2.0 doubles it), or a named preset
+    such as "rpv1" (RedPajama-1T's token proportions).
+    """
+    eval_fraction: float = Field(0.05, ge=0, lt=0.5)
+    sequences_per_shard: int = Field(4096, ge=1)
+    """Shard size target (shards are cut by a hash of doc_id, assuming ~4 bytes of text a token)."""
+    shuffle_partitions: int | None = Field(None, ge=1)
+    """Partitions of the dedup shuffles; None: twice the cluster's CPUs (at least 4)."""
+    shuffle_strategy: Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", "hash_shuffle",
+                              "shuffle_v2"] | None = Field(None, json_schema_extra=NOT_FINGERPRINTED)
+    """Ray Data's shuffle for the stage's group-bys (DataContext.shuffle_strategy); None keeps Ray's default
+    (shuffle_v2: hash partitions, built for corpora that span a cluster). "sort_shuffle_pull_based" runs in
+    the task workers that are already up, where shuffle_v2 starts its own worker processes for every
+    shuffle: on a laptop's small corpus that is ~0.5 s instead of ~10 s a shuffle. The shards are byte-
+    identical under every strategy.
+    """
 
     @field_validator("filters")
     @classmethod
@@ -196,37 +237,6 @@ class DataConfig(Strict):
             except FileNotFoundError as err:
                 raise ValueError(str(err)) from None
         return names
-    exact_dedup: bool = True
-    fuzzy_dedup: FuzzyDedupConfig = Field(default_factory=FuzzyDedupConfig)
-    # Keep the dropped documents with their reason under the artifact's quarantine/.
-    quarantine: bool = True
-    # A record that cannot be read (invalid JSON or UTF-8, no text, a broken compressed file, a
-    # document over max_document_bytes): "quarantine" counts it and keeps it with its reason,
-    # and the stage goes on; "fail" stops the stage at the first file with one, naming its records.
-    on_bad_input: Literal["quarantine", "fail"] = "quarantine"
-    # Documents whose text is larger than this (UTF-8 bytes) are bad input, kept in quarantine
-    # without their text. 10 MB holds the longest books (complete works run to a few MB) with
-    # room to spare; larger "documents" are concatenated dumps or data blobs, and the signals
-    # (word n-grams) and the tokenizer need many times a document's size in memory at once.
-    max_document_bytes: int = Field(10_000_000, ge=1)
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    seq_len: int = Field(256, ge=8)
-    # Per-slice sampling weight (1.0 keeps a slice as is, 0.5 halves it, 2.0 doubles it), or a
-    # named preset such as "rpv1" (RedPajama-1T's token proportions).
-    mixture: dict[str, float] | str | None = None
-    eval_fraction: float = Field(0.05, ge=0, lt=0.5)
-    # Shard size target (shards are cut by a hash of doc_id, assuming ~4 bytes of text a token).
-    sequences_per_shard: int = Field(4096, ge=1)
-    # Partitions of the dedup shuffles; None: twice the cluster's CPUs (at least 4).
-    shuffle_partitions: int | None = Field(None, ge=1)
-    # Ray Data's shuffle for the stage's group-bys (DataContext.shuffle_strategy); None keeps
-    # Ray's default (shuffle_v2: hash partitions, built for corpora that span a cluster).
-    # "sort_shuffle_pull_based" runs in the task workers that are already up, where shuffle_v2
-    # starts its own worker processes for every shuffle: on a laptop's small corpus that is
-    # ~0.5 s instead of ~10 s a shuffle.
-    # The shards are byte-identical under every strategy.
-    shuffle_strategy: Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", "hash_shuffle",
-                              "shuffle_v2"] | None = Field(None, json_schema_extra=NOT_FINGERPRINTED)
 
 
 class ModelConfig(Strict):
@@ -235,12 +245,13 @@ class ModelConfig(Strict):
     hidden_size: int = Field(ge=8)
     num_hidden_layers: int = Field(ge=1)
     num_attention_heads: int = Field(ge=1)
-    intermediate_size: int | None = None  # None: 4 x hidden_size
+    intermediate_size: int | None = None
+    """None: 4 x hidden_size"""
     rotary_pct: float = Field(1.0, gt=0, le=1)
     use_parallel_residual: bool = False
     max_position_embeddings: int = Field(2048, ge=8)
-    # None: the tokenizer's size rounded up to a multiple of 128 (INCITE: 50432 for GPT-NeoX-20B).
     vocab_size: int | None = None
+    """None: the tokenizer's size rounded up to a multiple of 128 (INCITE: 50432 for GPT-NeoX-20B)."""
     tie_word_embeddings: bool = False
 
     @model_validator(mode="after")
@@ -266,8 +277,8 @@ class TrainingConfig(Strict):
     compile: bool = False
     activation_checkpointing: bool = False
     micro_batch_size: int = Field(8, ge=1)
-    # Sequences per optimiser step across all workers; must be micro_batch_size x num_workers x k.
     global_batch_size: int = Field(16, ge=1)
+    """Sequences per optimiser step across all workers; must be micro_batch_size x num_workers x k."""
     max_steps: int = Field(100, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     min_learning_rate: float = Field(1e-4, ge=0)
@@ -281,8 +292,8 @@ class TrainingConfig(Strict):
     eval_batches: int = Field(8, ge=1)
     max_failures: int = Field(1, ge=0)
     log_every: int = Field(1, ge=1)
-    # Peak FLOP/s per worker for MFU; None: look the device up in a table of known GPUs.
     peak_flops: float | None = None
+    """Peak FLOP/s per worker for MFU; None: look the device up in a table of known GPUs."""
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingConfig":
@@ -328,31 +339,31 @@ class SFTDataConfig(Strict):
 class SFTConfig(TrainingConfig):
     style: Literal["instruct", "chat"]
     datasets: list[SFTDataConfig] = Field(min_length=1)
-    # Evaluation sets whose 10-grams must not appear in training examples.
     decontaminate_against: list[SFTDataConfig] = Field(default_factory=list)
+    """Evaluation sets whose 10-grams must not appear in training examples."""
     method: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     max_length: int = Field(256, ge=16)
     eval_fraction: float = Field(0.1, ge=0, lt=0.5)
-    # The base model: None follows the DAG (this run's pretrain stage); otherwise a local HF
-    # directory, an MLflow run id (`runs:/<id>`), or a registry URI `models:/pajama-base/3`,
-    # `models:/pajama-base@champion`.
     base_model: str | None = None
+    """The base model: None follows the DAG (this run's pretrain stage); otherwise a local HF directory, an
+    MLflow run id (`runs:/<id>`), or a registry URI `models:/pajama-base/3`, `models:/pajama-base@champion`.
+    """
     learning_rate: float = Field(1e-4, gt=0)
     min_learning_rate: float = Field(1e-5, ge=0)
 
 
 class ServeConfig(Strict):
-    # Where to listen, not what is served.
     host: str = Field("127.0.0.1", json_schema_extra=NOT_FINGERPRINTED)
+    """Where to listen, not what is served."""
     port: int = Field(8000, ge=1, le=65535, json_schema_extra=NOT_FINGERPRINTED)
-    # Which trained models the app serves.
     models: list[Literal["base", "instruct", "chat"]] = Field(default_factory=lambda: ["base", "instruct", "chat"])
+    """Which trained models the app serves."""
     probe_message: str = "What does the json module do?"
     max_tokens: int = Field(32, ge=1)
     api_key_env: str = "PAJAMA_API_KEY"
-    # CPUs reserved per model replica (three models share a laptop's cores) and for the ingress.
     num_cpus: float = Field(1.0, ge=0)
+    """CPUs reserved per model replica (three models share a laptop's cores) and for the ingress."""
     ingress_num_cpus: float = Field(0.5, ge=0)
 
 
@@ -371,6 +382,33 @@ class PajamaConfig(Strict):
         if self.pretrain.model.max_position_embeddings < self.data.seq_len:
             raise ValueError("pretrain.model.max_position_embeddings must be >= data.seq_len")
         return self
+
+
+def explain(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(field path, type, default, description) for every field of the tree, sections first-to-last."""
+    model = model or PajamaConfig
+    rows = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        nested = next((a for a in (annotation, *getattr(annotation, "__args__", ()))
+                       if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        default = "required" if field.is_required() else \
+            repr(field.default_factory() if field.default_factory else field.default)
+        if nested is not None and not getattr(annotation, "__args__", None):
+            rows.append((path, nested.__name__, "", (nested.__doc__ or "").strip().split("\n")[0]))
+            rows += explain(nested, f"{path}.")
+            continue
+        if get_origin(annotation) is Literal:
+            kind = "one of " + ", ".join(map(str, get_args(annotation)))
+        else:
+            kind = str(annotation).replace("typing.", "") if get_args(annotation) else annotation.__name__
+        if nested is not None:  # a list of sections (data.sources, ...): their fields under path.0
+            rows.append((path, kind, default, field.description or ""))
+            rows += explain(nested, f"{path}.0.")
+            continue
+        rows.append((path, kind, default if len(default) < 40 else default[:37] + "...", field.description or ""))
+    return rows
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
