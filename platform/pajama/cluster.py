@@ -2,8 +2,8 @@
 
 Inside `ray job submit` (RAY_ADDRESS set by the job) or with `project.ray_address`, the driver
 joins that cluster; otherwise it starts a local Ray instance, without the dashboard, that listens
-on loopback only (GCS, raylet, workers, agents, metrics export, Serve replicas), so that a laptop running `pajama run` or
-`pajama serve` exposes nothing to its network. Workers import `pajama` from the node's Python when
+on loopback only (GCS, raylet, workers, agents, metrics export, Serve replicas), so that a laptop
+running `pajama run` or `pajama serve` exposes nothing to its network. Workers import `pajama` from the node's Python when
 it is installed there (the container image, or `pip install -e .` on a laptop); otherwise the
 driver ships the package to them with runtime_env `py_modules`.
 """
