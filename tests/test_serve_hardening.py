@@ -69,7 +69,7 @@ def test_a_row_that_cannot_sample_fails_alone(model_dir):
     bad, tiny, good_greedy, good_sampled = asyncio.run(run(
         [job(temperature=1.0, seed=2**70), job(temperature=1e-300), job(temperature=0), job(temperature=1.0, seed=7)]
     ))
-    assert isinstance(bad, Failed) and "seed" in bad.message.lower() or "overflow" in bad.message.lower()
+    assert isinstance(bad, Failed) and "overflow" in bad.message.lower(), bad
     assert good_greedy == greedy and good_sampled == sampled and isinstance(greedy, Finished)
     assert tiny == greedy
 
