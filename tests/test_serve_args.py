@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pajama.serve.app import ServeArgs, _deployment_options, _Summary, build_app
+from pajama.serve.app import build_app
+from pajama.serve.ingress import Summary
+from pajama.serve.options import ServeArgs, deployment_options
 from ray.serve.schema import ServeDeploySchema
 
 SERVE_YAML = Path(__file__).resolve().parents[1] / "pipelines" / "serve.yaml"
@@ -24,7 +26,7 @@ def test_serve_yaml_is_a_valid_serve_config_and_builds():
     parsed = ServeArgs.model_validate(args)
     by_name = {spec.name: parsed.replica_options(spec) for spec in parsed.models}
     assert by_name["pajama-chat"].autoscaling_config["max_replicas"] == 4
-    base = _deployment_options("model-pajama-base", by_name["pajama-base"])
+    base = deployment_options("model-pajama-base", by_name["pajama-base"])
     assert base["num_replicas"] == 1 and "autoscaling_config" not in base
     assert base["ray_actor_options"]["num_gpus"] in (0, 1)  # "auto"
     assert base["max_ongoing_requests"] == 4 * 16
@@ -34,7 +36,7 @@ def test_cli_arguments_arrive_as_strings():
     # serve run pajama.serve.app:build_app models='[...]' num_replicas=2
     parsed = ServeArgs.model_validate({"models": json.dumps([CHAT]), "num_replicas": "2", "num_gpus": "0"})
     assert parsed.models[0].kind == "chat" and parsed.num_replicas == 2 and parsed.num_gpus == 0
-    options = _deployment_options("model-chat", parsed.replica_options(parsed.models[0]))
+    options = deployment_options("model-chat", parsed.replica_options(parsed.models[0]))
     assert options["num_replicas"] == 2 and options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0}
 
 
@@ -67,7 +69,7 @@ def test_vllm_without_vllm_or_gpu_falls_back_to_hf(caplog):
 
 
 def test_summary_line_reports_counts_rates_and_latency(caplog):
-    summary = _Summary(interval_s=3600)
+    summary = Summary(interval_s=3600)
     logging.getLogger("ray.serve").addHandler(caplog.handler)
     caplog.set_level(logging.INFO, logger="ray.serve")
     try:

@@ -1,9 +1,11 @@
-"""Start or join a Ray cluster so that its workers can import Pajama.
+"""Start or join a Ray cluster so that its workers can import Pajama: the one way Pajama starts Ray.
 
 Inside `ray job submit` (RAY_ADDRESS set by the job) or with `project.ray_address`, the driver
-joins that cluster; otherwise it starts a local Ray instance. Workers import `pajama` from the
-node's Python when it is installed there (the container image, or `pip install -e .` on a
-laptop); otherwise the driver ships the package to them with runtime_env `py_modules`.
+joins that cluster; otherwise it starts a local Ray instance, without the dashboard, that listens
+on loopback only (GCS, raylet, workers, agents, metrics export, Serve replicas), so that a laptop
+running `pajama run` or `pajama serve` exposes nothing to its network. Workers import `pajama` from the node's Python when
+it is installed there (the container image, or `pip install -e .` on a laptop); otherwise the
+driver ships the package to them with runtime_env `py_modules`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 from pathlib import Path
 
 import pajama
+
+LOOPBACK = "127.0.0.1"
 
 
 def _installed() -> bool:
@@ -30,4 +34,45 @@ def init_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = None if _installed() else {"py_modules": [str(Path(pajama.__file__).parent)]}
-    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    _use_loopback_node_ip()
+    # No dashboard: its job API runs code for whoever reaches it, and Pajama does not need it.
+    ray.init(runtime_env=runtime_env, log_to_driver=True, _node_ip_address=LOOPBACK, include_dashboard=False)
+
+
+def _use_loopback_node_ip() -> None:
+    """Make the local Ray instance bind every listener to 127.0.0.1.
+
+    Ray 2.60 binds its gRPC servers, agents and metrics endpoint to the node IP, but on Linux
+    `ray.init` replaces a loopback `_node_ip_address` with the machine's routable address unless
+    Ray is in its single-machine mode (the default on Windows and macOS). That mode is read from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported, so the flag is set both in the
+    environment (for processes Ray starts) and on the already imported constant.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def keep_serve_replica_on_node_ip() -> None:
+    """In a Serve replica of a loopback Ray node, bind the replica's gRPC server to loopback too.
+
+    Ray Serve 2.60 starts each replica's inter-deployment gRPC server on [::] (every interface)
+    whatever the node IP; callers reach it at the node IP, so on a loopback node 127.0.0.1 is all
+    it needs. Called from the deployments' constructors, which run before Serve starts that server.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    if ray.util.get_node_ip_address() != LOOPBACK or getattr(replica.add_port_to_grpc_server, "pajama", False):
+        return
+    add_port = replica.add_port_to_grpc_server
+
+    def add_port_on_loopback(server, address: str):
+        return add_port(server, address.replace("[::]", LOOPBACK, 1))
+
+    add_port_on_loopback.pajama = True
+    replica.add_port_to_grpc_server = add_port_on_loopback

@@ -7,6 +7,11 @@ the batch by parameters. Grouping would split a batch of 16 mixed requests into 
 `generate` calls and lose most of the batching gain; per-row sampling costs a small Python loop per
 step, which is negligible next to the forward pass. Each row also has its own token budget, stop
 sequences and seed. Tokens reach the caller through a transformers streamer, one event list per step.
+
+A row whose sampling fails (a parameter the ingress let through that torch cannot execute) ends
+with a `Failed` event of its own while the other rows of the batch go on. Stop sequences are
+matched incrementally (`_StopMatcher`): each generated character is read once per stop sequence,
+so the cost is linear in the new text, whatever the length of the stop sequences.
 """
 
 from __future__ import annotations
@@ -34,7 +39,12 @@ from transformers.generation.streamers import BaseStreamer
 
 from pajama.kinds import kind as model_kind
 from pajama.models import ResolvedModel
-from pajama.serve.events import Delta, Finished
+from pajama.serve.events import Delta, Failed, Finished
+
+
+# Temperatures below this are served greedily, as temperature 0: dividing logits by a smaller one
+# overflows to inf (NaN probabilities), and at 1e-2 sampling is already all but greedy.
+MIN_TEMPERATURE = 1e-2
 
 
 class RequestError(ValueError):
@@ -71,7 +81,7 @@ class Job:
     cancelled: bool = False
 
 
-Event = Delta | Finished
+Event = Delta | Finished | Failed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,24 +98,50 @@ class _Row:
         self.text = ""
         self.sent = 0  # characters of self.text already emitted
         self.finished = False
-        sampling = job.sampling
+        self.error: str | None = None  # set when this row cannot go on; reported by the next advance
+        self.stops = _StopMatcher(job.stop)
         self.warpers = []
-        if sampling.temperature > 0:
-            self.warpers.append(TemperatureLogitsWarper(sampling.temperature))
-            if sampling.top_k > 0:
-                self.warpers.append(TopKLogitsWarper(sampling.top_k))
-            if sampling.top_p < 1.0:
-                self.warpers.append(TopPLogitsWarper(sampling.top_p))
+        self.generator = None
+        try:
+            self._setup_sampling(job.sampling, device)
+        except Exception as error:  # noqa: BLE001 - this row fails, not the batch
+            self.error = f"invalid sampling parameters: {type(error).__name__}: {error}"
+
+    def _setup_sampling(self, sampling: Sampling, device: torch.device) -> None:
+        if sampling.temperature < MIN_TEMPERATURE:
+            return  # greedy
+        self.warpers.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_k > 0:
+            self.warpers.append(TopKLogitsWarper(sampling.top_k))
+        if sampling.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(sampling.top_p))
         self.generator = torch.Generator(device=device)
         if sampling.seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(sampling.seed)
 
+    def sample(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> int | None:
+        """This row's next token from its scores (1 x vocab), or None to take the greedy choice."""
+        if self.finished or self.error is not None or not self.warpers:
+            return None
+        try:
+            logits = scores.float()
+            for warper in self.warpers:
+                logits = warper(input_ids, logits)
+            probs = torch.softmax(logits, dim=-1)
+            return int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
+        except Exception as error:  # noqa: BLE001 - this row fails, not the batch
+            self.error = f"sampling failed: {type(error).__name__}: {error}"
+            return None
+
     def advance(self, token: int) -> Event | None:
         """Take one generated token; return what the client should see now, if anything."""
         if self.finished:
             return None
+        if self.error is not None:
+            self.finished = True
+            return Failed(self.error)
         if self.job.cancelled:
             self.finished = True
             return None
@@ -116,7 +152,9 @@ class _Row:
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         if self.job.strip_leading_space:
             text = text.lstrip()
-        stop_at = self._find_stop(text)
+        # Text up to an incomplete UTF-8 character at the end will not change with later tokens.
+        complete = len(text.rstrip("\ufffd"))
+        stop_at = self.stops.feed(text, complete)
         if stop_at is not None:
             self.text = text[:stop_at]
             return self._finish("stop")
@@ -126,26 +164,66 @@ class _Row:
         if not self.job.stream:
             return None
         # Hold back an incomplete UTF-8 character and anything that may be the start of a stop sequence.
-        safe = min(len(text.rstrip("\ufffd")), len(text) - self._partial_stop_length(text))
+        safe = complete - self.stops.partial()
         if safe <= self.sent:
             return None
         delta, self.sent = text[self.sent:safe], safe
         return Delta(delta)
 
-    def _find_stop(self, text: str) -> int | None:
-        longest = max((len(s) for s in self.job.stop), default=0)
-        start = max(0, self.sent - longest)
-        hits = [i for i in (text.find(s, start) for s in self.job.stop) if i >= 0]
-        return min(hits) if hits else None
-
-    def _partial_stop_length(self, text: str) -> int:
-        return max(
-            (k for stop in self.job.stop for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0
-        )
-
     def _finish(self, reason: str) -> Finished:
         self.finished = True
         return Finished(self.text[self.sent:], reason, self.generated)
+
+
+class _StopMatcher:
+    """The first stop sequence in a growing text, found by reading each new character once.
+
+    One Knuth-Morris-Pratt automaton per stop sequence: its state is the longest prefix of the stop
+    that the text read so far ends with, which is also what streaming must hold back.
+    """
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.fallbacks = [_prefix_function(stop) for stop in stops]
+        self.states = [0] * len(stops)
+        self.read = 0  # characters of the text fed so far
+
+    def feed(self, text: str, end: int) -> int | None:
+        """Read text[read:end]; return where the stop completed first starts, if one did."""
+        for position in range(self.read, end):
+            char = text[position]
+            starts = []
+            for i, stop in enumerate(self.stops):
+                state, fallback = self.states[i], self.fallbacks[i]
+                while state and stop[state] != char:
+                    state = fallback[state - 1]
+                if stop[state] == char:
+                    state += 1
+                if state == len(stop):
+                    starts.append(position + 1 - state)
+                    state = fallback[state - 1]
+                self.states[i] = state
+            if starts:
+                return min(starts)
+        self.read = max(self.read, end)
+        return None
+
+    def partial(self) -> int:
+        """How many trailing characters of the text read may begin a stop sequence."""
+        return max(self.states, default=0)
+
+
+def _prefix_function(pattern: str) -> list[int]:
+    """For each prefix of `pattern`, the length of its longest proper prefix that is also its suffix."""
+    fallback = [0] * len(pattern)
+    state = 0
+    for i in range(1, len(pattern)):
+        while state and pattern[i] != pattern[state]:
+            state = fallback[state - 1]
+        if pattern[i] == pattern[state]:
+            state += 1
+        fallback[i] = state
+    return fallback
 
 
 class _PerRowSampler(LogitsProcessor):
@@ -159,15 +237,11 @@ class _PerRowSampler(LogitsProcessor):
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = scores.argmax(dim=-1)  # the greedy rows' choice
+        chosen = scores.argmax(dim=-1)  # the greedy rows' choice (generate pads finished rows itself)
         for i, row in enumerate(self.rows):
-            if row.finished or not row.warpers:
-                continue  # generate pads finished rows itself
-            logits = scores[i : i + 1].float()
-            for warper in row.warpers:
-                logits = warper(input_ids[i : i + 1], logits)
-            probs = torch.softmax(logits, dim=-1)
-            chosen[i] = torch.multinomial(probs, 1, generator=row.generator)[0, 0]
+            token = row.sample(input_ids[i : i + 1], scores[i : i + 1])
+            if token is not None:
+                chosen[i] = token
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, chosen[:, None], 0.0)
         return forced

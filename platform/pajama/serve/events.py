@@ -1,7 +1,7 @@
 """What a model replica streams back to the ingress for one request (kept free of torch imports).
 
-A stream is `Started` or `Rejected` first; after `Started` come `Delta`s and one `Finished`,
-or a `Failed` if generation broke.
+A stream is `Started`, `Rejected` or `Failed` first; after `Started` come `Delta`s and one
+`Finished`, or a `Failed` if generation broke for this request.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ HF engine does not implement are accepted only at their neutral value (e.g. `fre
 which keeps common clients (LangChain, the `openai` package) working. Responses are built with the
 shapes the official `openai` Python client parses: `chat.completion`, `chat.completion.chunk`,
 `text_completion` and the `{"error": {...}}` body.
+
+Every value the schema accepts is one the engine can execute: seeds are limited to what
+`torch.Generator.manual_seed` takes, and stop sequences to OpenAI's four, each at most
+`MAX_STOP_CHARS` long, so that no parameter can make a request fail later inside a shared batch.
+(Temperatures between 0 and the engine's minimum are served greedily, see `pajama.serve.engine`.)
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from pydantic import (
 )
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+# torch.Generator.manual_seed takes any integer that fits in 64 bits, signed or not.
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 
 class APIError(Exception):
@@ -74,7 +82,7 @@ class _SamplingRequest(_Strict):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     # Not an OpenAI parameter, but vLLM and most open servers accept it; 0 or -1 disables it.
     top_k: int = Field(default=0, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -90,8 +98,10 @@ class _SamplingRequest(_Strict):
     @classmethod
     def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
         stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > MAX_STOP_SEQUENCES or any(not s for s in stops):
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} non-empty stop sequences are allowed")
+        if len(stops) > MAX_STOP_SEQUENCES or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(
+                f"at most {MAX_STOP_SEQUENCES} non-empty stop sequences of at most {MAX_STOP_CHARS} characters are allowed"
+            )
         return stop
 
     @model_validator(mode="after")
@@ -122,6 +132,9 @@ class CompletionRequest(_SamplingRequest):
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def prompt_chars(self) -> int:
+        return len(self.prompt_text())
 
 
 class TextPart(_Strict):
@@ -154,6 +167,9 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def prompt_chars(self) -> int:
+        return sum(len(message.as_template_message()["content"]) for message in self.messages)
 
 
 def new_id(prefix: str) -> str:

@@ -2,7 +2,8 @@
 
 `pajama run` must end, so the stage proves the app end to end (deploy on Ray Serve, one
 OpenAI-style chat request over HTTP, the answer and its latency recorded in MLflow) and then
-shuts it down; `pajama serve` keeps the same app up.
+shuts it down; `pajama serve` keeps the same app up. What the stage records (app_args.json, its
+manifest) carries the tracking URI with its credentials redacted; only the app itself gets them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import ServeConfig
 from pajama.kinds import kind, kind_of_stage
+from pajama.redact import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,16 @@ def run(cfg: ServeConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dic
         shutdown()
     probe = {"model": chat_model, "question": cfg.probe_message, "answer": answer, "latency_s": latency}
     log.info("serve: %s answered in %.2fs: %r", chat_model, latency, answer)
+    recorded = recorded_args(args)
     (ctx.out / "probe.json").write_text(json.dumps(probe, indent=2))
-    (ctx.out / "app_args.json").write_text(json.dumps(args, indent=2))
+    (ctx.out / "app_args.json").write_text(json.dumps(recorded, indent=2))
     ctx.log_metrics({"probe/latency_s": latency})
     ctx.log_dict(probe, "probe.json")
-    return {"app_args": args, "probe": probe}
+    return {"app_args": recorded, "probe": probe}
+
+
+def recorded_args(args: dict) -> dict:
+    """The app args as artifacts and logs may show them: URIs without credentials."""
+    models = [{**m, "source": redact_uri(m["source"])} for m in args["models"]]
+    tracking_uri = args.get("tracking_uri")
+    return {**args, "models": models, "tracking_uri": tracking_uri and redact_uri(tracking_uri)}
