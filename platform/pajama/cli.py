@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--host", help="listen address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: serve.port, 8000)")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="listen beyond loopback without an API key (refused otherwise: set PAJAMA_API_KEY)")
     p.add_argument("--model", action="append", default=[], metavar="NAME[:KIND]=SOURCE",
                    help="serve this model instead of the recipe's (repeatable), e.g. "
                         "pajama-chat=models:/pajama-chat@production or mybot:chat=/path/to/hf-dir; "
@@ -95,7 +97,8 @@ def _serve(cfg, recipe: str, args) -> None:
         targets = [kind(name).stage for name in cfg.serve.models]
         artifacts = dag.run_dag(cfg, recipe, targets)
         app = app_args(cfg.serve, {s: artifacts[s] for s in targets}, cfg.project.resolved_tracking_uri)
-    serve_forever(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port)
+    serve_forever(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port,
+                  allow_insecure=args.allow_insecure)
 
 
 def _model_option(item: str, tracking_uri: str) -> dict:

@@ -34,6 +34,7 @@ import urllib.request
 from pydantic import ValidationError
 from ray import serve
 
+from pajama.config import ConfigError
 from pajama.redact import redact_uri
 from pajama.serve.ingress import OpenAIIngress
 from pajama.serve.model_server import ModelServer
@@ -128,9 +129,9 @@ def deploy(args: dict, host: str = "127.0.0.1", port: int = 8000, *, allow_insec
     config = parse_args(args)
     if not is_loopback(host) and not os.environ.get(config.api_key_env):
         if not allow_insecure:
-            raise ValueError(
+            raise ConfigError(
                 f"refusing to serve on {host} without an API key: set {config.api_key_env}, "
-                "listen on 127.0.0.1, or allow it explicitly (allow_insecure)"
+                "listen on 127.0.0.1, or allow it explicitly (pajama serve --allow-insecure)"
             )
         logger.warning("serving on %s WITHOUT an API key: anyone who can reach port %d can use it", host, port)
     from pajama.cluster import init_ray
