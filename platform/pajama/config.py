@@ -353,7 +353,45 @@ class SFTConfig(TrainingConfig):
     min_learning_rate: float = Field(1e-5, ge=0)
 
 
-class ServeConfig(Strict):
+class ReplicaOptions(Strict):
+    """How each model deployment is replicated and batched; set globally, overridable per model."""
+
+    num_replicas: int | Literal["auto"] = Field(1, json_schema_extra=NOT_FINGERPRINTED)
+    autoscaling_config: dict | None = Field(None, json_schema_extra=NOT_FINGERPRINTED)
+    max_ongoing_requests: int | None = Field(None, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    """None: 4 x max_batch_size."""
+    max_batch_size: int = Field(16, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, json_schema_extra=NOT_FINGERPRINTED)
+    num_gpus: float | Literal["auto"] = Field("auto", json_schema_extra=NOT_FINGERPRINTED)
+    """auto: 1 GPU per replica if the cluster has GPUs."""
+    num_cpus: float = Field(1.0, ge=0)
+    """CPUs reserved per model replica (three models share a laptop's cores)."""
+    health_check_period_s: float = Field(10.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
+    """How soon a dead or stuck replica is replaced."""
+
+
+class ServeAppOptions(ReplicaOptions):
+    """The Serve app's options that the recipe's serve section and pipelines/serve.yaml share."""
+
+    api_key_env: str = "PAJAMA_API_KEY"
+    """If this variable is set where the ingress runs, every request needs `Authorization: Bearer <key>`."""
+    default_max_tokens: int = Field(256, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    max_request_bytes: int = Field(1 << 20, ge=1024, json_schema_extra=NOT_FINGERPRINTED)
+    """Bounded cost per request: larger bodies are refused before they are read whole (413). 1 MiB holds
+    any prompt a Pajama context can take."""
+    max_prompt_chars: int = Field(256 * 1024, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    """Longer prompts are refused before they are tokenized (400)."""
+    ingress_num_cpus: float = Field(0.5, ge=0)
+    ingress_max_ongoing_requests: int = Field(256, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    log_interval_s: float = Field(60.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
+    """How often the ingress logs a traffic summary."""
+
+
+class ServeConfig(ServeAppOptions):
+    """The DAG's serve stage and `pajama serve`: which models, where, and the app's options. The
+    replica, batching and limit options say how the app runs, not what it answers: they are left
+    out of the stage's fingerprint."""
+
     host: str = Field("127.0.0.1", json_schema_extra=NOT_FINGERPRINTED)
     """Where to listen, not what is served."""
     port: int = Field(8000, ge=1, le=65535, json_schema_extra=NOT_FINGERPRINTED)
@@ -361,10 +399,6 @@ class ServeConfig(Strict):
     """Which trained models the app serves."""
     probe_message: str = "What does the json module do?"
     max_tokens: int = Field(32, ge=1)
-    api_key_env: str = "PAJAMA_API_KEY"
-    num_cpus: float = Field(1.0, ge=0)
-    """CPUs reserved per model replica (three models share a laptop's cores) and for the ingress."""
-    ingress_num_cpus: float = Field(0.5, ge=0)
 
 
 class PajamaConfig(Strict):

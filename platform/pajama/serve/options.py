@@ -1,8 +1,9 @@
 """The Serve application's arguments (the `args:` of pipelines/serve.yaml) and the Serve
 deployment options they become.
 
-Limits that bound what one request may cost (body size, prompt length) live here with the rest
-of the app's configuration; the per-request limits of the OpenAI schema (stop sequences, sampling
+The options themselves are `pajama.config.ServeAppOptions` (one definition for the recipe's serve
+section and this document), limits that bound what one request may cost (body size, prompt length)
+among them; the per-request limits of the OpenAI schema (stop sequences, sampling
 ranges) are in `pajama.serve.openai_schema`.
 """
 
@@ -14,23 +15,10 @@ from typing import Literal
 import ray
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pajama.config import ReplicaOptions, ServeAppOptions
+
 # Serve batches handed to the engine at once (it merges them); also sets max_ongoing_requests' default.
 SERVE_CONCURRENT_BATCHES = 4
-
-
-class ReplicaOptions(BaseModel):
-    """How each model deployment is replicated and batched; set globally, overridable per model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_replicas: int | Literal["auto"] = 1
-    autoscaling_config: dict | None = None
-    max_ongoing_requests: int | None = Field(default=None, ge=1)  # default: 4 * max_batch_size
-    max_batch_size: int = Field(default=16, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
-    num_gpus: float | Literal["auto"] = "auto"  # auto: 1 GPU per replica if the cluster has GPUs
-    num_cpus: float = Field(default=1.0, ge=0)
-    health_check_period_s: float = Field(default=10.0, gt=0)  # how soon a dead replica is replaced
 
 
 class ModelSpec(BaseModel):
@@ -48,20 +36,16 @@ class ModelSpec(BaseModel):
         return replica
 
 
-class ServeArgs(ReplicaOptions):
+class ServeArgs(ServeAppOptions):
+    """The app's options (`pajama.config.ServeAppOptions`, shared with the recipe's serve section)
+    plus the models it serves and where their registry is."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
     models: list[ModelSpec] = Field(min_length=1)
     engine: Literal["hf", "vllm"] = "hf"
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI where build_app runs
     model_cache_dir: str | None = None  # where MLflow artifacts are downloaded (default: a temp dir)
-    api_key_env: str = "PAJAMA_API_KEY"  # if this variable is set in the ingress, require the key
-    default_max_tokens: int = Field(default=256, ge=1)
-    # Bounded cost per request: larger bodies are refused before they are read whole (413), longer
-    # prompts before they are tokenized (400). 1 MiB holds any prompt a Pajama context can take.
-    max_request_bytes: int = Field(default=1 << 20, ge=1024)
-    max_prompt_chars: int = Field(default=256 * 1024, ge=1)
-    ingress_num_cpus: float = Field(default=0.5, ge=0)
-    ingress_max_ongoing_requests: int = Field(default=256, ge=1)
-    log_interval_s: float = Field(default=60.0, gt=0)
 
     @field_validator("models", mode="before")
     @classmethod

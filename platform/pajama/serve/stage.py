@@ -13,7 +13,7 @@ import logging
 import os
 
 from pajama.artifacts import Artifact, StageContext
-from pajama.config import ServeConfig
+from pajama.config import ServeAppOptions, ServeConfig
 from pajama.kinds import kind, kind_of_stage
 from pajama.redact import redact_uri
 
@@ -33,8 +33,8 @@ def app_args(cfg: ServeConfig, models: dict[str, Artifact], tracking_uri: str) -
         name, version = artifact.manifest.get("registered_model"), artifact.manifest.get("registered_version")
         source = f"models:/{name}/{version}" if name else str(artifact.path / artifact.manifest["model_dir"])
         entries.append({"name": name or model_kind.registered_name, "source": source, "kind": model_kind.name})
-    return {"models": entries, "tracking_uri": tracking_uri, "api_key_env": cfg.api_key_env,
-            "num_cpus": cfg.num_cpus, "ingress_num_cpus": cfg.ingress_num_cpus}
+    options = cfg.model_dump(mode="json", include=set(ServeAppOptions.model_fields))
+    return {"models": entries, "tracking_uri": tracking_uri, **options}
 
 
 def run(cfg: ServeConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
