@@ -158,6 +158,7 @@ def ray_loop(args, setup_: dict, shard_dir: Path, work: Path) -> list[dict]:
 
     from pajama.config import PretrainConfig
     from pajama.data.stage import read_parquet_dir
+    from pajama.train.loop import TrainSpec
     from pajama.train.trainer import fit
 
     gpu = args.device == "cuda"
@@ -175,8 +176,8 @@ def ray_loop(args, setup_: dict, shard_dir: Path, work: Path) -> list[dict]:
             "learning_rate": 1e-4, "min_learning_rate": 1e-5, "warmup_steps": 0,
             "checkpoint_every": steps + 1, "eval_every": steps + 1, "eval_batches": 1, "max_failures": 0,
         })
-        spec = {"init": "scratch", "model_config": setup_["model_config"], "seed": 0, "seq_len": setup_["seq_len"],
-                "eval_slices": ["all"], "tracking": None}
+        spec = TrainSpec(init="scratch", model_config=setup_["model_config"], seed=0, seq_len=setup_["seq_len"],
+                         eval_slices=("all",))
         os.environ["PAJAMA_TRACE_DIR"] = str(work / "trace")
         fit(spec, read_parquet_dir(shard_dir), read_parquet_dir(shard_dir), training, work / "storage",
             run_name="throughput", export_to=work / "export")

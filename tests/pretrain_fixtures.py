@@ -103,11 +103,12 @@ def run_checkpoints(root: Path, name: str) -> list[Path]:
     return sorted(p for p in (root / "storage" / "ray_train" / f"pretrain-{name}").glob("checkpoint_*") if p.is_dir())
 
 
-def dcp_shard_files(checkpoint: Path) -> dict[str, int]:
-    """The DCP data files a checkpoint's metadata points at, with how many entries each holds."""
-    from torch.distributed.checkpoint import FileSystemReader
+def checkpoint_shapes(checkpoint: Path) -> dict[str, dict[str, list[int]]]:
+    """Per rank's state file of a checkpoint (`state-<rank>.safetensors`), its tensors' shapes."""
+    from safetensors import safe_open
 
-    files: dict[str, int] = {}
-    for info in FileSystemReader(str(checkpoint)).read_metadata().storage_data.values():
-        files[info.relative_path] = files.get(info.relative_path, 0) + 1
-    return files
+    shapes = {}
+    for path in sorted(checkpoint.glob("state-*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            shapes[path.name] = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    return shapes

@@ -16,7 +16,7 @@ import pytest
 import ray
 import torch
 from pretrain_fixtures import (
-    dcp_shard_files,
+    checkpoint_shapes,
     last_attempt_by_step,
     make_data_artifact,
     read_trace,
@@ -172,15 +172,12 @@ def test_fsdp_trains_checkpoints_shards_resumes_after_relaunch_and_exports(ray_l
     assert checkpoints, "the crashed run left no checkpoint"
     latest = checkpoints[-1]
     assert json.loads((latest / "train_state.json").read_text()) == {"step": 4, "consumed": 4 * GLOBAL_BATCH}
-    shards = dcp_shard_files(latest)
-    assert set(shards) == {"__0_0.distcp", "__1_0.distcp"}
-    assert all((latest / f).stat().st_size > 0 for f in shards)
-    # Sharded, not replicated: each rank holds its half of every 2-D weight.
-    from torch.distributed.checkpoint import FileSystemReader
-
-    meta = FileSystemReader(str(latest)).read_metadata().state_dict_metadata
-    qkv = meta["model.gpt_neox.layers.0.attention.query_key_value.weight"]
-    assert len(qkv.chunks) == 2 and {c.sizes[0] for c in qkv.chunks} == {qkv.size[0] // 2}
+    shapes = checkpoint_shapes(latest)
+    assert set(shapes) == {"state-0.safetensors", "state-1.safetensors"}
+    # Sharded, not replicated: each rank holds its half of every 2-D weight and of its Adam moments.
+    for name in ("model/gpt_neox.layers.0.attention.query_key_value.weight",
+                 "optim/gpt_neox.layers.0.attention.query_key_value.weight/exp_avg"):
+        assert shapes["state-0.safetensors"][name] == shapes["state-1.safetensors"][name] == [3 * 32 // 2, 32]
 
     result, records, trace = _run(work, "fsdp", cfg)  # the relaunch: same run name, no fault
     resumed_pid = records[-1]["pid"]

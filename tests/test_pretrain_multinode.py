@@ -12,7 +12,7 @@ import json
 
 import pytest
 import ray
-from pretrain_fixtures import dcp_shard_files, make_data_artifact, read_trace, run_checkpoints, run_pretrain, tiny_pretrain_config
+from pretrain_fixtures import checkpoint_shapes, make_data_artifact, read_trace, run_checkpoints, run_pretrain, tiny_pretrain_config
 from ray.cluster_utils import Cluster
 
 pytestmark = pytest.mark.slow
@@ -49,11 +49,11 @@ def test_workers_on_two_nodes_checkpoint_every_rank_to_shared_storage(two_nodes,
     checkpoints = run_checkpoints(tmp_path, "two-nodes")
     assert len(checkpoints) == 2  # step 3, and the final one (step 6) with the export
     for checkpoint in checkpoints:
-        # One checkpoint directory holds what each node wrote: both ranks' DCP shards and RNG state.
-        shards = dcp_shard_files(checkpoint)
-        assert set(shards) == {"__0_0.distcp", "__1_0.distcp"}
-        assert all((checkpoint / f).stat().st_size > 0 for f in shards)
-        assert (checkpoint / "rng-0.bin").exists() and (checkpoint / "rng-1.bin").exists()
+        # One checkpoint directory holds what each node wrote: both ranks' state (RNG; DDP's
+        # replicated weights and optimiser state once, in rank 0's).
+        shapes = checkpoint_shapes(checkpoint)
+        assert set(shapes) == {"state-0.safetensors", "state-1.safetensors"}
+        assert set(shapes["state-1.safetensors"]) == {"rng"} and len(shapes["state-0.safetensors"]) > 1
     assert json.loads((checkpoints[0] / "train_state.json").read_text())["step"] == 3
     assert (checkpoints[-1] / "hf" / "model.safetensors").exists()
     assert result["final_metrics"]["step"] == 6

@@ -1,15 +1,33 @@
 """Fast checks of the pretraining loop's pieces that need no Ray cluster: the deterministic data
-stream and its resume arithmetic, the learning-rate schedule, and the GPU presets' model sizes."""
+stream and its resume arithmetic, the learning-rate schedule, checkpoints (written and read back in
+one process, world size 1) and what they refuse to load, the progress lines, and the GPU presets'
+model sizes."""
 
 from __future__ import annotations
+
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pajama.config import load_config
-from pajama.train.loop import _global_batches, _rank_slice, lr_at
+from pajama.config import TrainingConfig, load_config
+from pajama.train import progress as progress_module
+from pajama.train.loop import (
+    CheckpointError,
+    TrainSpec,
+    _build_model,
+    _global_batches,
+    _optimizer,
+    _rank_slice,
+    lr_at,
+    read_checkpoint,
+    row_losses,
+    write_checkpoint,
+)
 from pajama.train.pretrain import gpt_neox_config
+from pajama.train.progress import Progress
 
 
 class _Rows:
@@ -52,7 +70,7 @@ def test_too_small_a_training_set_is_a_clear_error():
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():
-    cfg = {"learning_rate": 1e-3, "min_learning_rate": 1e-4, "warmup_steps": 10, "max_steps": 110}
+    cfg = TrainingConfig(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=10, max_steps=110)
     assert lr_at(0, cfg) == pytest.approx(1e-4)
     assert lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(60, cfg) == pytest.approx(5.5e-4)
@@ -85,3 +103,103 @@ def test_gpu_presets_have_pythia_and_incite_sizes(recipe, layers, hidden, heads,
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
     assert cfg.pretrain.precision == "bf16" and cfg.pretrain.scaling.use_gpu
     assert cfg.pretrain.global_batch_size * cfg.data.seq_len >= 2 * 2**20  # >= 2M tokens per step
+
+
+TINY = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 32, "max_position_embeddings": 32}
+TRAINING = TrainingConfig(learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=1, max_steps=10)
+
+
+def _model_and_optimizer(seed: int, model_config: dict = TINY):
+    torch.manual_seed(seed)
+    spec = TrainSpec(init="scratch", model_config=model_config, seed=seed, seq_len=16, eval_slices=("all",))
+    model = _build_model(spec, TRAINING, torch.device("cpu"))
+    return model, _optimizer(model, TRAINING)
+
+
+def _step(model, optimizer) -> float:
+    batch = {"input_ids": torch.randint(0, TINY["vocab_size"], (4, 16))}  # draws from the RNG a checkpoint keeps
+    losses, n = row_losses(model, batch, torch.autocast("cpu", enabled=False))
+    loss = losses.sum() / n.sum()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> tuple[Path, float]:
+    """A checkpoint after two steps, and the loss of the step the uninterrupted run takes next."""
+    model, optimizer = _model_and_optimizer(0)
+    _step(model, optimizer), _step(model, optimizer)
+    write_checkpoint(model, optimizer, {"step": 2, "consumed": 8}, rank=0, world=1, directory=tmp_path)
+    return tmp_path, _step(model, optimizer)
+
+
+def test_a_checkpoint_restores_weights_optimiser_and_rng_so_the_next_step_is_the_same(checkpoint):
+    directory, next_loss = checkpoint
+    assert sorted(p.name for p in directory.iterdir()) == ["state-0.safetensors", "train_state.json"]
+    model, optimizer = _model_and_optimizer(1)  # other initial weights, a fresh optimiser
+    assert read_checkpoint(model, optimizer, rank=0, world=1, directory=directory) == {"step": 2, "consumed": 8}
+    assert _step(model, optimizer) == next_loss
+
+
+class _WritesMarker:
+    """A pickle that, when unpickled, creates the file `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("planted", ["state-0.safetensors", ".metadata"])
+def test_resume_never_unpickles_what_is_planted_in_a_checkpoint(checkpoint, tmp_path_factory, planted):
+    """A pickle in place of the state file is refused, naming the file; one planted as DCP's
+    `.metadata` is never opened. Either way the pickle's code does not run."""
+    directory, _ = checkpoint
+    elsewhere = tmp_path_factory.mktemp("proof") / "ran"
+    pickle.loads(pickle.dumps(_WritesMarker(elsewhere)))
+    assert elsewhere.exists(), "the planted pickle would run code if it were unpickled"
+    marker = tmp_path_factory.mktemp("marker") / "ran"
+    (directory / planted).write_bytes(pickle.dumps(_WritesMarker(marker)))
+    model, optimizer = _model_and_optimizer(1)
+    if planted == "state-0.safetensors":
+        with pytest.raises(CheckpointError, match=r"state-0\.safetensors is not a safetensors file"):
+            read_checkpoint(model, optimizer, rank=0, world=1, directory=directory)
+    else:
+        assert read_checkpoint(model, optimizer, rank=0, world=1, directory=directory)["step"] == 2
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_shape_or_world_size_is_refused(checkpoint):
+    directory, _ = checkpoint
+    model, optimizer = _model_and_optimizer(1, {**TINY, "hidden_size": 32})
+    with pytest.raises(CheckpointError, match=r"state-0\.safetensors: model/gpt_neox\.embed_in\.weight is"):
+        read_checkpoint(model, optimizer, rank=0, world=1, directory=directory)
+    model, optimizer = _model_and_optimizer(1)
+    with pytest.raises(CheckpointError, match="written by a run of 1 workers, this one has 2"):
+        read_checkpoint(model, optimizer, rank=0, world=2, directory=directory)
+    with pytest.raises(CheckpointError, match="has no state-1.safetensors"):
+        read_checkpoint(model, optimizer, rank=1, world=2, directory=directory)
+
+
+def test_progress_lines_come_every_log_every_steps_or_ten_seconds_whichever_is_rarer(capsys):
+    now = [0.0]
+    shown = Progress(start=4, total=20, log_every=2, clock=lambda: now[0])
+    for step in range(5, 21):
+        now[0] += 3.0  # 3 s a step
+        metrics = {"loss": 2.5, "tokens_per_s": 1000.0}
+        if step == 10:
+            metrics.update(eval_loss=2.75, **{"eval_loss/docs": 2.75})
+        shown.update(step, metrics)
+    lines = capsys.readouterr().out.splitlines()
+    # Even steps at least 10 s apart, plus the evaluation at step 10 and the last step.
+    assert [int(line.split()[2].split("/")[0]) for line in lines] == [6, 10, 14, 18, 20]
+    assert all(line.startswith("[pajama] step ") for line in lines)
+    # Step 6: 2 steps in 6 s since the resume at step 4, 14 steps to go at 3 s each.
+    assert lines[0] == "[pajama] step 6/20: loss=2.5, tokens_per_s=1000, eta=00:42"
+    assert "eval_loss=2.75" in lines[1] and "docs" not in lines[1]
+    assert lines[-1].endswith("eta=00:00")
+    assert progress_module.LINE_INTERVAL_S == 10.0

@@ -4,11 +4,27 @@ Every worker runs `train_loop_per_worker`. The data order is deterministic and i
 number of workers: each worker iterates the same ordered stream of sequences (Ray Data with
 `preserve_order`, not split), takes its rank's slice of every global micro-batch, and skips the
 sequences a checkpoint says were consumed, so a resumed run neither repeats nor skips one and 1
-worker and N workers see the same global batches. Checkpoints are torch.distributed.checkpoint
-(DCP) directories written by every rank (sharded under FSDP) plus a small JSON state; the last
-checkpoint also carries the exported Hugging Face model, so relaunching a finished run restores
-the trained weights (and may continue with a larger max_steps). Rank 0 logs metrics to MLflow
-itself, because Ray Train V2 keeps only metrics reported with a checkpoint.
+worker and N workers see the same global batches. The last checkpoint also carries the exported
+Hugging Face model, so relaunching a finished run restores the trained weights (and may continue
+with a larger max_steps). Rank 0 logs metrics to MLflow itself, because Ray Train V2 keeps only
+metrics reported with a checkpoint, and shows people its progress (`progress.py`).
+
+Checkpoints hold no pickles, so that whoever can write the checkpoint storage cannot run code on
+the training workers when they resume. torch.distributed.checkpoint (DCP) cannot promise that: its
+`.metadata` file and its non-tensor entries are read back with pickle. So every rank writes one
+safetensors file, `state-<rank>.safetensors` (a JSON header, then raw tensor bytes: nothing in it
+is executed), holding its RNG state and its local shards of the sharded tensors (FSDP's DTensors,
+from `get_state_dict` without `full_state_dict`, so no rank ever gathers the whole model and
+optimiser), and rank 0 adds the replicated tensors (DDP's weights and optimiser state, optimiser
+step counts) once; `train_state.json` holds the step and the sequences consumed. Resuming reads
+into the tensors `get_state_dict` gives the freshly built model and optimiser, and refuses a file
+that is not safetensors or whose names, shapes or dtypes differ from those, naming the file.
+Shards are not resharded, so a run resumes on the world size it was written with (the run name is
+the stage's fingerprint, which holds `scaling.num_workers`, so a relaunch always does). The
+optimiser's hyperparameters are not saved: they come from the config, and the learning rate is set
+before every step. This was chosen over keeping DCP and checking SHA-256 digests of its files
+before loading, which protects only as long as the digests are kept where the storage's writers
+cannot rewrite them, and still unpickles what it verified.
 
 Strategies. `ddp` replicates the model (DistributedDataParallel). `fsdp` shards parameters,
 gradients and optimiser state with FSDP2 (`fully_shard` on every GPTNeoXLayer, then the root), on
@@ -28,6 +44,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,7 +52,8 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -43,11 +61,32 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from pajama.config import LoraConfig, TrainingConfig
 from pajama.sft.templates import IGNORE_INDEX
+from pajama.train.progress import Progress
 from pajama.train.trace import StepTrace
 
 EXPORT_DIR = "hf"
 STATE_FILE = "train_state.json"
+RNG_KEY = "rng"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What a stage trains, besides its TrainingConfig section; both travel to every worker."""
+
+    init: str  # "scratch", or a Hugging Face model directory to fine-tune
+    seed: int
+    seq_len: int
+    eval_slices: tuple[str, ...]  # names of the held-out rows' slice_id values
+    model_config: dict | None = None  # GPTNeoXConfig kwargs, for init "scratch"
+    lora: LoraConfig | None = None  # LoRA adapters instead of full fine-tuning
+    tracking: dict | None = None  # the stage's MLflow run (StageContext.train_tracking)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint this code did not write, or wrote for another model or world size."""
+
 
 # Dense bf16 peak FLOP/s per device, for MFU when the config gives no peak_flops.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12}
@@ -62,13 +101,13 @@ def peak_flops(configured: float | None, device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def lr_at(step: int, cfg: dict) -> float:
+def lr_at(step: int, training: TrainingConfig) -> float:
     """Linear warmup, then cosine decay to min_learning_rate at max_steps."""
-    peak, floor = cfg["learning_rate"], cfg["min_learning_rate"]
-    if step < cfg["warmup_steps"]:
-        return peak * (step + 1) / cfg["warmup_steps"]
-    span = max(1, cfg["max_steps"] - cfg["warmup_steps"])
-    progress = min(1.0, (step - cfg["warmup_steps"]) / span)
+    peak, floor, warmup = training.learning_rate, training.min_learning_rate, training.warmup_steps
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    span = max(1, training.max_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
@@ -141,22 +180,22 @@ def row_losses(model, batch: dict[str, torch.Tensor], autocast) -> tuple[torch.T
     return losses.view(targets.shape).sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
-def _build_model(spec: dict, device: torch.device):
+def _build_model(spec: TrainSpec, training: TrainingConfig, device: torch.device):
     from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-    if spec["init"] == "scratch":
+    if spec.init == "scratch":
         # Initialise on the device itself: a 7B model's random init on the CPU takes minutes.
         with device:
-            model = GPTNeoXForCausalLM(GPTNeoXConfig(**spec["model_config"]))
+            model = GPTNeoXForCausalLM(GPTNeoXConfig(**spec.model_config))
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec["init"], dtype=torch.float32)
-    if spec.get("lora"):
-        from peft import LoraConfig, get_peft_model
+        model = AutoModelForCausalLM.from_pretrained(spec.init, dtype=torch.float32)
+    if spec.lora:
+        import peft
 
-        lora = spec["lora"]
-        model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                                 target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-    if spec["training"]["activation_checkpointing"]:
+        lora = spec.lora
+        model = peft.get_peft_model(model, peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                           target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    if training.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model.to(device)
@@ -189,46 +228,112 @@ def _gradient_sync(model, enabled: bool):
     return contextlib.nullcontext()
 
 
-def _optimizer(model, cfg: dict) -> torch.optim.Optimizer:
+def _optimizer(model, training: TrainingConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["learning_rate"], betas=tuple(cfg["adam_betas"]), fused=False,
+        [{"params": decay, "weight_decay": training.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=training.learning_rate, betas=tuple(training.adam_betas), fused=False,
     )
 
 
-def _save_checkpoint(model, optimizer, state: dict, rank: int, metrics: dict, export_spec: dict | None = None) -> None:
-    """Every rank writes its DCP shard and RNG state; Ray Train merges the ranks' directories
-    into one checkpoint in the run's storage. With `export_spec`, rank 0 adds the HF export."""
+def _state_file(directory: Path, rank: int) -> Path:
+    return Path(directory, f"state-{rank}.safetensors")
+
+
+def _flat_tensors(model, optimizer) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """The model's and optimiser's tensors by unique name: DTensors under FSDP, else plain tensors
+    (the same on every rank). They alias the model's and optimiser's own, except that a fresh
+    optimiser's state is created (zeros) for the checkpoint to be read into."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    flat = {f"model/{k}": v for k, v in model_sd.items()}
+    flat.update({f"optim/{fqn}/{k}": v for fqn, state in optim_sd["state"].items() for k, v in state.items()})
+    return flat, model_sd, optim_sd
+
+
+def _local(value: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: its shard of a DTensor, or the whole of a replicated one."""
+    return value.to_local() if hasattr(value, "to_local") else value
+
+
+def write_checkpoint(model, optimizer, state: dict, rank: int, world: int, directory: Path) -> None:
+    """This rank's part of a checkpoint (see the module docstring) into `directory`."""
+    tensors = {RNG_KEY: torch.get_rng_state()}
+    flat, _, _ = _flat_tensors(model, optimizer)
+    for name, value in flat.items():
+        if rank == 0 or hasattr(value, "to_local"):
+            # A copy on the CPU: safetensors takes contiguous CPU tensors that share no memory.
+            tensors[name] = _local(value).detach().to("cpu", copy=True).contiguous()
+    save_file(tensors, str(_state_file(directory, rank)), metadata={"world_size": str(world)})
+    if rank == 0:
+        Path(directory, STATE_FILE).write_text(json.dumps(state))
+
+
+def _open_state(directory: Path, rank: int, world: int):
+    path = _state_file(directory, rank)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {path.name}: it was not written by this version "
+                              f"of pajama's loop (nor by as many workers); delete the run's checkpoints to start over")
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a safetensors file ({err}); refusing to load it") from None
+    written = (handle.metadata() or {}).get("world_size")
+    if written != str(world):
+        raise CheckpointError(f"{path} was written by a run of {written} workers, this one has {world}")
+    return path, handle
+
+
+def read_checkpoint(model, optimizer, rank: int, world: int, directory: Path) -> dict:
+    """Restore this rank's model, optimiser and RNG state from `directory`; return the train state."""
+    flat, model_sd, optim_sd = _flat_tensors(model, optimizer)
+    with contextlib.ExitStack() as files, torch.no_grad():
+        own_path, own = _open_state(directory, rank, world)
+        files.enter_context(own)
+        first_path, first = own_path, own  # the replicated tensors are in rank 0's file
+        if rank:
+            first_path, first = _open_state(directory, 0, world)
+            files.enter_context(first)
+        expected = {RNG_KEY} | {n for n, v in flat.items() if rank == 0 or hasattr(v, "to_local")}
+        if set(own.keys()) != expected:
+            raise CheckpointError(f"{own_path} does not hold this model's tensors: missing "
+                                  f"{sorted(expected - set(own.keys()))[:5]}, "
+                                  f"unknown {sorted(set(own.keys()) - expected)[:5]}")
+        for name, value in flat.items():
+            path, source = (own_path, own) if hasattr(value, "to_local") else (first_path, first)
+            if name not in source.keys():
+                raise CheckpointError(f"{path} has no tensor {name}")
+            loaded, local = source.get_tensor(name), _local(value)
+            if loaded.shape != local.shape or loaded.dtype != local.dtype:
+                raise CheckpointError(f"{path}: {name} is {loaded.dtype} {list(loaded.shape)}, "
+                                      f"the model's is {local.dtype} {list(local.shape)}")
+            local.copy_(loaded)
+        rng = own.get_tensor(RNG_KEY)
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+    torch.set_rng_state(rng)
+    return json.loads(Path(directory, STATE_FILE).read_text())
+
+
+def _save_checkpoint(model, optimizer, state: dict, rank: int, world: int, metrics: dict,
+                     export: tuple[TrainSpec, TrainingConfig] | None = None) -> None:
+    """Every rank writes its part; Ray Train merges the ranks' directories into one checkpoint in
+    the run's storage. With `export`, rank 0 adds the HF export."""
     with tempfile.TemporaryDirectory() as tmp:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
-        # RNG per rank as raw bytes (no pickles in checkpoints).
-        Path(tmp, f"rng-{rank}.bin").write_bytes(torch.get_rng_state().numpy().tobytes())
-        if rank == 0:
-            Path(tmp, STATE_FILE).write_text(json.dumps(state))
-        if export_spec is not None:
-            _export(model, export_spec, rank, Path(tmp, EXPORT_DIR))
+        write_checkpoint(model, optimizer, state, rank, world, Path(tmp))
+        if export is not None:
+            _export(model, *export, rank, Path(tmp, EXPORT_DIR))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _load_checkpoint(model, optimizer, rank: int) -> dict | None:
+def _load_checkpoint(model, optimizer, rank: int, world: int) -> dict | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as path:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state_dict = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state_dict, checkpoint_id=path)
-        set_state_dict(model, optimizer, model_state_dict=state_dict["model"], optim_state_dict=state_dict["optim"])
-        rng = Path(path, f"rng-{rank}.bin")
-        if rng.exists():
-            torch.set_rng_state(torch.from_numpy(np.frombuffer(rng.read_bytes(), dtype=np.uint8).copy()))
-        return json.loads(Path(path, STATE_FILE).read_text())
+        return read_checkpoint(model, optimizer, rank, world, Path(path))
 
 
 class _MlflowLogger:
@@ -250,14 +355,14 @@ class _MlflowLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def _held_out_batches(shard, spec: dict, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
+def _held_out_batches(shard, training: TrainingConfig, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
     """This rank's share of the first `eval_batches` held-out batches, read once and kept in
     memory: every evaluation scores the same sequences without re-reading the dataset."""
-    micro = spec["training"]["micro_batch_size"]
+    micro = training.micro_batch_size
     batches = shard.iter_batches(batch_size=micro * world, batch_format="numpy", drop_last=True)
     kept = []
     for batch in batches:
-        if len(kept) == spec["training"]["eval_batches"]:
+        if len(kept) == training.eval_batches:
             break
         local = _rank_slice(_to_tensors(batch), rank, micro)
         local.pop("seq_index", None)
@@ -265,9 +370,9 @@ def _held_out_batches(shard, spec: dict, rank: int, world: int) -> list[dict[str
     return kept
 
 
-def _evaluate(model, batches: list[dict[str, torch.Tensor]], spec: dict, device, autocast) -> dict[str, float]:
+def _evaluate(model, batches: list[dict[str, torch.Tensor]], slices: tuple[str, ...], device,
+              autocast) -> dict[str, float]:
     """Held-out loss and perplexity, overall and per slice, summed over all ranks."""
-    slices = spec["eval_slices"]
     # Sums on the device: NCCL reduces only device tensors. Rows without a slice_id count as slice 0.
     sums = torch.zeros(len(slices), dtype=torch.float64, device=device)
     counts = torch.zeros(len(slices), dtype=torch.float64, device=device)
@@ -292,7 +397,7 @@ def _evaluate(model, batches: list[dict[str, torch.Tensor]], spec: dict, device,
     return metrics
 
 
-def _export(model, spec: dict, rank: int, out: Path) -> None:
+def _export(model, spec: TrainSpec, training: TrainingConfig, rank: int, out: Path) -> None:
     """Gather the full weights (a collective under FSDP) and save a HF directory on rank 0."""
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
@@ -300,7 +405,7 @@ def _export(model, spec: dict, rank: int, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    if spec.get("lora"):
+    if spec.lora:
         base.load_state_dict(full)
         merged = base.merge_and_unload()
         merged.save_pretrained(out, safe_serialization=True)
@@ -310,46 +415,48 @@ def _export(model, spec: dict, rank: int, out: Path) -> None:
         with torch.device("meta"):
             fresh = AutoModelForCausalLM.from_config(config)
         fresh.load_state_dict(full, assign=True)
-        dtype = torch.bfloat16 if spec["training"]["precision"] == "bf16" else torch.float32
+        dtype = torch.bfloat16 if training.precision == "bf16" else torch.float32
         fresh.to(dtype).save_pretrained(out, safe_serialization=True)
 
 
-def train_loop_per_worker(spec: dict[str, Any]) -> None:
-    cfg = spec["training"]
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point; `config` is {"spec": TrainSpec, "training": TrainingConfig}."""
+    spec: TrainSpec = config["spec"]
+    training: TrainingConfig = config["training"]
     rank, world = _world()
     device = ray.train.torch.get_device()
-    use_bf16 = cfg["precision"] == "bf16" and device.type == "cuda"
+    use_bf16 = training.precision == "bf16" and device.type == "cuda"
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    torch.manual_seed(spec["seed"])  # identical initial weights on every rank
-    model = _build_model(spec, device)
+    torch.manual_seed(spec.seed)  # identical initial weights on every rank
+    model = _build_model(spec, training, device)
     n_params = sum(p.numel() for p in model.parameters())
     vocab_size = model.config.vocab_size
-    model = _parallelize(model, cfg["strategy"], cfg["precision"], world)
+    model = _parallelize(model, training.strategy, training.precision, world)
     # One compiled graph from tokens to summed loss: the fp32 cast and the cross-entropy over the
     # vocabulary fuse instead of materialising fp32 logits (benchmarks/gpu_step_mfu.py, 1B on an
     # H100: 42.8% MFU at 36 GiB against 41.0% at 42 GiB for compiling the model alone).
-    train_row_losses = torch.compile(row_losses) if cfg["compile"] else row_losses
-    optimizer = _optimizer(model, cfg)
-    torch.manual_seed(spec["seed"] + rank)
+    train_row_losses = torch.compile(row_losses) if training.compile else row_losses
+    optimizer = _optimizer(model, training)
+    torch.manual_seed(spec.seed + rank)
 
-    state = _load_checkpoint(model, optimizer, rank) or {"step": 0, "consumed": 0}
+    state = _load_checkpoint(model, optimizer, rank, world) or {"step": 0, "consumed": 0}
     if state["step"] and rank == 0:
         print(f"[pajama] resumed at step {state['step']} after {state['consumed']} sequences", flush=True)
-    micro, accum = cfg["micro_batch_size"], cfg["grad_accum_steps"]
+    micro, accum, max_steps = training.micro_batch_size, training.grad_accum_steps, training.max_steps
     global_rows = micro * world
     stream = _global_batches(ray.train.get_dataset_shard("train"), global_rows, state["consumed"])
     eval_shard, held_out = ray.train.get_dataset_shard("eval"), None
-    logger = _MlflowLogger(spec.get("tracking"), rank)
+    logger = _MlflowLogger(spec.tracking, rank)
     trace = StepTrace(rank, world)
-    peak = peak_flops(cfg["peak_flops"], device)
-    seq_len = spec["seq_len"]
+    progress = Progress(state["step"], max_steps, training.log_every) if rank == 0 else None
+    peak = peak_flops(training.peak_flops, device)
     model.train()
     metrics: dict[str, float] = {}
 
-    while state["step"] < cfg["max_steps"]:
+    while state["step"] < max_steps:
         started = time.perf_counter()
         micro_batches = [_rank_slice(next(stream), rank, micro) for _ in range(accum)]
         seq_index = [i for b in micro_batches for i in b.pop("seq_index", torch.empty(0)).tolist()]
@@ -367,10 +474,10 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
                 loss = losses.sum()
                 (loss * world / max(n_targets, 1)).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
-        lr = lr_at(state["step"], cfg)
+        lr = lr_at(state["step"], training)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
@@ -380,23 +487,23 @@ def train_loop_per_worker(spec: dict[str, Any]) -> None:
 
         step_loss = _all_reduce(loss_sum).item() / max(n_targets, 1)
         elapsed = time.perf_counter() - started
-        tokens = global_rows * accum * seq_len
+        tokens = global_rows * accum * spec.seq_len
         metrics = {"loss": step_loss, "learning_rate": lr, "grad_norm": float(grad_norm),
-                   "tokens_per_s": tokens / elapsed, "tokens_seen": state["consumed"] * seq_len}
+                   "tokens_per_s": tokens / elapsed, "tokens_seen": state["consumed"] * spec.seq_len}
         if peak:
             metrics["mfu"] = 6 * n_params * (tokens / elapsed) / (peak * world)
         step = state["step"]
         trace.step(step, seq_index, metrics)
-        if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
-            held_out = held_out if held_out is not None else _held_out_batches(eval_shard, spec, rank, world)
-            metrics.update(_evaluate(model, held_out, spec, device, autocast))
-        if step % cfg["log_every"] == 0 or "eval_loss" in metrics:
+        if step % training.eval_every == 0 or step == max_steps:
+            held_out = held_out if held_out is not None else _held_out_batches(eval_shard, training, rank, world)
+            metrics.update(_evaluate(model, held_out, spec.eval_slices, device, autocast))
+        if step % training.log_every == 0 or "eval_loss" in metrics:
             logger.log(metrics, step)
-            if rank == 0:
-                shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k)
-                print(f"[pajama] step {step}/{cfg['max_steps']}: {shown}", flush=True)
-        if step % cfg["checkpoint_every"] == 0 and step < cfg["max_steps"]:
-            _save_checkpoint(model, optimizer, state, rank, {"step": step, **metrics})
+        if progress is not None:
+            progress.update(step, metrics)
+        if step % training.checkpoint_every == 0 and step < max_steps:
+            _save_checkpoint(model, optimizer, state, rank, world, {"step": step, **metrics})
 
     trace.probe(model, vocab_size, device)
-    _save_checkpoint(model, optimizer, state, rank, {"step": state["step"], **metrics, "final": 1}, export_spec=spec)
+    _save_checkpoint(model, optimizer, state, rank, world, {"step": state["step"], **metrics, "final": 1},
+                     export=(spec, training))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import ModelConfig, PretrainConfig
 from pajama.data.stage import read_parquet_dir
 from pajama.data.tokenizer import load_tokenizer
+from pajama.train.loop import TrainSpec
 from pajama.train.trainer import fit
 
 
@@ -37,14 +39,8 @@ def run(cfg: PretrainConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> 
     data = inputs["data"]
     tokenizer = load_tokenizer(str(data.path / "tokenizer"))
     model_config = gpt_neox_config(cfg.model, tokenizer)
-    spec = {
-        "init": "scratch",
-        "model_config": model_config,
-        "seed": ctx.seed,
-        "seq_len": data.manifest["seq_len"],
-        "eval_slices": data.manifest["slices"],
-        "tracking": ctx.train_tracking,
-    }
+    spec = TrainSpec(init="scratch", model_config=model_config, seed=ctx.seed, seq_len=data.manifest["seq_len"],
+                     eval_slices=tuple(data.manifest["slices"]), tracking=ctx.train_tracking)
     metrics = fit(spec, read_parquet_dir(data.path / "shards" / "train"), read_parquet_dir(data.path / "shards" / "eval"),
                   cfg, ctx.storage, run_name=f"pretrain-{ctx.fingerprint}", export_to=ctx.out / "model")
     tokenizer.save_pretrained(ctx.out / "model")

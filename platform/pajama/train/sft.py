@@ -20,6 +20,7 @@ from pajama.kinds import kind
 from pajama.models import resolve_model_dir
 from pajama.data.tokenizer import load_tokenizer
 from pajama.sft import decontam, formats, packing, templates
+from pajama.train.loop import TrainSpec
 from pajama.train.trainer import fit
 
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids")
@@ -63,14 +64,8 @@ def run(cfg: SFTConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
     train, evaluation, report = prepare_examples(cfg, tokenizer, ctx.seed)
     print(f"[pajama] {cfg.style}: {train.num_rows} packed train sequences, {evaluation.num_rows} eval; "
           f"decontaminated {report['decontaminated'] or 'nothing'}")
-    spec = {
-        "init": str(base_model_dir),
-        "lora": cfg.lora.model_dump() if cfg.method == "lora" else None,
-        "seed": ctx.seed,
-        "seq_len": cfg.max_length,
-        "eval_slices": ["response"],
-        "tracking": ctx.train_tracking,
-    }
+    spec = TrainSpec(init=str(base_model_dir), lora=cfg.lora if cfg.method == "lora" else None, seed=ctx.seed,
+                     seq_len=cfg.max_length, eval_slices=("response",), tracking=ctx.train_tracking)
     metrics = fit(spec, ray.data.from_arrow(train), ray.data.from_arrow(evaluation), cfg, ctx.storage,
                   run_name=f"{cfg.style}-{ctx.fingerprint}", export_to=ctx.out / "model")
     tokenizer.chat_template = kind(cfg.style).style.chat_template

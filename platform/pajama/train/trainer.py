@@ -2,9 +2,10 @@
 
 The run is named after the stage's fingerprint under `<storage>/ray_train/`, so relaunching the
 same stage (after a crash or a killed job) finds the run's checkpoints there and resumes from the
-latest one; FailureConfig retries worker failures in place from the last checkpoint. The
-instrumentation variables of `trace.py` (PAJAMA_TRACE_DIR, PAJAMA_TEST_FAIL_AT_STEP) are passed on
-to the workers when the driver has them set.
+latest one; FailureConfig retries worker failures in place from the last checkpoint. Every
+worker gets the stage's `TrainSpec` and its TrainingConfig section as they are (Ray pickles them
+to the workers). The instrumentation variables of `trace.py` (PAJAMA_TRACE_DIR,
+PAJAMA_TEST_FAIL_AT_STEP) are passed on to the workers when the driver has them set.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from ray.data import ExecutionOptions
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pajama.config import TrainingConfig
-from pajama.train.loop import EXPORT_DIR, train_loop_per_worker
+from pajama.train.loop import EXPORT_DIR, TrainSpec, train_loop_per_worker
 from pajama.train.trace import FORWARDED_ENV
 
 
-def fit(spec: dict, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, training: TrainingConfig,
+def fit(spec: TrainSpec, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, training: TrainingConfig,
         storage: Path, run_name: str, export_to: Path) -> dict:
     """Train, then copy the exported HF model into `export_to`. Returns the final metrics."""
     scaling = training.scaling
@@ -35,7 +36,7 @@ def fit(spec: dict, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, train
         resources["GPU"] = scaling.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**spec, "training": {**training.model_dump(), "grad_accum_steps": training.grad_accum_steps}},
+        train_loop_config={"spec": spec, "training": training},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
