@@ -184,7 +184,8 @@ def test_unknown_format_and_slice_are_refused():
     with pytest.raises(ValueError, match="unknown slice 'news'"):
         read_source("jsonl", "x.jsonl", "news")
     assert set(FORMATS) == {
-        "jsonl", "parquet", "hf_disk", "hf_hub", "warc", "wet", "mediawiki", "github", "arxiv", "stackexchange", "text"
+        "jsonl", "parquet", "hf_disk", "hf_hub", "warc", "wet", "mediawiki", "github", "arxiv", "stackexchange", "text",
+        "redpajama_1t", "redpajama_v2",
     }
 
 

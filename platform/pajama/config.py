@@ -123,7 +123,7 @@ def _holds_readable_data(pattern: str) -> bool:
 class SourceConfig(Strict):
     format: Literal[
         "jsonl", "parquet", "hf_disk", "hf_hub", "warc", "wet", "mediawiki", "github", "arxiv",
-        "stackexchange", "text",
+        "stackexchange", "text", "redpajama_1t", "redpajama_v2",
     ] = "jsonl"
     path: str
     slice: str | None = None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 
-from pajama import kinds, lineage, tracking
+from pajama import hub, kinds, lineage, tracking
 from pajama.artifacts import Artifact, ArtifactStore, StageContext, fingerprint
 from pajama.config import PajamaConfig, fingerprinted_fields
 from pajama.redact import redact_uri
@@ -129,6 +129,8 @@ def plan(cfg: PajamaConfig, targets: list[str] | None = None) -> list[PlannedSta
 def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) -> dict[str, Artifact]:
     """Run (or reuse) the target stages and their upstream; returns each stage's artifact."""
     planned = plan(cfg, targets)
+    # Remote datasets the stages to run read must be reachable before Ray starts (pajama.hub).
+    hub.preflight(cfg, [step.stage for step in planned if step.existing is None])
     store = ArtifactStore(cfg.project.storage_path / "artifacts")
     tracking.setup(cfg)
     ensure_ray = _RayOnDemand(cfg)

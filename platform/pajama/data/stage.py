@@ -56,7 +56,8 @@ from pajama.data.tokenizer import load_tokenizer, train_bpe
 log = logging.getLogger(__name__)
 
 
-# RedPajama-1T's token counts per slice (billions), the "rpv1" mixture preset.
+# RedPajama-1T's token counts per slice (billions; the togethercomputer/RedPajama-Data-1T dataset
+# card), the "rpv1" mixture preset.
 RPV1_TOKENS_B = {"common_crawl": 878, "c4": 175, "github": 59, "books": 26, "arxiv": 28, "wikipedia": 24,
                  "stackexchange": 20}
 
@@ -117,15 +118,32 @@ def _annotate(batch: pa.Table, rules: list) -> pa.Table:
     signals, keep false and no drop_reason (quarantined as bad input, not by a rule)."""
     bad = pc.is_valid(batch.column(READ_ERROR))
     if not pc.any(bad).as_py():
-        return filters.apply_filters(signals.compute_signals(batch), rules)
-    documents = filters.apply_filters(signals.compute_signals(batch.filter(pc.invert(bad))), rules)
+        return filters.apply_filters(_with_signals(batch), rules)
+    documents = filters.apply_filters(_with_signals(batch.filter(pc.invert(bad))), rules)
     unreadable = batch.filter(bad)
     unreadable = unreadable.append_column("keep", pa.array([False] * unreadable.num_rows, pa.bool_()))
     return pa.concat_tables([documents, unreadable], promote_options="default")
 
 
-def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int]) -> dict[str, float]:
-    """Sampling weight per slice: explicit weights, or those that reach RedPajama-1T's proportions."""
+def _with_signals(batch: pa.Table) -> pa.Table:
+    """The batch with every signal column, in SIGNAL_COLUMNS order. Columns a source already
+    carries (RedPajama-V2's published values) are kept as they are, not recomputed."""
+    missing = [name for name in signals.SIGNAL_COLUMNS if name not in batch.column_names]
+    if missing:
+        batch = signals.compute_signals(batch, columns=missing)
+    others = [c for c in batch.column_names if c not in signals.SIGNAL_COLUMNS]
+    return batch.select(others + list(signals.SIGNAL_COLUMNS))
+
+
+def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int],
+                    bytes_per_token: dict[str, float] | None = None) -> dict[str, float]:
+    """Sampling weight per slice: explicit weights, or those that reach RedPajama-1T's proportions.
+
+    "rpv1" matches RedPajama-1T's token counts (RPV1_TOKENS_B), so it weighs each slice by its
+    tokens, estimated as its bytes over its bytes per token: a byte of code, LaTeX or multilingual
+    Wikipedia makes more tokens than a byte of English prose, and weighing bytes would give those
+    slices too few tokens. `bytes_per_token` is measured per slice with the data's tokenizer
+    (_bytes_per_token); a slice without a measurement counts _BYTES_PER_TOKEN."""
     if cfg.mixture is None:
         return {s: 1.0 for s in bytes_per_slice}
     if isinstance(cfg.mixture, dict):
@@ -135,10 +153,34 @@ def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int]) -> dict[st
         return {s: cfg.mixture.get(s, 1.0) for s in bytes_per_slice}
     if cfg.mixture != "rpv1":
         raise ValueError(f"data.mixture preset {cfg.mixture!r} is unknown; use 'rpv1' or a slice->weight map")
-    present = {s: b for s, b in bytes_per_slice.items() if b > 0}
-    total_target = sum(RPV1_TOKENS_B[s] for s in present)
-    total = sum(present.values())
-    return {s: (RPV1_TOKENS_B[s] / total_target) * total / b for s, b in present.items()}
+    tokens = {s: b / (bytes_per_token or {}).get(s, _BYTES_PER_TOKEN) for s, b in bytes_per_slice.items() if b > 0}
+    total_target = sum(RPV1_TOKENS_B[s] for s in tokens)
+    total = sum(tokens.values())
+    return {s: (RPV1_TOKENS_B[s] / total_target) * total / t for s, t in tokens.items()}
+
+
+# Documents per slice whose tokens are counted to measure the slice's bytes per token.
+_BYTES_PER_TOKEN_SAMPLE = 2000
+
+
+def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
+                     documents_per_slice: dict[str, int]) -> dict[str, float]:
+    """UTF-8 bytes per token of each slice, counted with the data's tokenizer on a doc_id-hash
+    sample of about _BYTES_PER_TOKEN_SAMPLE documents a slice."""
+    fractions = {s: _BYTES_PER_TOKEN_SAMPLE / max(1, n) for s, n in documents_per_slice.items()}
+
+    def count(batch: pa.Table) -> pa.Table:
+        batch = batch.filter(pa.array([_hash_unit(d, salt) < fractions.get(s, 0.0) for d, s in
+                                       zip(batch.column("doc_id").to_pylist(), batch.column("slice").to_pylist())],
+                                      pa.bool_()))
+        texts = batch.column("text").to_pylist()
+        encoded = _rust_tokenizer(tokenizer_json).encode_batch(texts, add_special_tokens=False)
+        return pa.table({"slice": batch.column("slice"),
+                         "bytes": pa.array([len(t.encode("utf-8")) for t in texts], pa.int64()),
+                         "tokens": pa.array([len(e.ids) for e in encoded], pa.int64())})
+
+    totals = _totals(docs.map_batches(count, batch_format="pyarrow"), ["slice"], ("bytes", "tokens"))
+    return {row["slice"]: row["bytes"] / row["tokens"] for row in totals if row["tokens"]}
 
 
 # Shards are sized for about sequences_per_shard sequences, at ~4 bytes of text per token.
@@ -294,7 +336,13 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
                                   for d in b.column("doc_id").to_pylist()])
     eval_docs = final_docs.map_batches(lambda b: b.filter(in_eval(b)), batch_format="pyarrow")
     train_docs = final_docs.map_batches(lambda b: b.filter(pc.invert(in_eval(b))), batch_format="pyarrow")
-    weights = mixture_weights(cfg, {s: stats["slices"][s]["bytes_out"] for s in slices})
+    bytes_per_token = None
+    if cfg.mixture == "rpv1":
+        bytes_per_token = _bytes_per_token(final_docs, str(out / "tokenizer" / "tokenizer.json"),
+                                           salt + ":bytes_per_token",
+                                           {s: stats["slices"][s]["documents_out"] for s in slices})
+        stats["bytes_per_token"] = bytes_per_token
+    weights = mixture_weights(cfg, {s: stats["slices"][s]["bytes_out"] for s in slices}, bytes_per_token)
     if any(w != 1.0 for w in weights.values()):
         train_docs = train_docs.map_batches(_upsample, fn_kwargs={"weights": weights, "salt": salt},
                                             batch_format="pyarrow")

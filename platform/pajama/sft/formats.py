@@ -19,6 +19,12 @@ Formats (`load_examples(fmt, path, **options)` dispatches on `fmt`):
   `oasst1_conversations` (its docstring states the branch rules).
 * ``hf``: any Hugging Face `datasets` data set through a column mapping (`load_hf_dataset`).
 
+The file formats also read a hub dataset by path, ``hf://datasets/<org>/<name>``: its files that
+match the option `data_files` (a glob, default ``**/*.jsonl*``; .jsonl, .jsonl.gz and .parquet)
+are fetched through huggingface_hub (the cache alone under HF_HUB_OFFLINE, see pajama.hub) and
+each is read in the format, e.g. p3 for Muennighoff/P3 and Muennighoff/natural-instructions
+(Natural Instructions' ``definition``, ``inputs``, ``targets``, ``task_name``).
+
 Bad records. A line that is not JSON, not an object, or lacks a required field (or has it with
 the wrong type) raises `SFTDataError` naming the file and line: the file is in another format or
 corrupt, and guessing would train on garbage. A well-formed record whose prompt or response is
@@ -35,6 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from pajama import hub
 from pajama.sft.templates import ROLES
 
 log = logging.getLogger(__name__)
@@ -64,8 +71,15 @@ def _example(prompt: str, response: str, task: str, source: str) -> dict:
 
 
 def _read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """("file:line", record) for each non-blank line of a .jsonl or .jsonl.gz file."""
+    """("file:line", record) for each non-blank line of a .jsonl or .jsonl.gz file (or "file:row"
+    for each row of a .parquet file, as hub datasets publish them)."""
     path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for row, record in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {row}", record
+        return
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -396,6 +410,11 @@ def load_examples(fmt: str, path: str | Path, **options) -> Examples:
     }
     if fmt not in loaders:
         raise ValueError(f"unknown SFT data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt != "hf" and hub.repo_id(str(path)):
+        # A hub dataset: its files matching `data_files` (options), each read in the format.
+        files = hub.dataset_files(str(path), options.pop("data_files", "**/*.jsonl*"), options.pop("revision", None))
+        parts = [loaders[fmt](file, **options) for file in files]
+        return Examples([ex for part in parts for ex in part], sum((part.skipped for part in parts), Counter()))
     if fmt != "hf" and not Path(path).is_file():
         raise FileNotFoundError(f"{fmt} data file {path} does not exist")
     return loaders[fmt](path, **options)

@@ -19,13 +19,18 @@ either kind); `.gz`, `.bz2` and `.zst` files are decompressed on the fly.
 | arxiv         | paper directory or .tar.gz / .gz source         | paper                    | arxiv            |
 | stackexchange | a site's Posts.xml (or the folder holding it)   | question with answers    | stackexchange    |
 | text          | plain text files (books)                        | file                     | books            |
+| redpajama_1t  | RedPajama-1T's urls.txt (URL or file), or the   | line                     | file's folder    |
+|               | hf://datasets/...-1T-Sample repository          |                          |                  |
+| redpajama_v2  | RedPajama-V2 release root: documents joined     | document + its signals   | common_crawl     |
+|               | with published quality signals and duplicates   |                          |                  |
 
 "meta or argument": the slice comes from meta["redpajama_set_name"] unless `slice_name` is given.
 
 Each family of formats has its module in this package: records (jsonl, parquet, hf_disk, hf_hub),
 web (warc, wet), mediawiki, stackexchange, github and arxiv (both projects, see projects.py) and
-plain_text (text); common.py holds what they share (bad-input rows, batching, file listing and
-opening).
+plain_text (text), redpajama_1t and redpajama_v2 (the releases as published, streamed over
+HTTP(S) with retries and resumption by remote.py); common.py holds what they share (bad-input
+rows, batching, file listing and opening).
 
 doc_id is `<file or project path>#<locator>` (jsonl: line number from 1; parquet/hf: row index
 from 0; WARC/WET: WARC-Record-ID; mediawiki: page id; stackexchange: question id; github: path
@@ -67,6 +72,8 @@ from pajama.data.readers.github import read_github
 from pajama.data.readers.mediawiki import read_mediawiki
 from pajama.data.readers.plain_text import read_text
 from pajama.data.readers.records import read_hf_disk, read_hf_hub, read_jsonl, read_parquet
+from pajama.data.readers.redpajama_1t import read_redpajama_1t
+from pajama.data.readers.redpajama_v2 import read_redpajama_v2
 from pajama.data.readers.stackexchange import read_stackexchange
 from pajama.data.readers.web import read_warc, read_wet
 from pajama.data.slices import check_slice
@@ -85,6 +92,8 @@ _READERS = {
     "arxiv": read_arxiv,
     "stackexchange": read_stackexchange,
     "text": read_text,
+    "redpajama_1t": read_redpajama_1t,
+    "redpajama_v2": read_redpajama_v2,
 }
 FORMATS = tuple(_READERS)
 
@@ -109,7 +118,10 @@ def read_source(
     hf_disk `split` (default "train", for a saved DatasetDict) and `storage_options`; hf_hub
     `data_files` (glob inside the dataset repo, default "**/*.parquet") and `revision`;
     stackexchange `site` (default: the name of the folder holding Posts.xml) and
-    `num_partitions` (hash partitions used to group answers with their question).
+    `num_partitions` (hash partitions used to group answers with their question);
+    redpajama_1t `slices`, `snapshots`, `retries`, `block_size`; redpajama_v2 `base_tags` or
+    `listings`, `retries`, `block_size` (see their modules). redpajama_v2 rows also carry the
+    release's published signal columns (redpajama_v2.PUBLISHED_COLUMNS).
     """
     reader = _READERS.get(fmt)
     if reader is None:
