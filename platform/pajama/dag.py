@@ -1,11 +1,12 @@
-"""The DAG: data -> pretrain -> {instruct, chat} -> serve, with fingerprint-based reuse.
+"""The DAG: data -> pretrain -> {instruct, chat} -> evaluate, serve, with fingerprint-based reuse.
 
 Each stage's fingerprint covers its own config sub-tree, the project seed and its upstream
 fingerprints, so an unchanged stage is reused (and says so) and a change re-runs that stage and
 what is downstream of it, nothing else. Every stage, run or reused, is a child run of one MLflow
 DAG run. Ray starts only when a stage has work to do, so a fully reused DAG takes seconds.
-Once base, instruct and chat are all at hand, the DAG run also gets their side-by-side
-comparison on a small generation check set (`pajama.compare`) and the lineage.
+A stage may also `report` on every DAG run that has it, run or reused (the evaluate stage's
+benchmark table). Once base, instruct and chat are all at hand, the DAG run also gets their
+side-by-side comparison on a small generation check set (`pajama.compare`) and the lineage.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Stage:
     run: str  # run(section, ctx: StageContext, inputs: dict[stage, Artifact]) -> manifest
     # (section, upstream) -> the upstream stages this config reads (e.g. none for a named base model)
     select_upstream: str | None = None
+    # (section, artifact, DAG run id) -> None: what the stage shows on every DAG run that has it, run or reused
+    report: str | None = None
 
     @property
     def kind(self) -> kinds.ModelKind | None:
@@ -46,6 +49,8 @@ TABLE = (
     Stage("pretrain", ("data",), "pajama.train.pretrain:run"),
     Stage("instruct", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
     Stage("chat", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
+    Stage("evaluate", ("pretrain", "instruct", "chat"), "pajama.evaluate.stage:run", "pajama.evaluate.stage:upstream",
+          "pajama.evaluate.stage:report"),
     Stage("serve", ("pretrain", "instruct", "chat"), "pajama.serve.stage:run", "pajama.serve.stage:upstream"),
 )
 BY_NAME = {stage.name: stage for stage in TABLE}
@@ -164,6 +169,9 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
                 mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
             print(f"[pajama] {stage}: done in {time.time() - started:.0f}s -> {artifact.path}")
             done[stage] = artifact
+        for stage, artifact in done.items():
+            if BY_NAME[stage].report:
+                _function(BY_NAME[stage].report)(getattr(cfg, stage), artifact, parent.info.run_id)
         if all(kind.stage in done for kind in kinds.KINDS.values()):
             _log_comparison(cfg, done, parent.info.run_id)
         lineage.log_to_parent(parent.info.run_id)
