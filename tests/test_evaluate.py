@@ -111,11 +111,12 @@ def test_dag_evaluates_base_instruct_and_chat_into_mlflow(tiny_project, tiny_dag
             for metric in names:
                 assert f"{kind}/{task}/{metric}" in metrics and f"{kind}/{task}/{metric}_stderr" in metrics
         # The same scores on the registered version (tags) and on its logged model (metrics).
-        [version] = client.search_model_versions(f"run_id = '{_first_run_of(client, parent, stage)}'")
+        trained_by = client.get_run(_first_run_of(client, parent, stage))
+        [version] = client.search_model_versions(f"run_id = '{trained_by.info.run_id}'")
         assert float(version.tags["pajama.eval.pajama_stdlib_mc.acc"]) == pytest.approx(
             metrics[f"{kind}/pajama_stdlib_mc/acc"], rel=1e-5)
         assert "pajama.eval.pajama_stdlib_mc.acc_stderr" in version.tags
-        logged = client.get_logged_model(version.model_id)
+        logged = client.get_logged_model(trained_by.data.tags["pajama.model_id"])
         assert {m.key for m in logged.metrics} >= {f"{kind}/pajama_stdlib_mc/acc", f"{kind}/pajama_stdlib_mc/acc_stderr"}
     print("tiny DAG evaluation:", {k: round(v, 3) for k, v in sorted(metrics.items()) if not k.endswith("_stderr")})
     # Side by side on the DAG run: one row per model, with stderr columns, and the chart.
