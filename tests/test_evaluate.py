@@ -9,6 +9,7 @@ of the stage, and a chat-only change that re-evaluates chat alone.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,19 +61,14 @@ def test_stage_scores_a_model_on_the_bundled_tasks_and_caches_them(tiny_model, t
 
 
 def test_cli_evaluates_a_directory_offline(tiny_model, tmp_path):
-    env = {"PYTHONPATH": str(REPO / "platform"), "PAJAMA_STORAGE_URI": str(tmp_path), **OFFLINE}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(PYTHONPATH=str(REPO / "platform"), PAJAMA_STORAGE_URI=str(tmp_path), **OFFLINE)
     proc = subprocess.run([sys.executable, "-m", "pajama", "evaluate", "--model", str(tiny_model),
                            "--tasks", "pajama_stdlib_mc", "--limit", "5"],
-                          cwd=REPO, env={**_base_env(), **env}, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pajama_stdlib_mc/acc (n=5)" in proc.stdout and " ± " in proc.stdout
     assert "pajama_stdlib_lambada" not in proc.stdout
-
-
-def _base_env() -> dict:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +82,10 @@ def _dag_runs(client):
     return client.search_runs([exp.experiment_id], "tags.`pajama.dag` = 'true'", order_by=["attributes.start_time ASC"])
 
 
-def _evaluate_child(client, parent_id):
+def _child(client, parent_id: str, stage: str):
     exp = client.get_experiment_by_name("pajama")
     [run] = client.search_runs([exp.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`pajama.stage` = 'evaluate'")
+                               f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`pajama.stage` = '{stage}'")
     return run
 
 
@@ -104,20 +100,21 @@ def _benchmarks(client, run_id, tmp_path) -> list[dict]:
 def test_dag_evaluates_base_instruct_and_chat_into_mlflow(tiny_project, tiny_dag, client, tmp_path):
     assert "[pajama] evaluate: running" in tiny_dag.output
     parent = _dag_runs(client)[0]
-    run = _evaluate_child(client, parent.info.run_id)
+    run = _child(client, parent.info.run_id, "evaluate")
     metrics = run.data.metrics
     for kind, stage in KINDS.items():
         for task, names in BUNDLED.items():
             for metric in names:
                 assert f"{kind}/{task}/{metric}" in metrics and f"{kind}/{task}/{metric}_stderr" in metrics
         # The same scores on the registered version (tags) and on its logged model (metrics).
-        trained_by = client.get_run(_first_run_of(client, parent, stage))
+        trained_by = _child(client, parent.info.run_id, stage)
         [version] = client.search_model_versions(f"run_id = '{trained_by.info.run_id}'")
         assert float(version.tags["pajama.eval.pajama_stdlib_mc.acc"]) == pytest.approx(
             metrics[f"{kind}/pajama_stdlib_mc/acc"], rel=1e-5)
         assert "pajama.eval.pajama_stdlib_mc.acc_stderr" in version.tags
         logged = client.get_logged_model(trained_by.data.tags["pajama.model_id"])
-        assert {m.key for m in logged.metrics} >= {f"{kind}/pajama_stdlib_mc/acc", f"{kind}/pajama_stdlib_mc/acc_stderr"}
+        assert {m.key for m in logged.metrics} >= {f"{kind}/pajama_stdlib_mc/acc",
+                                                   f"{kind}/pajama_stdlib_mc/acc_stderr"}
     print("tiny DAG evaluation:", {k: round(v, 3) for k, v in sorted(metrics.items()) if not k.endswith("_stderr")})
     # Side by side on the DAG run: one row per model, with stderr columns, and the chart.
     table = _benchmarks(client, parent.info.run_id, tmp_path)
@@ -126,13 +123,6 @@ def test_dag_evaluates_base_instruct_and_chat_into_mlflow(tiny_project, tiny_dag
     assert all(e["version"].startswith(f"pajama-{kind}/") for e, kind in zip(table, KINDS))
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "evaluation")]
     assert "evaluation/benchmarks.png" in artifacts
-
-
-def _first_run_of(client, parent, stage: str) -> str:
-    exp = client.get_experiment_by_name("pajama")
-    [run] = client.search_runs([exp.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`pajama.stage` = '{stage}'")
-    return run.info.run_id
 
 
 @pytest.mark.slow
@@ -153,5 +143,6 @@ def test_changing_chat_reevaluates_chat_only(tiny_project, tiny_dag):
     plan = tiny_project.pajama("plan", "--json", *override, "evaluate")
     fingerprint = json.loads(plan.output[plan.output.index("{"):])["evaluate"]["fingerprint"]
     manifest = json.loads((tiny_project.storage / "artifacts" / "evaluate" / fingerprint / "manifest.json").read_text())
-    assert {kind: m["cache"] for kind, m in manifest["models"].items()} == {"base": "hit", "instruct": "hit", "chat": "miss"}
+    cache = {kind: m["cache"] for kind, m in manifest["models"].items()}
+    assert cache == {"base": "hit", "instruct": "hit", "chat": "miss"}
     _assert_scores(manifest["results"], KINDS)

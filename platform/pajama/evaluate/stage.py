@@ -128,8 +128,8 @@ def benchmark_table(rows: list[dict], versions: dict[str, str], reference_name: 
 def format_table(rows: list[dict]) -> str:
     """The scores as text: one line per task and metric, one column per model (value ± stderr)."""
     models = list(dict.fromkeys(row["model"] for row in rows))
-    cells = {(r["task"], r["metric"], r["model"]): f"{r['value']:.4g}" + ("" if r["stderr"] is None else f" ± {r['stderr']:.2g}")
-             for r in rows}
+    cells = {(r["task"], r["metric"], r["model"]):
+             f"{r['value']:.4g}" + ("" if r["stderr"] is None else f" ± {r['stderr']:.2g}") for r in rows}
     lines = [[""] + models] + [[f"{task}/{metric} (n={n})"] + [cells.get((task, metric, m), "") for m in models]
                                for task, metric, n in dict.fromkeys((r["task"], r["metric"], r["n"]) for r in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(models) + 1)]
