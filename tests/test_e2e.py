@@ -18,7 +18,7 @@ from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["data", "pretrain", "instruct", "chat", "serve"]
+STAGES = ["data", "pretrain", "instruct", "chat", "evaluate", "serve"]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_mlflow_holds_the_dag(client, tiny_project):
     assert "eval_loss" in children["pretrain"].data.metrics
     # Inputs name the upstream run: dataset inputs (artifacts) and model inputs (logged models).
     for stage, ups in {"pretrain": ["data"], "instruct": ["pretrain"], "chat": ["pretrain"],
-                       "serve": ["pretrain", "instruct", "chat"]}.items():
+                       "evaluate": ["pretrain", "instruct", "chat"], "serve": ["pretrain", "instruct", "chat"]}.items():
         run = client.get_run(runs[stage])
         tags = [{t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs]
         inputs = {t["pajama.upstream_stage"]: t["pajama.upstream_run_id"] for t in tags}
@@ -147,7 +147,7 @@ def test_mlflow_is_browsable(client, tiny_project):
 
     parent = _dag_runs(client)[0]
     assert re.fullmatch(r"tiny-\d{8}-\d{6}-[0-9a-f]{4}", parent.info.run_name), parent.info.run_name
-    assert "- ran: data, pretrain, instruct, chat, serve" in parent.data.tags["mlflow.note.content"]
+    assert "- ran: data, pretrain, instruct, chat, evaluate, serve" in parent.data.tags["mlflow.note.content"]
     children = _children(client, parent.info.run_id)
     raw = [i for i in client.get_run(children["data"].info.run_id).inputs.dataset_inputs
            if {t.key: t.value for t in i.tags}.get("mlflow.data.context") == "raw"]
@@ -202,12 +202,12 @@ def test_rerun_without_change_reuses_every_stage(tiny_project, tiny_dag):
     assert run.seconds < 30
 
 
-def test_changing_chat_learning_rate_reruns_chat_and_serve_only(tiny_project, tiny_dag, client):
+def test_changing_chat_learning_rate_reruns_chat_evaluate_and_serve_only(tiny_project, tiny_dag, client):
     run = tiny_project.pajama("run", "--set", "chat.learning_rate=5e-4", "--set", f"serve.port={free_port()}")
     assert run.returncode == 0, run.output[-4000:]
     for stage in ("data", "pretrain", "instruct"):
         assert f"[pajama] {stage}: up to date, reusing" in run.output
-    for stage in ("chat", "serve"):
+    for stage in ("chat", "evaluate", "serve"):
         assert f"[pajama] {stage}: running" in run.output
     latest = _dag_runs(client)[-1]
     children = _children(client, latest.info.run_id)

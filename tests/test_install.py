@@ -43,6 +43,10 @@ def test_wheel_install_runs_config_and_data_outside_the_checkout(tmp_path):
                            capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(venv)), f"pajama imported from {where}, not from the wheel in the venv"
 
+    tasks = subprocess.run([python, "-c", "from pajama.evaluate.harness import bundled_tasks; print(sorted(bundled_tasks()))"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout
+    assert "pajama_stdlib_mc" in tasks and "pajama_stdlib_lambada" in tasks  # the evaluate stage's local tasks
+
     config = pajama("config", "--recipe", "3b")
     assert config.returncode == 0, config.stderr
     assert json.loads(config.stdout)["pretrain"]["model"]["hidden_size"] == 2560

@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "pajama-chat=models:/pajama-chat@production or mybot:chat=/path/to/hf-dir; "
                         "KIND (base, instruct, chat) picks the prompt format and may be left out "
                         "when NAME is a kind or its registered name")
+    p = sub.add_parser("evaluate", help="lm-evaluation-harness scores of a model, or of the DAG's models")
+    _recipe_args(p)
+    p.add_argument("--model", metavar="SOURCE",
+                   help="models:/<name>/<version>, models:/<name>@<alias>, runs:/<id> or an HF directory "
+                        "(default: run the DAG's evaluate stage on its base, instruct and chat models)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="lm-eval task names (default: evaluate.tasks)")
+    p.add_argument("--limit", type=int, metavar="N", help="examples per task (default: evaluate.limit)")
     p = sub.add_parser("lineage", help="print the DAG of a run (default: the latest)")
     _recipe_args(p)
     p.add_argument("run_id", nargs="?", help="an MLflow DAG run id (default: the latest DAG run)")
@@ -139,6 +146,21 @@ def _promote(cfg, args) -> None:
     tracking.promote(versions, args.alias)
     for name, version in versions.items():
         print(f"models:/{name}@{args.alias} -> version {version}")
+
+
+def _evaluate(cfg, recipe: str, args) -> None:
+    from pajama.evaluate import stage
+
+    cfg.evaluate.tasks = args.tasks or cfg.evaluate.tasks
+    cfg.evaluate.limit = args.limit or cfg.evaluate.limit
+    if args.model:
+        rows = stage.evaluate_source(cfg.evaluate, args.model, cfg.project.resolved_tracking_uri,
+                                     cfg.project.storage_path)
+    else:
+        from pajama.dag import run_dag
+
+        rows = run_dag(cfg, recipe, ["evaluate"])["evaluate"].manifest["results"]
+    print(stage.format_table(rows))
 
 
 def _plan(cfg, args) -> None:
@@ -219,6 +241,8 @@ def _dispatch(args) -> None:
         _lineage(cfg, args)
     elif args.command == "serve":
         _serve(cfg, args.recipe, args)
+    elif args.command == "evaluate":
+        _evaluate(cfg, args.recipe, args)
     else:
         from pajama.dag import run_dag
 

@@ -1,7 +1,7 @@
 """Pajama's one typed config tree, loaded from recipes in `pipelines/*.yaml`.
 
 A recipe is YAML with the sections of `PajamaConfig` (project, data, pretrain, instruct, chat,
-serve). `inherit: <name>` starts from another recipe and deep-merges this one over it, so the 3B
+evaluate, serve). `inherit: <name>` starts from another recipe and deep-merges this one over it, so the 3B
 and 7B presets only state what differs from the tiny default. `--set a.b=value` overrides apply
 last. Every model forbids unknown keys, and constraints are checked here, when the config is
 built, so a bad recipe fails before any Ray work with an error that names the field.
@@ -401,12 +401,33 @@ class ServeConfig(ServeAppOptions):
     max_tokens: int = Field(32, ge=1)
 
 
+class EvaluateConfig(Strict):
+    """The evaluate stage: lm-evaluation-harness tasks for every trained model (pajama.evaluate)."""
+
+    # lm-eval task names: the harness's own (from the Hugging Face hub) or the bundled ones
+    # (resources/eval_tasks/: pajama_stdlib_mc, pajama_stdlib_lambada), which need no network.
+    tasks: list[str] = Field(default_factory=lambda: ["pajama_stdlib_mc", "pajama_stdlib_lambada"], min_length=1)
+    # Few-shot examples per task (mmlu: 5); a task not named here uses its own default (mostly 0).
+    num_fewshot: dict[str, int] = Field(default_factory=dict)
+    # Examples per task; None: all of them.
+    limit: int | None = Field(None, ge=1)
+    models: list[Literal["base", "instruct", "chat"]] = Field(default_factory=lambda: ["base", "instruct", "chat"],
+                                                               min_length=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(16, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    # GPUs per model evaluation (a Ray task each); 0: one after another in the driver's process.
+    num_gpus: float = Field(0, ge=0, json_schema_extra=NOT_FINGERPRINTED)
+    # Published scores shown beside the models' (pajama.evaluate.reference); only the report uses them.
+    reference: Literal["incite-3b", "incite-7b"] | None = Field(None, json_schema_extra=NOT_FINGERPRINTED)
+
+
 class PajamaConfig(Strict):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     data: DataConfig
     pretrain: PretrainConfig
     instruct: SFTConfig
     chat: SFTConfig
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")

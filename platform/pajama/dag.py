@@ -1,11 +1,12 @@
-"""The DAG: data -> pretrain -> {instruct, chat} -> serve, with fingerprint-based reuse.
+"""The DAG: data -> pretrain -> {instruct, chat} -> evaluate, serve, with fingerprint-based reuse.
 
 Each stage's fingerprint covers its own config sub-tree, the project seed and its upstream
 fingerprints, so an unchanged stage is reused (and says so) and a change re-runs that stage and
 what is downstream of it, nothing else. Every stage, run or reused, is a child run of one MLflow
 DAG run. Ray starts only when a stage has work to do, so a fully reused DAG takes seconds.
-Once base, instruct and chat are all at hand, the DAG run also gets their side-by-side
-comparison on a small generation check set (`pajama.compare`) and the lineage.
+A stage may also `report` on every DAG run that has it, run or reused (the evaluate stage's
+benchmark table). Once base, instruct and chat are all at hand, the DAG run also gets their
+side-by-side comparison on a small generation check set (`pajama.compare`) and the lineage.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Stage:
     run: str  # run(section, ctx: StageContext, inputs: dict[stage, Artifact]) -> manifest
     # (section, upstream) -> the upstream stages this config reads (e.g. none for a named base model)
     select_upstream: str | None = None
+    # (section, artifact, DAG run id) -> None: what the stage shows on every DAG run that has it, run or reused
+    report: str | None = None
 
     @property
     def kind(self) -> kinds.ModelKind | None:
@@ -50,6 +53,8 @@ TABLE = (
     Stage("pretrain", ("data",), "pajama.train.pretrain:run"),
     Stage("instruct", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
     Stage("chat", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
+    Stage("evaluate", ("pretrain", "instruct", "chat"), "pajama.evaluate.stage:run", "pajama.evaluate.stage:upstream",
+          "pajama.evaluate.stage:report"),
     Stage("serve", ("pretrain", "instruct", "chat"), "pajama.serve.stage:run", "pajama.serve.stage:upstream"),
 )
 BY_NAME = {stage.name: stage for stage in TABLE}
@@ -173,6 +178,9 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
                 mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
             log.info("%s: done in %.0fs -> %s", stage, time.time() - started, artifact.path)
             done[stage] = artifact
+        for stage, artifact in done.items():
+            if BY_NAME[stage].report:
+                _function(BY_NAME[stage].report)(getattr(cfg, stage), artifact, parent.info.run_id)
         tracking.describe_dag_run(recipe, [s for s in done if s not in reused], reused)
         if cfg.project.promote_to and targets is None:
             promoted = tracking.dag_run_versions(parent.info.run_id)
