@@ -181,6 +181,33 @@ def test_redpajama_1t_reads_every_slice_of_the_release_over_http(ray_session, mi
     assert book["url"] == "https://example.org/1" and book["source"] == "book"
 
 
+def test_data_stage_reads_the_release_per_slice_with_its_metadata(ray_session, mirror, tmp_path):
+    """`pajama data`'s stage with a redpajama_1t source on the mirror's urls.txt: every slice counted,
+    the release's metadata kept on each document, a connection dropped mid-file changing nothing."""
+    from pajama.artifacts import StageContext
+    from pajama.config import DataConfig
+    from pajama.data.stage import run as run_data_stage
+
+    server, urls, counts = mirror
+    dropped = f"{urlparse(urls).path.rsplit('/', 1)[0]}/book/book.jsonl"
+    server.drop_once.add(dropped)
+    cfg = DataConfig(sources=[{"format": "redpajama_1t", "path": urls, "options": {"block_size": BLOCK_SIZE}}],
+                     filters=[], fuzzy_dedup={"enabled": False}, exact_dedup=False,
+                     tokenizer={"vocab_size": 300, "sample_documents": 200}, seq_len=16, eval_fraction=0.2,
+                     sequences_per_shard=256, shuffle_partitions=2, shuffle_strategy="sort_shuffle_pull_based")
+    out = tmp_path / "artifact"
+    out.mkdir()
+    stats = run_data_stage(cfg, StageContext(out, tmp_path, "test"), {})["stats"]
+
+    assert dropped in server.dropped
+    assert {name: e["documents_in"] for name, e in stats["slices"].items() if e["documents_in"]} == \
+        {name: n for name, n in counts.items() if n}
+    assert all(e["bad_input"] == 0 for e in stats["slices"].values())
+    documents = pq.read_table(out / "documents").to_pylist()
+    subsets = {json.loads(d["meta"])["red_pajama_subset"] for d in documents}
+    assert subsets == {"arxiv", "book", "c4", "common_crawl", "github", "stackexchange", "wikipedia"}
+
+
 def test_redpajama_1t_selects_slices_and_snapshots(ray_session, mirror):
     _, urls, counts = mirror
     rows = _rows(read_source("redpajama_1t", urls, slices=["common_crawl", "wikipedia"], snapshots=["2023-06"]))
