@@ -140,3 +140,26 @@ def tiny_dag(tiny_project) -> PajamaRun:
     print(f"\n[tiny DAG] exit {run.returncode} in {run.seconds:.0f}s")
     assert run.returncode == 0, run.output[-6000:]
     return run
+
+
+@pytest.fixture(scope="module")
+def client(tiny_project, tiny_dag):
+    """An MLflow client on the tiny DAG's tracking store and registry."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tiny_project.tracking_uri)
+    return MlflowClient(tiny_project.tracking_uri, registry_uri=tiny_project.tracking_uri)
+
+
+def dag_runs(client) -> list:
+    """The DAG runs of the `pajama` experiment, oldest first."""
+    exp = client.get_experiment_by_name("pajama")
+    return client.search_runs([exp.experiment_id], "tags.`pajama.dag` = 'true'", order_by=["attributes.start_time ASC"])
+
+
+def stage_runs(client, parent_id: str) -> dict:
+    """The stage runs of one DAG run, by stage."""
+    exp = client.get_experiment_by_name("pajama")
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {r.data.tags["pajama.stage"]: r for r in runs}

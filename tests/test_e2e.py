@@ -12,30 +12,12 @@ import re
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import free_port
+from conftest import dag_runs, free_port, stage_runs
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["data", "pretrain", "instruct", "chat", "evaluate", "serve"]
-
-
-@pytest.fixture(scope="module")
-def client(tiny_project, tiny_dag):
-    mlflow.set_tracking_uri(tiny_project.tracking_uri)
-    return MlflowClient(tiny_project.tracking_uri, registry_uri=tiny_project.tracking_uri)
-
-
-def _dag_runs(client):
-    exp = client.get_experiment_by_name("pajama")
-    return client.search_runs([exp.experiment_id], "tags.`pajama.dag` = 'true'", order_by=["attributes.start_time ASC"])
-
-
-def _children(client, parent_id):
-    exp = client.get_experiment_by_name("pajama")
-    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    return {r.data.tags["pajama.stage"]: r for r in runs}
 
 
 def test_dag_runs_every_stage_and_serves_a_chat_answer(tiny_project, tiny_dag):
@@ -96,8 +78,8 @@ def test_pretraining_loss_falls(client, tiny_project):
 
 
 def test_mlflow_holds_the_dag(client, tiny_project):
-    parent = _dag_runs(client)[0]
-    children = _children(client, parent.info.run_id)
+    parent = dag_runs(client)[0]
+    children = stage_runs(client, parent.info.run_id)
     assert sorted(children) == sorted(STAGES)
     runs = {s: r.info.run_id for s, r in children.items()}
     for stage, run in children.items():
@@ -145,10 +127,10 @@ def test_mlflow_is_browsable(client, tiny_project):
     from pajama.config import RESOURCES_DIR
     from pajama.data.provenance import file_digest
 
-    parent = _dag_runs(client)[0]
+    parent = dag_runs(client)[0]
     assert re.fullmatch(r"tiny-\d{8}-\d{6}-[0-9a-f]{4}", parent.info.run_name), parent.info.run_name
     assert "- ran: data, pretrain, instruct, chat, evaluate, serve" in parent.data.tags["mlflow.note.content"]
-    children = _children(client, parent.info.run_id)
+    children = stage_runs(client, parent.info.run_id)
     raw = [i for i in client.get_run(children["data"].info.run_id).inputs.dataset_inputs
            if {t.key: t.value for t in i.tags}.get("mlflow.data.context") == "raw"]
     corpus = sorted((RESOURCES_DIR / "corpus").glob("*.jsonl.gz"))
@@ -209,8 +191,8 @@ def test_changing_chat_learning_rate_reruns_chat_evaluate_and_serve_only(tiny_pr
         assert f"[pajama] {stage}: up to date, reusing" in run.output
     for stage in ("chat", "evaluate", "serve"):
         assert f"[pajama] {stage}: running" in run.output
-    latest = _dag_runs(client)[-1]
-    children = _children(client, latest.info.run_id)
+    latest = dag_runs(client)[-1]
+    children = stage_runs(client, latest.info.run_id)
     assert children["chat"].data.params["stage.learning_rate"] == "0.0005"
     assert "pajama.reused_from_run" in children["instruct"].data.tags
     assert "pajama.reused_from_run" not in children["chat"].data.tags

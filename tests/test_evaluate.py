@@ -14,11 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, dag_runs, stage_runs
 
 BUNDLED = {"pajama_stdlib_mc": ["acc", "acc_norm"], "pajama_stdlib_lambada": ["perplexity", "acc"]}
 KINDS = {"base": "pretrain", "instruct": "instruct", "chat": "chat"}
@@ -71,24 +69,6 @@ def test_cli_evaluates_a_directory_offline(tiny_model, tmp_path):
     assert "pajama_stdlib_lambada" not in proc.stdout
 
 
-@pytest.fixture(scope="module")
-def client(tiny_project, tiny_dag):
-    mlflow.set_tracking_uri(tiny_project.tracking_uri)
-    return MlflowClient(tiny_project.tracking_uri, registry_uri=tiny_project.tracking_uri)
-
-
-def _dag_runs(client):
-    exp = client.get_experiment_by_name("pajama")
-    return client.search_runs([exp.experiment_id], "tags.`pajama.dag` = 'true'", order_by=["attributes.start_time ASC"])
-
-
-def _child(client, parent_id: str, stage: str):
-    exp = client.get_experiment_by_name("pajama")
-    [run] = client.search_runs([exp.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`pajama.stage` = '{stage}'")
-    return run
-
-
 def _benchmarks(client, run_id, tmp_path) -> list[dict]:
     from pajama.evaluate.stage import TABLE_FILE
 
@@ -99,15 +79,15 @@ def _benchmarks(client, run_id, tmp_path) -> list[dict]:
 @pytest.mark.slow
 def test_dag_evaluates_base_instruct_and_chat_into_mlflow(tiny_project, tiny_dag, client, tmp_path):
     assert "[pajama] evaluate: running" in tiny_dag.output
-    parent = _dag_runs(client)[0]
-    run = _child(client, parent.info.run_id, "evaluate")
+    parent = dag_runs(client)[0]
+    run = stage_runs(client, parent.info.run_id)["evaluate"]
     metrics = run.data.metrics
     for kind, stage in KINDS.items():
         for task, names in BUNDLED.items():
             for metric in names:
                 assert f"{kind}/{task}/{metric}" in metrics and f"{kind}/{task}/{metric}_stderr" in metrics
         # The same scores on the registered version (tags) and on its logged model (metrics).
-        trained_by = _child(client, parent.info.run_id, stage)
+        trained_by = stage_runs(client, parent.info.run_id)[stage]
         [version] = client.search_model_versions(f"run_id = '{trained_by.info.run_id}'")
         assert float(version.tags["pajama.eval.pajama_stdlib_mc.acc"]) == pytest.approx(
             metrics[f"{kind}/pajama_stdlib_mc/acc"], rel=1e-5)
@@ -131,7 +111,7 @@ def test_evaluate_rerun_reuses_the_stage_and_reports_again(tiny_project, tiny_da
     assert run.returncode == 0, run.output[-4000:]
     assert "[pajama] evaluate: up to date, reusing" in run.output
     assert "pajama_stdlib_mc/acc (n=" in run.output and "Started a local Ray instance" not in run.output
-    assert [e["model"] for e in _benchmarks(client, _dag_runs(client)[-1].info.run_id, tmp_path)] == list(KINDS)
+    assert [e["model"] for e in _benchmarks(client, dag_runs(client)[-1].info.run_id, tmp_path)] == list(KINDS)
 
 
 @pytest.mark.slow

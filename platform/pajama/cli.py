@@ -226,9 +226,9 @@ def _dispatch(args) -> None:
     if args.command == "config" and args.explain is not None:
         from pajama.config import explain
 
-        for path, kind, default, text in explain():
+        for path, type_name, default, text in explain():
             if path.startswith(args.explain):
-                print(f"{path}  ({kind}{', default ' + default if default else ''})")
+                print(f"{path}  ({type_name}{', default ' + default if default else ''})")
                 if text:
                     print(textwrap.fill(" ".join(text.split()), 100, initial_indent="    ", subsequent_indent="    "))
     elif args.command == "config":
