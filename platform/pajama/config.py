@@ -40,12 +40,21 @@ class Strict(BaseModel):
 # A field that says how or where a stage runs, not what it produces: left out of the stage's
 # fingerprint, so changing it reuses the finished stage (dag.stage_config).
 NOT_FINGERPRINTED = {"fingerprint": False}
+# A feature added after artifacts were made: while it is left at its default (off) it is left out
+# of the fingerprint, so the artifacts made before it stay valid; once set, it is part of it.
+FINGERPRINTED_WHEN_SET = {"fingerprint": "when_set"}
 
 
 def fingerprinted_fields(section: BaseModel) -> dict:
-    """A config section as JSON, without its NOT_FINGERPRINTED fields."""
-    skip = {name for name, field in type(section).model_fields.items()
-            if field.json_schema_extra == NOT_FINGERPRINTED}
+    """A config section as JSON, without its NOT_FINGERPRINTED fields (nor FINGERPRINTED_WHEN_SET
+    fields left at their default)."""
+    skip = set()
+    for name, field in type(section).model_fields.items():
+        if field.json_schema_extra == NOT_FINGERPRINTED:
+            skip.add(name)
+        elif field.json_schema_extra == FINGERPRINTED_WHEN_SET and getattr(section, name) == field.get_default(
+                call_default_factory=True):
+            skip.add(name)
     return section.model_dump(mode="json", exclude=skip)
 
 
@@ -187,10 +196,27 @@ class FuzzyDedupConfig(Strict):
         return self
 
 
+class DecontaminationConfig(Strict):
+    """Pretraining documents sharing a word n-gram with evaluation data are dropped (pajama.data.decontam)."""
+
+    against: list[str] = Field(default_factory=list)
+    """JSON Lines or JSON files (paths, globs, bundled:...) of evaluation examples; every string of a
+    record counts. Empty: no decontamination."""
+    ngram: int = Field(13, ge=4)
+    """N-gram length in normalised words (13, as GPT-3 and lm-evaluation-harness)."""
+
+    @field_validator("against")
+    @classmethod
+    def _files_exist(cls, paths: list[str]) -> list[str]:
+        return [check_local_path_exists(path) for path in paths]
+
+
 class DataConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     filters: list[str] = Field(default_factory=lambda: ["gopher", "c4", "rpv1_github"])
     """Filter recipes by name (pipelines/filters/<name>.yaml) or path, applied in order."""
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig,
+                                                   json_schema_extra=FINGERPRINTED_WHEN_SET)
     exact_dedup: bool = True
     fuzzy_dedup: FuzzyDedupConfig = Field(default_factory=FuzzyDedupConfig)
     quarantine: bool = True

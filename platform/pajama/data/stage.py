@@ -48,7 +48,7 @@ from tokenizers import Tokenizer
 
 from pajama.artifacts import StageContext
 from pajama.config import DataConfig, is_remote, resolve_path
-from pajama.data import dedup, filters, readers, signals
+from pajama.data import decontam, dedup, filters, readers, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
@@ -113,13 +113,16 @@ def read_sources(cfg: DataConfig) -> ray.data.Dataset:
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
-def _annotate(batch: pa.Table, rules: list) -> pa.Table:
-    """Signals and filter verdict of the batch's documents; its bad-input rows pass with null
-    signals, keep false and no drop_reason (quarantined as bad input, not by a rule)."""
+def _annotate(batch: pa.Table, rules: list, contamination: tuple | None = None) -> pa.Table:
+    """Signals and filter verdict of the batch's documents (and, given `contamination` = (n-gram
+    hashes, n), the decontamination verdict of those the rules keep); its bad-input rows pass with
+    null signals, keep false and no drop_reason (quarantined as bad input, not by a rule)."""
     bad = pc.is_valid(batch.column(READ_ERROR))
-    if not pc.any(bad).as_py():
-        return filters.apply_filters(_with_signals(batch), rules)
     documents = filters.apply_filters(_with_signals(batch.filter(pc.invert(bad))), rules)
+    if contamination is not None:
+        documents = decontam.mark_contaminated(documents, *contamination)
+    if not pc.any(bad).as_py():
+        return documents
     unreadable = batch.filter(bad)
     unreadable = unreadable.append_column("keep", pa.array([False] * unreadable.num_rows, pa.bool_()))
     return pa.concat_tables([documents, unreadable], promote_options="default")
@@ -288,7 +291,13 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
     rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
 
     log.info("data: reading sources, computing quality signals, applying filters")
-    annotated = read_sources(cfg).map_batches(_annotate, fn_kwargs={"rules": rules}, batch_format="pyarrow")
+    contamination = None
+    if cfg.decontamination.against:
+        n = cfg.decontamination.ngram
+        contamination = (decontam.eval_ngram_hashes(cfg.decontamination.against, n), n)
+        log.info("data: decontamination against %d evaluation %d-grams", len(contamination[0]), n)
+    annotated = read_sources(cfg).map_batches(_annotate, fn_kwargs={"rules": rules, "contamination": contamination},
+                                              batch_format="pyarrow")
     annotated.write_parquet(str(out / "documents"))
     documents = read_parquet_dir(out / "documents")
 
