@@ -99,7 +99,7 @@ def build_app(args: dict) -> serve.Application:
             spec.model_dump(include={"name", "source", "kind"}),
             tracking_uri,
             config.model_cache_dir,
-            options.model_dump(include={"max_batch_size", "batch_wait_timeout_s"}),
+            options.model_dump(include={"max_batch_size", "stall_timeout_s"}),
             config.default_max_tokens,
         )
     ingress = OpenAIIngress.options(
@@ -107,7 +107,7 @@ def build_app(args: dict) -> serve.Application:
         ray_actor_options={"num_cpus": config.ingress_num_cpus},
     )
     kinds = {spec.name: spec.kind for spec in config.models}
-    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars"})
+    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
     return ingress.bind(handles, kinds, limits, config.api_key_env, config.log_interval_s)
 
 

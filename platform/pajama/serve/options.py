@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pajama.config import ReplicaOptions, ServeAppOptions
 
-# Serve batches handed to the engine at once (it merges them); also sets max_ongoing_requests' default.
-SERVE_CONCURRENT_BATCHES = 4
+# max_ongoing_requests' default: this many requests per batch row, decoding or waiting to join.
+REQUESTS_PER_ROW = 4
 
 
 class ModelSpec(BaseModel):
@@ -83,7 +83,7 @@ def deployment_options(name: str, options: ReplicaOptions) -> dict:
     num_gpus = (1 if cluster_has_gpu() else 0) if options.num_gpus == "auto" else options.num_gpus
     deployment = {
         "name": name,
-        "max_ongoing_requests": options.max_ongoing_requests or SERVE_CONCURRENT_BATCHES * options.max_batch_size,
+        "max_ongoing_requests": options.max_ongoing_requests or REQUESTS_PER_ROW * options.max_batch_size,
         "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus},
         "health_check_period_s": options.health_check_period_s,
     }
