@@ -251,8 +251,9 @@ class HFEngine:
             cache = DynamicCache()
             scores_all = any(row.job.echo and row.job.logprobs is not None for row, _ in joining)
             logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
-                use_cache=True, logits_to_keep=0 if scores_all else 1,
+                input_ids=ids, attention_mask=_attention_bias(mask, ids.shape[1], self.model.dtype),
+                position_ids=_positions(mask), past_key_values=cache, use_cache=True,
+                logits_to_keep=0 if scores_all else 1,
             ).logits
             if scores_all:
                 for i, (row, _) in enumerate(joining):
@@ -294,8 +295,8 @@ class HFEngine:
         try:
             mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
             logits = self.model(
-                input_ids=self._next[:, None], attention_mask=mask, position_ids=_positions(mask)[:, -1:],
-                past_key_values=self._cache, use_cache=True,
+                input_ids=self._next[:, None], attention_mask=_attention_bias(mask, 1, self.model.dtype),
+                position_ids=_positions(mask)[:, -1:], past_key_values=self._cache, use_cache=True,
             ).logits[:, -1]
         except Exception as error:  # noqa: BLE001 - the batch's rows fail; the engine goes on
             message = f"generation failed: {type(error).__name__}: {error}"
@@ -380,6 +381,20 @@ def _put_all(sinks: dict[_Sink, list[Event]]) -> None:
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids of left-padded rows: each row's real tokens count from 0."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _attention_bias(mask: torch.Tensor, queries: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive 4D mask (rows x 1 x queries x length) for the last `queries` positions of
+    left-padded rows: each sees the real positions up to itself, a padding position only itself
+    (never nothing, which would make NaNs). Built here because transformers builds it per step
+    with vmap once rows are padded, which costs more than the tiny model's forward pass."""
+    length = mask.shape[1]
+    keys = torch.arange(length, device=mask.device)
+    query_positions = keys[length - queries :, None]
+    allowed = (keys <= query_positions) & mask.bool()[:, None, :]
+    allowed |= keys == query_positions
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
