@@ -10,6 +10,9 @@ records metrics, and serves the playground page. Its rules for what a client get
 - 503 only where a retry can help (a replica died or is overloaded), 500 for anything else;
 - an error of one request is that request's alone, in-band once a stream has started;
 - metric labels take only bounded values: a model name the app does not serve is "unknown".
+
+A stream writes everything the replica had ready in one go (a chunk per choice with news), and an
+SSE comment whenever nothing came for `sse_keepalive_s`, so proxies keep a slow stream open.
 """
 
 import asyncio
