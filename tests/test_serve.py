@@ -19,12 +19,14 @@ import openai
 import pytest
 import ray
 from pajama.serve import app as serve_app
+from pajama.serve.engine import HANG_ON_ENV
 from pajama.serve.tiny_model import make_tiny_model
 
 API_KEY = "sk-pajama-test"
 KEY_ENV = "PAJAMA_TEST_SERVE_API_KEY"
 MODEL = "chat"
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]
+HANG_MARKER = "please hang the generation thread"  # the engine's test hook (PAJAMA_TEST_HANG_ON)
 
 
 def _free_port() -> int:
@@ -36,8 +38,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model_dir = make_tiny_model(tmp_path_factory.mktemp("serve-model"), suppress_eos=True)
-    # Set before ray.init so the replicas (children of the raylet) inherit it.
+    # Set before ray.init so the replicas (children of the raylet) inherit them.
     os.environ[KEY_ENV] = API_KEY
+    os.environ[HANG_ON_ENV] = HANG_MARKER
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         base_url = serve_app.deploy(
@@ -47,7 +50,7 @@ def server(tmp_path_factory):
                 "num_cpus": 1,
                 "num_gpus": 0,
                 "ingress_num_cpus": 0.5,
-                "batch_wait_timeout_s": 0.02,
+                "stall_timeout_s": 3,
                 "default_max_tokens": 16,
                 "health_check_period_s": 1,
             },
@@ -57,7 +60,7 @@ def server(tmp_path_factory):
     finally:
         serve_app.shutdown()
         ray.shutdown()
-        del os.environ[KEY_ENV]
+        del os.environ[KEY_ENV], os.environ[HANG_ON_ENV]
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +176,109 @@ def test_provenance_headers_and_fingerprint(client):
         assert all(chunk.system_fingerprint == f"{version}@local" for chunk in streaming.parse())
 
 
+def test_n_choices_with_logprobs_through_the_client(client):
+    completion = client.completions.create(model=MODEL, prompt="The capital of", max_tokens=6, temperature=0, n=2, logprobs=2)
+    assert [c.index for c in completion.choices] == [0, 1] and completion.usage.completion_tokens == 12
+    first, second = completion.choices
+    assert first.text == second.text  # greedy
+    logprobs = first.logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.text_offset) == 6
+    assert "".join(logprobs.tokens) == first.text and logprobs.text_offset[0] == 0
+    # Greedy: the chosen token is the best of its alternatives (the chosen one included).
+    assert all(lp == max(top.values()) and len(top) == 2 for lp, top in zip(logprobs.token_logprobs, logprobs.top_logprobs))
+
+    chat = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5, temperature=1.0, seed=3,
+                                          n=2, logprobs=True, top_logprobs=3)
+    assert [c.index for c in chat.choices] == [0, 1] and chat.usage.completion_tokens == 10
+    for choice in chat.choices:
+        content = choice.logprobs.content
+        assert len(content) == 5 and all(len(token.top_logprobs) == 3 and token.logprob <= 0 for token in content)
+
+    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0, n=2,
+                                                 stream=True, logprobs=True))
+    texts = {0: "", 1: ""}
+    streamed_logprobs = {0: 0, 1: 0}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            streamed_logprobs[choice.index] += len(choice.logprobs.content) if choice.logprobs else 0
+    plain = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0)
+    assert texts == {0: plain.choices[0].message.content, 1: plain.choices[0].message.content}
+    assert streamed_logprobs == {0: 6, 1: 6}
+    finishes = [(c.index, c.finish_reason) for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert sorted(finishes) == [(0, "length"), (1, "length")]
+
+
+def test_scoring_a_prompt_the_way_lm_evaluation_harness_does(server):
+    """`local-completions` loglikelihood: token ids, echo, logprobs 1, max_tokens 0 or 1, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(server.model_dir)
+    prompts = [tokenizer("The capital of France is Paris", add_special_tokens=False)["input_ids"],
+               tokenizer("Hello, who are you?", add_special_tokens=False)["input_ids"]]
+    model = AutoModelForCausalLM.from_pretrained(server.model_dir).eval()
+    for max_tokens in (0, 1):
+        body = {"model": MODEL, "prompt": prompts, "max_tokens": max_tokens, "echo": True, "logprobs": 1,
+                "temperature": 0, "seed": 1234}
+        response = _post(server, COMPLETIONS, body)
+        assert response.status_code == 200, response.text
+        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+        assert len(choices) == 2
+        for ids, choice in zip(prompts, choices):
+            logprobs = choice["logprobs"]
+            assert len(logprobs["token_logprobs"]) == len(ids) + max_tokens
+            assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+            assert logprobs["tokens"][: len(ids)] == [tokenizer.decode([i]) for i in ids]
+            assert choice["text"].startswith(tokenizer.decode(ids))
+            assert logprobs["text_offset"][1] == len(logprobs["tokens"][0])
+            with torch.inference_mode():
+                expected = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+            expected = expected[torch.arange(len(ids) - 1), ids[1:]]
+            served = torch.tensor(logprobs["token_logprobs"][1 : len(ids)])
+            assert torch.allclose(served, expected, atol=1e-4), (served, expected)
+            # lm-eval's is_greedy test reads the top alternatives of each continuation token.
+            assert all(max(top.values()) >= lp - 1e-6 for lp, top in
+                       zip(logprobs["token_logprobs"][1:], logprobs["top_logprobs"][1:]))
+
+
+def test_openapi_schema_and_docs(server):
+    schema = httpx.get(f"{server.base_url}/openapi.json").json()
+    body = schema["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/CompletionRequest"}
+    assert "echo" in schema["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert "ChatMessage" in schema["components"]["schemas"]
+    docs = httpx.get(f"{server.base_url}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_a_request_joins_a_long_generation_through_serve(server):
+    """A short request sent while a long one generates gets its first token before the long one ends."""
+
+    async def main():
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(timeout=120) as http:
+            async def stream(max_tokens: int, started: asyncio.Event) -> tuple[float, float]:
+                body = {"model": MODEL, "prompt": "Once", "max_tokens": max_tokens, "temperature": 0, "stream": True}
+                first = None
+                async with http.stream("POST", f"{server.base_url}{COMPLETIONS}", json=body, headers=headers) as response:
+                    async for line in response.aiter_lines():
+                        if first is None and line.startswith("data: {"):
+                            first = time.monotonic()
+                            started.set()
+                return first, time.monotonic()
+
+            long_started = asyncio.Event()
+            long_request = asyncio.create_task(stream(250, long_started))
+            await long_started.wait()
+            short_first, short_end = await stream(4, asyncio.Event())
+            long_first, long_end = await long_request
+            return long_first, long_end, short_first, short_end
+
+    long_first, long_end, short_first, short_end = asyncio.run(main())
+    assert long_first < short_first < short_end < long_end
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad requests and auth
 
@@ -189,12 +295,15 @@ MALFORMED = [
     ("temperature too high", CHAT, {"model": MODEL, "messages": HELLO, "temperature": 3}, 400, "invalid_value", "temperature"),
     ("missing messages", CHAT, {"model": MODEL}, 400, "invalid_value", "messages"),
     ("unknown role", CHAT, {"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_value", None),
-    ("n=2", CHAT, {"model": MODEL, "messages": HELLO, "n": 2}, 400, "invalid_value", "n"),
+    ("n=0", CHAT, {"model": MODEL, "messages": HELLO, "n": 0}, 400, "invalid_value", "n"),
+    ("top_logprobs without logprobs", CHAT, {"model": MODEL, "messages": HELLO, "top_logprobs": 2}, 400, "invalid_value", None),
+    ("max_tokens 0 without echo", COMPLETIONS, {"model": MODEL, "prompt": "Hi", "max_tokens": 0}, 400, "invalid_value", None),
+    ("token id beyond the vocabulary", COMPLETIONS, {"model": MODEL, "prompt": [1, 10**6]}, 400, "invalid_value", "prompt"),
     ("unknown field", CHAT, {"model": MODEL, "messages": HELLO, "best_of_all": 1}, 400, "invalid_value", "best_of_all"),
     ("five stops", CHAT, {"model": MODEL, "messages": HELLO, "stop": list("abcde")}, 400, "invalid_value", "stop"),
     ("prompt beyond context", COMPLETIONS, {"model": MODEL, "prompt": "x " * 400}, 400, "context_length_exceeded", "prompt"),
     ("max_tokens beyond context", COMPLETIONS, {"model": MODEL, "prompt": "Hi", "max_tokens": 1000}, 400, "context_length_exceeded", "max_tokens"),
-    ("two prompts", COMPLETIONS, {"model": MODEL, "prompt": ["a", "b"]}, 400, "invalid_value", "prompt"),
+    ("too many choices", COMPLETIONS, {"model": MODEL, "prompt": ["a"] * 5, "n": 16}, 400, "invalid_value", None),
     ("penalty unsupported", COMPLETIONS, {"model": MODEL, "prompt": "a", "presence_penalty": 1.0}, 400, "invalid_value", "presence_penalty"),
     ("unknown route", "/v1/embeddings", {"model": MODEL, "input": "a"}, 404, "not_found", None),
 ]
@@ -366,6 +475,36 @@ def test_load_has_no_server_errors(server):
     statuses = [status for _, _, status in results]
     assert len(statuses) == 300
     assert statuses.count(200) == 300, {s: statuses.count(s) for s in set(statuses)}
+
+
+@pytest.mark.slow
+def test_a_hung_replica_is_replaced_and_only_its_requests_fail(server):
+    (victim,) = _model_replica_names()
+    stuck_body = {"model": MODEL, "prompt": f"Hello, {HANG_MARKER}", "max_tokens": 4}
+    ok_body = {"model": MODEL, "prompt": "Hello", "max_tokens": 4}
+
+    async def main():
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(timeout=120) as http:
+            async def post(body):
+                return (await http.post(f"{server.base_url}{COMPLETIONS}", json=body, headers=headers)).status_code
+
+            stuck = asyncio.create_task(post(stuck_body))
+            await asyncio.sleep(0.5)
+            behind = [asyncio.create_task(post(ok_body)) for _ in range(3)]  # routed to the stuck replica
+            return await stuck, await asyncio.gather(*behind)
+
+    stuck, behind = asyncio.run(main())
+    assert stuck == 503 and behind == [503] * 3
+    deadline = time.monotonic() + 120
+    while (names := _model_replica_names()) in ([victim], []) or len(names) > 1:
+        assert time.monotonic() < deadline, f"the stuck replica was not replaced: {names}"
+        time.sleep(1)
+    deadline = time.monotonic() + 60
+    while (status := _post(server, COMPLETIONS, ok_body).status_code) != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert status == 200
+    assert [_post(server, COMPLETIONS, ok_body).status_code for _ in range(4)] == [200] * 4
 
 
 def _model_replica_names() -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pajama.serve.app import build_app
 from pajama.serve.ingress import Summary
-from pajama.serve.options import ServeArgs, deployment_options
+from pajama.serve.options import REPLICA_ENV, ServeArgs, deployment_options
 from ray.serve.schema import ServeDeploySchema
 
 SERVE_YAML = Path(__file__).resolve().parents[1] / "pipelines" / "serve.yaml"
@@ -37,7 +37,8 @@ def test_cli_arguments_arrive_as_strings():
     parsed = ServeArgs.model_validate({"models": json.dumps([CHAT]), "num_replicas": "2", "num_gpus": "0"})
     assert parsed.models[0].kind == "chat" and parsed.num_replicas == 2 and parsed.num_gpus == 0
     options = deployment_options("model-chat", parsed.replica_options(parsed.models[0]))
-    assert options["num_replicas"] == 2 and options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0}
+    assert options["num_replicas"] == 2 and options["ray_actor_options"] == {
+        "num_cpus": 1.0, "num_gpus": 0, "runtime_env": {"env_vars": REPLICA_ENV}}
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,15 @@
-"""The HF serving engine without Ray: chat templates, stops, per-row batching, sources, app args."""
+"""The HF serving engine without Ray: chat templates, stops, per-row sampling, in-flight batching,
+logprobs and prompt scoring, sources."""
 
 import asyncio
+import time
 
 import pytest
-from pajama.serve.engine import (
-    HFEngine,
-    Job,
-    RequestError,
-    Sampling,
-    _Row,
-)
+import torch
 from pajama.models import resolve_source
-from pajama.serve.events import Delta, Finished
+from pajama.serve.engine import HFEngine, RequestError
+from pajama.serve.events import Delta, Failed, Finished
+from pajama.serve.rows import Job, Row, Sampling
 from pajama.serve.tiny_model import make_tiny_model
 from pajama.sft.templates import render_chat
 
@@ -27,15 +25,15 @@ def engine(model_dir):
 
 
 def run(engine, jobs):
-    """Generate for `jobs` in one batch; return per-job (text, finish_reason, completion_tokens, deltas)."""
+    """Generate for `jobs` together; return per-job (text, finish_reason, completion_tokens, deltas)."""
+    for index, job in enumerate(jobs):
+        job.index = index
 
     async def collect():
         events = [[] for _ in jobs]
-        async for step in engine.generate_stream(jobs):
-            assert len(step) == len(jobs)
-            for row, event in enumerate(step):
-                if event is not None:
-                    events[row].append(event)
+        async for step in engine.generate(jobs):
+            for event in step:
+                events[event.index].append(event)
         return events
 
     results = []
@@ -76,7 +74,7 @@ def test_tokenizer_chat_template_wins(engine):
 def test_stop_sequence_is_cut_and_never_leaks_in_deltas(engine):
     tokenizer = engine.tokenizer
     job = Job([1], Sampling(max_tokens=100), stop=("<human>:",), strip_leading_space=True)
-    row = _Row(job, tokenizer, engine.eos_ids, engine.device)
+    row = Row(job, tokenizer, engine.eos_ids, engine.device)
     ids = tokenizer(" Paris is nice.\n<human>: and more", add_special_tokens=False)["input_ids"]
     events = [row.advance(token) for token in ids]
     emitted = [e for e in events if e is not None]
@@ -89,11 +87,11 @@ def test_stop_sequence_is_cut_and_never_leaks_in_deltas(engine):
 
 def test_token_budget_and_eos(engine):
     tokenizer = engine.tokenizer
-    row = _Row(Job([1], Sampling(max_tokens=3), (), False), tokenizer, engine.eos_ids, engine.device)
+    row = Row(Job([1], Sampling(max_tokens=3), (), False), tokenizer, engine.eos_ids, engine.device)
     ids = tokenizer("The quick brown fox jumps", add_special_tokens=False)["input_ids"]
     events = [row.advance(token) for token in ids[:3]]
     assert events[-1] == Finished(events[-1].text, "length", 3)
-    eos_row = _Row(Job([1], Sampling(max_tokens=10), (), False), tokenizer, engine.eos_ids, engine.device)
+    eos_row = Row(Job([1], Sampling(max_tokens=10), (), False), tokenizer, engine.eos_ids, engine.device)
     eos_row.advance(ids[0])
     final = eos_row.advance(tokenizer.eos_token_id)
     assert isinstance(final, Finished) and final.finish_reason == "stop" and final.completion_tokens == 2
@@ -148,7 +146,7 @@ def test_completions_of_a_fine_tuned_model_stop_at_its_next_turn(engine, model_d
     prompt = "<human>: Hi\n<bot>:"
     job = engine.prepare(prompt=prompt, max_tokens=8, default_max_tokens=16, stop=["END"])
     assert job.stop == ("END", "<human>:") and not job.strip_leading_space
-    row = _Row(job, engine.tokenizer, engine.eos_ids, engine.device)
+    row = Row(job, engine.tokenizer, engine.eos_ids, engine.device)
     ids = engine.tokenizer(" Paris.\n<human>: and you?", add_special_tokens=False)["input_ids"]
     final = [e for e in (row.advance(token) for token in ids) if e is not None][-1]
     assert isinstance(final, Finished) and final.finish_reason == "stop" and row.text == " Paris.\n"
@@ -207,26 +205,89 @@ def test_mlflow_registry_source(tmp_path, model_dir, monkeypatch):
         resolve_source("models:/pajama-chat", tracking_uri=uri)
 
 
-def test_groups_that_wait_for_a_busy_model_are_merged_into_one_generate(model_dir):
+def test_a_request_joins_a_running_batch_and_leaves_it_when_done(model_dir):
     sizes = []
-    engine = HFEngine(resolve_source(str(model_dir)), on_batch=sizes.append)
+    engine = HFEngine(resolve_source(str(model_dir)), on_admit=sizes.append)
 
     def job(max_tokens):
         return engine.prepare(prompt="Hello", max_tokens=max_tokens, default_max_tokens=16, temperature=0)
 
-    async def consume(jobs):
-        finished = []
-        async for step in engine.generate_stream(jobs):
-            finished += [e for e in step if isinstance(e, Finished)]
-        return finished
+    async def consume(jobs, log):
+        for index, job in enumerate(jobs):
+            job.index = index
+        async for step in engine.generate(jobs):
+            log += [(time.monotonic(), event) for event in step]
+        return log
 
     async def main():
-        busy = asyncio.create_task(consume([job(40)]))
-        await asyncio.sleep(0)  # the first group starts generating...
-        waiting = [asyncio.create_task(consume([job(5)])), asyncio.create_task(consume([job(5), job(6)]))]
-        return await busy, await asyncio.gather(*waiting)  # ...while two more groups queue up
+        long_log = []
+        long_task = asyncio.create_task(consume([job(200)], long_log))
+        while len(long_log) < 20:  # the long request is well into its generation...
+            await asyncio.sleep(0.005)
+        short_log = await consume([job(5), job(6)], [])  # ...when two short ones arrive
+        return await long_task, short_log
 
-    busy, waiting = asyncio.run(main())
-    assert sizes == [1, 3]
-    assert [e.completion_tokens for e in busy] == [40]
-    assert [[e.completion_tokens for e in group] for group in waiting] == [[5], [5, 6]]
+    long_log, short_log = asyncio.run(main())
+    long_end = long_log[-1][0]
+    assert isinstance(long_log[-1][1], Finished) and long_log[-1][1].completion_tokens == 200
+    # The short requests got their first token, and all of it, long before the long one ended.
+    assert short_log[0][0] < long_end and short_log[-1][0] < long_end
+    assert sorted(e.completion_tokens for _, e in short_log if isinstance(e, Finished)) == [5, 6]
+    assert sizes[:2] == [1, 3]
+    # Joining a batch changes nothing in a greedy answer.
+    texts = run(engine, [job(5)])[0][0], "".join(e.text for _, e in short_log if e.index == 0)
+    assert texts[0] == texts[1]
+
+
+def test_echo_with_logprobs_scores_the_prompt_like_a_forward_pass(engine):
+    ids = engine.tokenizer("The capital of France is Paris.", add_special_tokens=False)["input_ids"]
+    job = engine.prepare(prompt=ids, max_tokens=0, default_max_tokens=16, temperature=0, logprobs=3, echo=True, stream=False)
+    busy = engine.prepare(prompt="Hello there", max_tokens=8, default_max_tokens=16, temperature=0)
+    (text, reason, tokens, _), _ = run(engine, [job, busy])  # scored next to a decoding row
+    assert (reason, tokens) == ("length", 0) and text == engine.tokenizer.decode(ids)
+    finished = asyncio.run(_last_event(engine, job))
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([ids])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)[torch.arange(len(ids) - 1), ids[1:]]
+    entries = finished.logprobs
+    assert [e.token for e in entries] == [engine.tokenizer.decode([i]) for i in ids]
+    assert entries[0].logprob is None
+    assert torch.allclose(torch.tensor([e.logprob for e in entries[1:]]), expected, atol=1e-4)
+    assert all(len(e.top) == 3 and e.top[0][1] >= e.logprob - 1e-6 for e in entries[1:])
+
+
+def test_generated_tokens_carry_their_logprobs(engine):
+    job = engine.prepare(prompt="Once", max_tokens=6, default_max_tokens=16, temperature=0, logprobs=2)
+    entries = [entry for event in asyncio.run(_events(engine, job)) for entry in event.logprobs]
+    assert len(entries) == 6
+    # Greedy: each chosen token is the most likely one.
+    assert all(abs(e.logprob - e.top[0][1]) < 1e-6 and e.token == e.top[0][0] for e in entries)
+
+
+async def _events(engine, job):
+    job.index = 0
+    return [event async for step in engine.generate([job]) for event in step]
+
+
+async def _last_event(engine, job):
+    job.cancelled = False
+    return (await _events(engine, job))[-1]
+
+
+def test_a_hung_generation_thread_is_reported_and_its_requests_fail_retryably(model_dir, monkeypatch):
+    monkeypatch.setenv("PAJAMA_TEST_HANG_ON", "HANG")
+    engine = HFEngine(resolve_source(str(model_dir)))  # its generation thread hangs for good below
+
+    async def main():
+        assert engine.stalled_s() == 0  # idle is not stuck
+        job = engine.prepare(prompt="please HANG now", max_tokens=4, default_max_tokens=4)
+        stream = engine.generate([job])
+        waiting = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.5)
+        assert not waiting.done() and engine.stalled_s() >= 0.4
+        engine.abandon("stuck")
+        (failed,) = await waiting
+        return failed
+
+    failed = asyncio.run(main())
+    assert isinstance(failed, Failed) and failed.retryable and failed.message == "stuck"

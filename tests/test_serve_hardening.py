@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,8 @@ from types import SimpleNamespace
 import httpx
 import psutil
 import pytest
-from pajama.serve.engine import HFEngine, Job, Sampling, _StopMatcher
+from pajama.serve.engine import HFEngine
+from pajama.serve.rows import Job, Sampling, StopMatcher
 from pajama.serve.events import Failed, Finished
 from pajama.serve.tiny_model import make_tiny_model
 
@@ -58,9 +60,11 @@ def test_a_row_that_cannot_sample_fails_alone(model_dir):
 
     async def run(jobs):
         last = [None] * len(jobs)
-        async for step in engine.generate_stream(jobs):
-            for i, event in enumerate(step):
-                last[i] = event or last[i]
+        for index, job in enumerate(jobs):
+            job.index = index
+        async for step in engine.generate(jobs):
+            for event in step:
+                last[event.index] = dataclasses.replace(event, index=0)  # comparable across batches
         return last
 
     greedy, sampled = asyncio.run(run([job(temperature=0), job(temperature=1.0, seed=7)]))
@@ -91,7 +95,7 @@ def test_stop_matching_agrees_with_a_naive_search_and_reads_each_character_once(
     for _ in range(300):
         stops = tuple("".join(rng.choice("ab") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 4)))
         text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
-        matcher, found = _StopMatcher(stops), None
+        matcher, found = StopMatcher(stops), None
         for end in range(0, len(text) + 1, 3):  # fed in pieces, as tokens arrive
             found = matcher.feed(text, min(end, len(text)))
             if found is not None:
@@ -105,7 +109,7 @@ def test_stop_matching_agrees_with_a_naive_search_and_reads_each_character_once(
     # Four stop sequences of the maximum length against a long text that keeps almost matching:
     # the work is linear in the text (about 20k steps here), not text x stop length.
     stops = tuple("a" * 255 + c for c in "bcde")
-    matcher = _StopMatcher(stops)
+    matcher = StopMatcher(stops)
     started = time.perf_counter()
     text = ""
     for _ in range(5000):

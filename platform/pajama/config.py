@@ -387,13 +387,16 @@ class ReplicaOptions(Strict):
     max_ongoing_requests: int | None = Field(None, ge=1, json_schema_extra=NOT_FINGERPRINTED)
     """None: 4 x max_batch_size."""
     max_batch_size: int = Field(16, ge=1, json_schema_extra=NOT_FINGERPRINTED)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, json_schema_extra=NOT_FINGERPRINTED)
+    """Rows decoding together in a replica; more requests wait to join as rows finish."""
     num_gpus: float | Literal["auto"] = Field("auto", json_schema_extra=NOT_FINGERPRINTED)
     """auto: 1 GPU per replica if the cluster has GPUs."""
     num_cpus: float = Field(1.0, ge=0)
     """CPUs reserved per model replica (three models share a laptop's cores)."""
     health_check_period_s: float = Field(10.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
     """How soon a dead or stuck replica is replaced."""
+    stall_timeout_s: float = Field(120.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
+    """A replica whose generation makes no progress this long while requests wait is unhealthy
+    (replaced); longer than the slowest single step, a long prompt's prefill on CPU included."""
 
 
 class ServeAppOptions(ReplicaOptions):
@@ -411,6 +414,8 @@ class ServeAppOptions(ReplicaOptions):
     ingress_max_ongoing_requests: int = Field(256, ge=1, json_schema_extra=NOT_FINGERPRINTED)
     log_interval_s: float = Field(60.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
     """How often the ingress logs a traffic summary."""
+    sse_keepalive_s: float = Field(15.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
+    """A stream with nothing to send this long gets an SSE comment, so proxies keep it open."""
 
 
 class ServeConfig(ServeAppOptions):

@@ -38,7 +38,7 @@ from pajama.config import ConfigError
 from pajama.redact import redact_uri
 from pajama.serve.ingress import OpenAIIngress
 from pajama.serve.model_server import ModelServer
-from pajama.serve.options import ServeArgs, cluster_has_gpu, deployment_options
+from pajama.serve.options import REPLICA_ENV, ServeArgs, cluster_has_gpu, deployment_options
 
 logger = logging.getLogger("ray.serve")
 
@@ -94,20 +94,23 @@ def build_app(args: dict) -> serve.Application:
     handles = {}
     for spec in config.models:
         options = config.replica_options(spec)
-        deployment = ModelServer.options(**deployment_options(f"model-{spec.name}", options))
+        # No access log line per handle call: the proxy logs each HTTP request already.
+        deployment = ModelServer.options(
+            **deployment_options(f"model-{spec.name}", options), logging_config={"enable_access_log": False}
+        )
         handles[spec.name] = deployment.bind(
             spec.model_dump(include={"name", "source", "kind"}),
             tracking_uri,
             config.model_cache_dir,
-            options.model_dump(include={"max_batch_size", "batch_wait_timeout_s"}),
+            options.model_dump(include={"max_batch_size", "stall_timeout_s"}),
             config.default_max_tokens,
         )
     ingress = OpenAIIngress.options(
         max_ongoing_requests=config.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.ingress_num_cpus},
+        ray_actor_options={"num_cpus": config.ingress_num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
     )
     kinds = {spec.name: spec.kind for spec in config.models}
-    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars"})
+    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
     return ingress.bind(handles, kinds, limits, config.api_key_env, config.log_interval_s)
 
 

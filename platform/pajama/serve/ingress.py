@@ -10,8 +10,12 @@ records metrics, and serves the playground page. Its rules for what a client get
 - 503 only where a retry can help (a replica died or is overloaded), 500 for anything else;
 - an error of one request is that request's alone, in-band once a stream has started;
 - metric labels take only bounded values: a model name the app does not serve is "unknown".
+
+A stream writes everything the replica had ready in one go (a chunk per choice with news), and an
+SSE comment whenever nothing came for `sse_keepalive_s`, so proxies keep a slow stream open.
 """
 
+import asyncio
 import hmac
 import importlib.resources
 import json
@@ -22,6 +26,7 @@ import time
 
 import ray
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
@@ -40,6 +45,7 @@ logger = logging.getLogger("ray.serve")
 PLAYGROUND_HTML = "static/playground.html"
 LATENCY_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 TOKENS_PER_S_BUCKETS = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
+KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
 UNKNOWN_MODEL = "unknown"  # the metric label of every request that names no served model
 # Failures a retry can get past: the replica died or is restarting, or the deployment is overloaded.
 RETRYABLE = (
@@ -48,7 +54,31 @@ RETRYABLE = (
 )
 
 
-api = FastAPI(title="Pajama OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+# /docs (Swagger UI, which loads its script from a CDN) and /openapi.json are open, like /healthz:
+# they describe the API and hold nothing secret.
+api = FastAPI(title="Pajama OpenAI-compatible API", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+
+
+def _openapi() -> dict:
+    """FastAPI's schema, plus the request bodies that the routes read and validate themselves."""
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version, routes=api.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (oai.CompletionRequest, oai.ChatCompletionRequest):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definition.pop("$defs", {}))
+            components[model.__name__] = definition
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi
+
+
+def _body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` naming a route's JSON request body."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
 @api.exception_handler(APIError)
@@ -99,12 +129,87 @@ def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
+async def _with_keepalive(stream, interval_s: float):
+    """The stream's items, and None each time nothing came for `interval_s` (time for a keep-alive)."""
+    pending = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(stream.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if not done:
+                yield None
+                continue
+            ready, pending = pending, None
+            try:
+                item = ready.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+def _merge(events: list) -> list[tuple[int, str, tuple, Finished | None]]:
+    """A replica's event list as (choice, text, logprobs, its Finished or None), one entry per choice."""
+    merged: dict[int, list] = {}
+    for event in events:
+        entry = merged.setdefault(event.index, [event.index, "", (), None])
+        entry[1] += event.text
+        entry[2] += event.logprobs
+        if isinstance(event, Finished):
+            entry[3] = event
+    return [tuple(entry) for entry in merged.values()]
+
+
+class _Reply:
+    """How one request's choices are shaped: chat or completion, with or without logprobs."""
+
+    def __init__(self, context: dict, is_chat: bool, choices: int, logprobs: bool):
+        self.context = context
+        self.is_chat = is_chat
+        self.choices = choices
+        self.logprobs = logprobs
+        self.offsets = [0] * choices  # where each completion choice's next token starts in its text
+
+    def _logprobs(self, index: int, entries: tuple) -> dict | None:
+        if not self.logprobs:
+            return None
+        if self.is_chat:
+            return oai.chat_logprobs(entries)
+        logprobs, self.offsets[index] = oai.completion_logprobs(entries, self.offsets[index])
+        return logprobs
+
+    def choice(self, index: int, events: list) -> dict:
+        """One choice of a whole (non-streamed) response from its events."""
+        text = "".join(event.text for event in events)
+        logprobs = self._logprobs(index, tuple(entry for event in events for entry in event.logprobs))
+        build = oai.chat_choice if self.is_chat else oai.completion_choice
+        return build(index, text, events[-1].finish_reason, logprobs)
+
+    def chat_chunk(self, index: int, delta: dict, entries: tuple, finish_reason: str | None) -> dict:
+        logprobs = self._logprobs(index, entries) if entries else None
+        return oai.chat_chunk(**self.context, index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)
+
+    def chunk(self, index: int, text: str, entries: tuple, finish_reason: str | None) -> dict:
+        if self.is_chat:
+            return self.chat_chunk(index, {"content": text} if text else {}, entries, finish_reason)
+        logprobs = self._logprobs(index, entries) if entries else None
+        choice = oai.completion_choice(index, text, finish_reason, logprobs)
+        return oai.completion_response(**self.context, choices=[choice], usage=None)
+
+
 def _replica_error(error: Exception) -> APIError:
     if isinstance(error, RETRYABLE):
         logger.warning("model replica unavailable during a request: %s", type(error).__name__)
         return APIError(503, f"the model replica is unavailable, retry the request ({type(error).__name__})", type="server_error")
     logger.error("request failed", exc_info=error)
     return APIError(500, f"internal error: {type(error).__name__}", type="server_error")
+
+
+def _failed(event: Failed) -> APIError:
+    return APIError(503 if event.retryable else 500, event.message, type="server_error")
 
 
 def _no_json_constant(name: str):
@@ -149,6 +254,7 @@ class OpenAIIngress:
         self.kinds = kinds
         self.max_request_bytes = limits["max_request_bytes"]
         self.max_prompt_chars = limits["max_prompt_chars"]
+        self.sse_keepalive_s = limits["sse_keepalive_s"]
         self.api_key = os.environ.get(api_key_env) or None
         self.model_info: dict[str, dict] = {}
         self.playground = importlib.resources.files("pajama.serve").joinpath(PLAYGROUND_HTML).read_text()
@@ -201,11 +307,11 @@ class OpenAIIngress:
 
     # -- generation routes ----------------------------------------------------------------------
 
-    @api.post("/v1/completions")
+    @api.post("/v1/completions", openapi_extra=_body(oai.CompletionRequest))
     async def completions(self, request: Request):
         return await self._generate(request, "completions")
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", openapi_extra=_body(oai.ChatCompletionRequest))
     async def chat_completions(self, request: Request):
         return await self._generate(request, "chat")
 
@@ -247,11 +353,13 @@ class OpenAIIngress:
                 "top_k": body.top_k,
                 "seed": body.seed,
                 "stop": body.stop_sequences(),
+                "n": body.n,
             }
             if is_chat:
                 engine_request["messages"] = [m.as_template_message() for m in body.messages]
+                engine_request["logprobs"] = body.logprobs_count()
             else:
-                engine_request["prompt"] = body.prompt_text()
+                engine_request.update(prompts=body.prompts(), logprobs=body.logprobs, echo=body.echo)
             handle = self.models[model]
             try:
                 if body.stream:
@@ -264,21 +372,24 @@ class OpenAIIngress:
             if isinstance(first, Rejected):
                 raise APIError(400, first.message, param=first.param, code=first.code)
             if isinstance(first, Failed):
-                raise APIError(500, first.message, type="server_error")
+                raise _failed(first)
             headers = {
                 "x-pajama-model-version": first.model_version,
                 "x-pajama-run-id": first.run_id or "none",
             }
-            context = {
-                "id": oai.new_id("chatcmpl" if is_chat else "cmpl"),
-                "created": oai.now(),
-                "model": model,
-                "fingerprint": f"{first.model_version}@{first.run_id or 'local'}",
-            }
+            reply = _Reply(
+                context={
+                    "id": oai.new_id("chatcmpl" if is_chat else "cmpl"),
+                    "created": oai.now(),
+                    "model": model,
+                    "fingerprint": f"{first.model_version}@{first.run_id or 'local'}",
+                },
+                is_chat=is_chat, choices=body.choices(), logprobs=engine_request["logprobs"] is not None,
+            )
             if body.stream:
-                events = self._stream_events(stream, first, context, is_chat, body.include_usage_in_stream(), route, started_at)
+                events = self._stream_events(stream, first, reply, body.include_usage_in_stream(), route, started_at)
                 return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-            return self._complete(rest, first, context, is_chat, headers, route, started_at)
+            return self._complete(rest, first, reply, headers, route, started_at)
         except APIError as error:
             self._record(model, route, error.status, started_at, 0)
             raise
@@ -287,37 +398,50 @@ class OpenAIIngress:
             self._record(model, route, api_error.status, started_at, 0)
             raise api_error from error
 
-    def _complete(self, events: list, first: Started, context: dict, is_chat: bool, headers: dict, route: str, started_at: float):
-        last = events[-1] if events else None
-        if isinstance(last, Failed):
-            raise APIError(500, last.message, type="server_error")
-        if not isinstance(last, Finished):
+    def _complete(self, items: list, first: Started, reply: "_Reply", headers: dict, route: str, started_at: float):
+        failed = next((item for item in items if isinstance(item, Failed)), None)
+        if failed is not None:
+            raise _failed(failed)
+        events = [event for item in items for event in item]
+        finished = {event.index: event for event in events if isinstance(event, Finished)}
+        if len(finished) < reply.choices:
             raise APIError(503, "the model replica ended the request early, retry it", type="server_error")
-        usage = oai.usage(first.prompt_tokens, last.completion_tokens)
-        build = oai.chat_response if is_chat else oai.completion_response
-        text = "".join(event.text for event in events)
-        payload = build(**context, text=text, finish_reason=last.finish_reason, usage=usage)
-        self._record(context["model"], route, 200, started_at, last.completion_tokens)
+        tokens = sum(event.completion_tokens for event in finished.values())
+        choices = [reply.choice(index, [e for e in events if e.index == index]) for index in range(reply.choices)]
+        build = oai.chat_response if reply.is_chat else oai.completion_response
+        payload = build(**reply.context, choices=choices, usage=oai.usage(first.prompt_tokens, tokens))
+        self._record(reply.context["model"], route, 200, started_at, tokens)
         return JSONResponse(payload, headers=headers)
 
-    async def _stream_events(self, stream, first: Started, context: dict, is_chat: bool, include_usage: bool, route: str, started_at: float):
-        status, tokens = 200, 0
+    async def _stream_events(self, stream, first: Started, reply: "_Reply", include_usage: bool, route: str, started_at: float):
+        status, tokens, open_choices = 200, 0, reply.choices
         try:
-            if is_chat:
-                yield _sse(oai.chat_chunk(**context, delta={"role": "assistant", "content": ""}, finish_reason=None))
-            async for event in stream:
-                if isinstance(event, Failed):
-                    raise APIError(500, event.message, type="server_error")
-                if event.text:
-                    yield _sse(self._chunk(context, is_chat, event.text, None))
-                if isinstance(event, Finished):
-                    tokens = event.completion_tokens
-                    yield _sse(self._chunk(context, is_chat, "", event.finish_reason))
+            if reply.is_chat:
+                yield "".join(_sse(reply.chat_chunk(index, {"role": "assistant", "content": ""}, (), None))
+                              for index in range(reply.choices))
+            async for item in _with_keepalive(stream, self.sse_keepalive_s):
+                if item is None:
+                    yield KEEPALIVE
+                    continue
+                if isinstance(item, Failed):
+                    raise _failed(item)
+                # Everything the replica had ready goes out in one write: a chunk per choice with news.
+                out = []
+                for index, text, logprobs, end in _merge(item):
+                    if text or logprobs:
+                        out.append(_sse(reply.chunk(index, text, logprobs, None)))
+                    if end is not None:
+                        out.append(_sse(reply.chunk(index, "", (), end.finish_reason)))
+                        tokens += end.completion_tokens
+                        open_choices -= 1
+                if not open_choices:
                     if include_usage:
-                        usage = oai.usage(first.prompt_tokens, tokens)
-                        yield _sse(oai.usage_chunk(**context, chat=is_chat, usage=usage))
-                    yield _sse("[DONE]")
+                        out.append(_sse(oai.usage_chunk(**reply.context, chat=reply.is_chat,
+                                                        usage=oai.usage(first.prompt_tokens, tokens))))
+                    out.append(_sse("[DONE]"))
+                    yield "".join(out)
                     return
+                yield "".join(out)
             raise APIError(503, "the model replica ended the stream early, retry the request", type="server_error")
         except Exception as error:  # noqa: BLE001 - reported to the client, never raised
             # Headers are gone already: report in-band, the way OpenAI streams report errors.
@@ -326,14 +450,7 @@ class OpenAIIngress:
             yield _sse(api_error.body())
         finally:
             stream.cancel()
-            self._record(context["model"], route, status, started_at, tokens)
-
-    @staticmethod
-    def _chunk(context: dict, is_chat: bool, text: str, finish_reason: str | None) -> dict:
-        if is_chat:
-            delta = {"content": text} if text else {}
-            return oai.chat_chunk(**context, delta=delta, finish_reason=finish_reason)
-        return oai.completion_chunk(**context, text=text, finish_reason=finish_reason)
+            self._record(reply.context["model"], route, status, started_at, tokens)
 
     def _record(self, model: str, route: str, status: int, started_at: float, tokens: int) -> None:
         latency = time.monotonic() - started_at

@@ -30,6 +30,11 @@ from pydantic import (
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
+# Bounded cost per request: each choice (prompt x n) is a row of the replica's batch.
+MAX_N = 16
+MAX_CHOICES = 64
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions
+MAX_TOP_LOGPROBS = 20  # and for /v1/chat/completions
 # torch.Generator.manual_seed takes any integer that fits in 64 bits, signed or not.
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
@@ -83,16 +88,15 @@ class _SamplingRequest(_Strict):
     # Not an OpenAI parameter, but vLLM and most open servers accept it; 0 or -1 disables it.
     top_k: int = Field(default=0, ge=-1)
     seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
-    n: Literal[1] = 1
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     user: str | None = None
-    # Accepted at their neutral values only: the HF engine implements no penalties or logprobs.
+    # Accepted at their neutral values only: the HF engine implements no penalties.
     frequency_penalty: Literal[0, 0.0] = 0
     presence_penalty: Literal[0, 0.0] = 0
     logit_bias: dict[str, float] | None = Field(default=None, max_length=0)
-    logprobs: Literal[False] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -118,23 +122,33 @@ class _SamplingRequest(_Strict):
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str | list[str] = Field(min_length=1)
-    echo: Literal[False] = False
+    # Text, several texts, token ids, or several lists of token ids (lm-evaluation-harness's form).
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
+    # 0 generates nothing: with echo and logprobs, it scores the prompt.
+    max_tokens: int | None = Field(default=None, ge=0)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    echo: bool = False
     best_of: Literal[1] | None = None
     suffix: None = None
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError("exactly one prompt per request is supported (n=1)")
-        return prompt
+    @model_validator(mode="after")
+    def _bounded_choices(self):
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts x n may be at most {MAX_CHOICES}")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 generates nothing: it is only allowed with echo")
+        return self
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
     def prompt_chars(self) -> int:
-        return len(self.prompt_text())
+        return sum(len(prompt) for prompt in self.prompts())
+
+    def choices(self) -> int:
+        return len(self.prompts()) * self.n
 
 
 class TextPart(_Strict):
@@ -157,6 +171,21 @@ class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: dict | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs is only allowed when logprobs is true")
+        return self
+
+    def logprobs_count(self) -> int | None:
+        """The engine's form: None for no logprobs, else how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def choices(self) -> int:
+        return self.n
 
     @field_validator("response_format")
     @classmethod
@@ -188,52 +217,43 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def completion_response(
-    *, id: str, created: int, model: str, fingerprint: str, text: str, finish_reason: str, usage: dict
-) -> dict:
+def completion_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None) -> dict:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def chat_choice(index: int, text: str, finish_reason: str, logprobs: dict | None) -> dict:
+    message = {"role": "assistant", "content": text}
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def completion_response(*, id: str, created: int, model: str, fingerprint: str, choices: list[dict], usage: dict | None) -> dict:
+    """A whole completion; a streamed completion chunk has the same shape."""
     return {
         "id": id,
         "object": "text_completion",
         "created": created,
         "model": model,
         "system_fingerprint": fingerprint,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": choices,
         "usage": usage,
     }
 
 
-def completion_chunk(
-    *, id: str, created: int, model: str, fingerprint: str, text: str, finish_reason: str | None,
-    usage: dict | None = None,
-) -> dict:
-    """A streamed completion chunk has the shape of a whole completion."""
-    return completion_response(id=id, created=created, model=model, fingerprint=fingerprint, text=text,
-                               finish_reason=finish_reason, usage=usage)
-
-
-def chat_response(
-    *, id: str, created: int, model: str, fingerprint: str, text: str, finish_reason: str, usage: dict
-) -> dict:
+def chat_response(*, id: str, created: int, model: str, fingerprint: str, choices: list[dict], usage: dict) -> dict:
     return {
         "id": id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "system_fingerprint": fingerprint,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": choices,
         "usage": usage,
     }
 
 
 def chat_chunk(
-    *, id: str, created: int, model: str, fingerprint: str, delta: dict, finish_reason: str | None
+    *, id: str, created: int, model: str, fingerprint: str, index: int, delta: dict, finish_reason: str | None,
+    logprobs: dict | None = None,
 ) -> dict:
     return {
         "id": id,
@@ -241,7 +261,7 @@ def chat_chunk(
         "created": created,
         "model": model,
         "system_fingerprint": fingerprint,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
 
 
@@ -256,3 +276,30 @@ def usage_chunk(*, id: str, created: int, model: str, fingerprint: str, chat: bo
         "choices": [],
         "usage": usage,
     }
+
+
+def chat_logprobs(entries) -> dict:
+    """`choices[i].logprobs` of a chat completion, from `pajama.serve.events.TokenLogprob`s."""
+
+    def item(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]} for e in entries]
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(entries, offset: int) -> tuple[dict, int]:
+    """`choices[i].logprobs` of a completion (the legacy shape) and the text offset after it.
+
+    `top_logprobs` holds the requested alternatives and the chosen token, as OpenAI's does; a
+    prompt's first token has neither a logprob nor alternatives (null), as in OpenAI's echo.
+    """
+    tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+    for e in entries:
+        tokens.append(e.token)
+        token_logprobs.append(e.logprob)
+        top_logprobs.append(None if e.logprob is None else {**dict(e.top), e.token: e.logprob})
+        text_offset.append(offset)
+        offset += len(e.token)
+    logprobs = {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset}
+    return logprobs, offset

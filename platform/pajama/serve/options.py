@@ -17,8 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pajama.config import ReplicaOptions, ServeAppOptions
 
-# Serve batches handed to the engine at once (it merges them); also sets max_ongoing_requests' default.
-SERVE_CONCURRENT_BATCHES = 4
+# max_ongoing_requests' default: this many requests per batch row, decoding or waiting to join.
+REQUESTS_PER_ROW = 4
+
+
+# Serve runs a replica's user code, and the router of the handles it calls, each on an event loop
+# in a thread of its own by default; on a few cores every request then pays thread hand-offs and
+# GIL waits both ways. Pajama's replicas never block their event loop (tokenizing runs in a worker
+# thread, generation in its own thread), so both run on the replica's main loop, as under Ray's
+# RAY_SERVE_THROUGHPUT_OPTIMIZED.
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
 class ModelSpec(BaseModel):
@@ -83,8 +91,8 @@ def deployment_options(name: str, options: ReplicaOptions) -> dict:
     num_gpus = (1 if cluster_has_gpu() else 0) if options.num_gpus == "auto" else options.num_gpus
     deployment = {
         "name": name,
-        "max_ongoing_requests": options.max_ongoing_requests or SERVE_CONCURRENT_BATCHES * options.max_batch_size,
-        "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus},
+        "max_ongoing_requests": options.max_ongoing_requests or REQUESTS_PER_ROW * options.max_batch_size,
+        "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": REPLICA_ENV}},
         "health_check_period_s": options.health_check_period_s,
     }
     if options.autoscaling_config is not None:
