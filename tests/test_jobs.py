@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -92,3 +93,6 @@ def test_k8s_rayjob_entrypoints_run_with_ray_job_submit(ray_head, tiny_project, 
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"{entrypoint}:\n{output[-3000:]}"
         assert "up to date, reusing" in output and "Traceback" not in output, entrypoint
+        if "run_all.py" in entrypoint:  # the whole DAG, then its models promoted for the RayService
+            assert re.search(r"promoted pajama-base/\d+, pajama-instruct/\d+, pajama-chat/\d+ to @production",
+                             output), output[-3000:]
