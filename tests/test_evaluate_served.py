@@ -8,7 +8,6 @@ continuation's; the same numbers must come out as when lm-eval runs the model it
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
@@ -16,14 +15,10 @@ from pajama.evaluate.harness import TASKS_DIR
 from pajama.serve import app as serve_app
 from pajama.serve.tiny_model import make_tiny_model
 
+from conftest import free_port
+
 TASK = "pajama_stdlib_mc"
 LIMIT = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _loglikelihoods(out: dict) -> dict[int, list[float]]:
@@ -47,7 +42,7 @@ def test_local_completions_against_pajama_serve_matches_the_direct_evaluation(tm
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         base_url = serve_app.deploy({"models": [{"name": "tiny", "source": str(model_dir), "kind": "base"}],
-                                     "num_cpus": 1, "num_gpus": 0, "ingress_num_cpus": 0.5}, port=_free_port())
+                                     "num_cpus": 1, "num_gpus": 0, "ingress_num_cpus": 0.5}, port=free_port())
         served = lm_eval.simple_evaluate(
             model="local-completions",
             model_args={"base_url": f"{base_url}/v1/completions", "model": "tiny", "tokenizer": str(model_dir),

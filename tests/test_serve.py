@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from types import SimpleNamespace
@@ -22,17 +21,13 @@ from pajama.serve import app as serve_app
 from pajama.serve.engine import HANG_ON_ENV
 from pajama.serve.tiny_model import make_tiny_model
 
+from conftest import free_port
+
 API_KEY = "sk-pajama-test"
 KEY_ENV = "PAJAMA_TEST_SERVE_API_KEY"
 MODEL = "chat"
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]
 HANG_MARKER = "please hang the generation thread"  # the engine's test hook (PAJAMA_TEST_HANG_ON)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +49,7 @@ def server(tmp_path_factory):
                 "default_max_tokens": 16,
                 "health_check_period_s": 1,
             },
-            port=_free_port(),
+            port=free_port(),
         )
         yield SimpleNamespace(base_url=base_url, model_dir=model_dir)
     finally:

@@ -231,7 +231,8 @@ def _assert_succeeded(result, body):
     if isinstance(payload, list):  # a stream: complete, without an in-band error
         assert payload[-1] == "[DONE]" and not any('"error"' in event for event in payload), payload
         finish = [json.loads(e)["choices"][0]["finish_reason"] for e in payload[:-1] if json.loads(e)["choices"]]
-        assert finish[-1] == "length"
+        # Sampled replies may end at the chat format's turn stop before their budget: both are success.
+        assert finish[-1] in ("length", "stop"), finish
     else:
         assert payload["usage"]["completion_tokens"] == body["max_tokens"]
 

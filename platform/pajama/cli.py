@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="production",
                    help="the alias to set (default: production, which pipelines/serve.yaml serves)")
     p.add_argument("--run", dest="run_id", help="the DAG run whose base, instruct and chat versions to promote "
-                                                "(default: the latest DAG run)")
+                                                "(default: the latest DAG run that ran or reused all three)")
     p.add_argument("--model", dest="versions", action="append", default=[], metavar="NAME/VERSION",
                    help="promote this version instead, e.g. pajama-chat/3 or models:/pajama-chat/3 (repeatable)")
     p = sub.add_parser("plan", help="show each stage's fingerprint and whether a run would reuse or run it")
@@ -139,7 +139,9 @@ def _promote(cfg, args) -> None:
                 raise ConfigError(f"--model {item!r}: expected NAME/VERSION, e.g. pajama-chat/3")
             versions[name] = version
     else:
-        run_id = args.run_id or tracking.latest_dag_run(cfg.project.experiment)
+        # The newest run of the whole model DAG: a later `pajama chat` alone does not hide instruct.
+        run_id = args.run_id or tracking.latest_dag_run(cfg.project.experiment,
+                                                        covering=tuple(k.stage for k in KINDS.values()))
         versions = tracking.dag_run_versions(run_id)
         if not versions:
             raise LookupError(f"DAG run {run_id} trained or reused no registered model; run the whole DAG first")

@@ -166,12 +166,15 @@ def log_hf_model(stage: str, kind: ModelKind, hf_dir: Path, fp: str, lineage_tag
     return {"mlflow_model_id": info.model_id, "registered_model": name, "registered_version": version}
 
 
-def latest_dag_run(experiment: str) -> str:
+def latest_dag_run(experiment: str, covering: tuple[str, ...] = ()) -> str:
+    """The newest DAG run (that ran or reused every stage in `covering`)."""
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.`{TAG_DAG}` = 'true'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    if not runs:
-        raise LookupError(f"no DAG run in MLflow experiment {experiment!r}; run `pajama run` first")
-    return runs[0].info.run_id
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    for run in runs:
+        if set(covering) <= set(run.data.tags.get("pajama.stages", "").split(",")):
+            return run.info.run_id
+    what = f"that ran {', '.join(covering)}" if covering else "in MLflow experiment " + repr(experiment)
+    raise LookupError(f"no DAG run {what}; run `pajama run` first")
 
 
 def dag_run_versions(parent_run_id: str) -> dict[str, str]:
