@@ -314,7 +314,7 @@ def test_malformed_request_is_a_4xx_with_an_openai_error_body(server, path, body
     if param is not None:
         assert error["param"] == param
     # The replica is still serving.
-    ok = _post(server, COMPLETIONS, {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+    ok = _post(server, COMPLETIONS, {"model": MODEL, "prompt": "Hi", "max_tokens": 2, "temperature": 0})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
 
 
