@@ -112,6 +112,7 @@ class _RayOnDemand:
 @dataclass(frozen=True)
 class PlannedStage:
     stage: str
+    config: dict  # what the fingerprint covers: the section's fingerprinted fields and the seed
     fingerprint: str
     upstream: tuple[str, ...]
     existing: Artifact | None  # the finished artifact a run would reuse
@@ -125,9 +126,10 @@ def plan(cfg: PajamaConfig, targets: list[str] | None = None) -> list[PlannedSta
     planned = []
     for stage in required_stages(targets or STAGES):
         upstream = upstream_of(cfg, stage)
-        fp = fingerprint(stage, stage_config(cfg, stage), {up: fingerprints[up] for up in upstream})
+        config = stage_config(cfg, stage)
+        fp = fingerprint(stage, config, {up: fingerprints[up] for up in upstream})
         fingerprints[stage] = fp
-        planned.append(PlannedStage(stage, fp, upstream, store.find(stage, fp)))
+        planned.append(PlannedStage(stage, config, fp, upstream, store.find(stage, fp)))
     return planned
 
 
@@ -148,7 +150,7 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
         for step in planned:
             stage, fp = step.stage, step.fingerprint
             upstream = {up: done[up] for up in step.upstream}
-            config = stage_config(cfg, stage)
+            config = step.config
             # Looked up again: a concurrent run may have finished the stage since the plan.
             existing = store.find(stage, fp)
             if existing is not None:
