@@ -347,8 +347,9 @@ def _metrics_page(pid: int) -> tuple[str, str]:
     raise AssertionError(f"no metrics endpoint among {_listening(pid)}")
 
 
-def _pajama_series(page: str) -> str:
-    return "\n".join(line for line in page.splitlines() if line.startswith("ray_pajama_serve_"))
+def _pajama_series(page: str) -> set[str]:
+    """Pajama's series on a metrics page: each name with its labels, without its value."""
+    return {line.rsplit(" ", 1)[0] for line in page.splitlines() if line.startswith("ray_pajama_serve_")}
 
 
 def _requests_from_unknown(page: str) -> float:
@@ -384,8 +385,10 @@ def test_unknown_model_names_never_become_metric_labels(served):
     after = wait_for_unknown(baseline + 1000)
     assert _requests_from_unknown(after) >= baseline + 1000
     assert not any(name in after for name in names)
-    # Pajama's series only changed their counts: 1,000 new label values would add over 100 kB.
-    assert abs(len(_pajama_series(after)) - len(_pajama_series(before))) < 2048
+    # Pajama's series only changed their counts. A late export of the first 404's histogram may add
+    # one series per bucket; 1,000 new label values would add at least 1,000 series.
+    new_series = _pajama_series(after) - _pajama_series(before)
+    assert len(new_series) < 50, sorted(new_series)[:5]
 
 
 def test_everything_pajama_serve_started_listens_on_loopback_only(served):
