@@ -1,14 +1,16 @@
 """Self-describing stage artifacts, identified by a fingerprint of (stage, config, inputs).
 
-An artifact is a directory `<storage>/<stage>/<fingerprint>/` holding the stage's payload, the
-resolved config (`config.json`) and, written last, `manifest.json`. A stage builds its artifact in
-a private staging directory and renames it into place only when complete, so a crash or a retry
-never leaves a half-written artifact where a reader would take it for a finished one; an artifact
-with a manifest is finished and is reused as is.
+An artifact is a folder `<storage>/artifacts/<stage>/<fingerprint>/` (a local directory or an
+object-store prefix, pajama.storage) holding the stage's payload, the resolved config
+(`config.json`) and, written last, `manifest.json`. An artifact with a manifest is finished and is
+reused as is; a crash or a retry never leaves a half-written artifact where a reader would take it
+for a finished one (`ArtifactStore` says how, on each kind of storage).
 
 Every stage has one signature, `run(section, ctx, inputs) -> manifest`: its config section, a
 `StageContext` (where to write, the project storage, its fingerprint and seed, its MLflow run) and
-the upstream artifacts it reads, by stage name. The returned manifest goes into `manifest.json`.
+the upstream artifacts it reads, by stage name. A stage writes small files into `ctx.out` (a local
+directory) and large or distributed outputs (Ray Data writes, shards) under `ctx.out_uri`; both end
+up in the artifact. The returned manifest goes into `manifest.json`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pajama
+from pajama import storage
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -45,12 +48,19 @@ def fingerprint(stage: str, config: dict, inputs: dict[str, str]) -> str:
 class StageContext:
     """Where and as what a stage runs; `run_id` is None outside a DAG run (tests, notebooks)."""
 
-    out: Path  # the staging directory the stage writes its payload into
-    storage: Path  # the project's storage root (checkpoints, caches, downloaded models)
+    out: Path  # a local directory for the stage's files; they become part of the artifact
+    storage: str  # the project's storage root URI (checkpoints, caches)
     fingerprint: str
     seed: int = 0
     tracking_uri: str | None = None
     run_id: str | None = None  # the stage's MLflow run
+    out_uri: str = ""  # the artifact's place in the storage, for large outputs written there directly
+
+    def __post_init__(self):
+        # Outside a DAG run (tests, notebooks) the artifact is the local `out` directory itself.
+        object.__setattr__(self, "storage", str(self.storage))
+        if not self.out_uri:
+            object.__setattr__(self, "out_uri", str(self.out))
 
     @property
     def train_tracking(self) -> dict | None:
@@ -105,49 +115,127 @@ class StageContext:
 class Artifact:
     stage: str
     fingerprint: str
-    path: Path
+    uri: str  # where it lives in the project storage: a local path or an object-store URI
     manifest: dict
 
     @property
     def run_id(self) -> str | None:
         return self.manifest.get("mlflow_run_id")
 
+    def join(self, *parts: str) -> str:
+        """The URI of a file or folder inside the artifact (shards are streamed from here)."""
+        return storage.join(self.uri, *parts)
+
+    def local(self, *parts: str) -> Path:
+        """A local directory holding a folder of the artifact, for what is loaded whole (a model, a
+        tokenizer): the folder itself on local storage, else a cached copy."""
+        return storage.local_copy(self.join(*parts))
+
+
+@dataclass
+class Staging:
+    """Where one attempt of a stage writes: `out` on this machine, `out_uri` in the storage."""
+
+    stage: str
+    fingerprint: str
+    out: Path
+    out_uri: str
+    lock: Any = None  # the open lock file that keeps a second run of the same stage out (local storage)
+
 
 class ArtifactStore:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    """The project's artifacts under `<storage>/artifacts/<stage>/<fingerprint>/`.
 
-    def path_for(self, stage: str, fp: str) -> Path:
-        return self.root / stage / fp
+    Local storage: an attempt writes into `<stage>/.staging-<fingerprint>/`, locked against a
+    concurrent run of the same stage, and the finished directory is renamed into place.
+    Object storage (no rename): an attempt writes large outputs straight to the artifact's own
+    prefix and everything else to a local folder that is uploaded when the stage returns; the
+    manifest is written last, so a prefix without one is an unfinished attempt, which the next
+    attempt clears (or resumes, for a stage that resumes its phases).
+    """
+
+    def __init__(self, root: str):
+        self.root = str(root)
+
+    def uri_for(self, stage: str, fp: str) -> str:
+        return storage.join(self.root, stage, fp)
 
     def find(self, stage: str, fp: str) -> Artifact | None:
-        path = self.path_for(stage, fp)
-        manifest = path / MANIFEST
-        if not manifest.exists():
+        uri = self.uri_for(stage, fp)
+        try:
+            manifest = storage.read_text(storage.join(uri, MANIFEST))
+        except FileNotFoundError:
             return None
-        return Artifact(stage, fp, path, json.loads(manifest.read_text()))
+        return Artifact(stage, fp, uri, json.loads(manifest))
 
-    def staging_dir(self, stage: str, fp: str) -> Path:
-        path = self.root / stage / f".staging-{fp}-{uuid.uuid4().hex[:8]}"
-        path.mkdir(parents=True)
-        return path
+    def begin(self, stage: str, fp: str, resume: bool = False) -> Staging:
+        """Start an attempt. With `resume`, what an interrupted attempt left is kept for the stage
+        to pick up (it must tell finished phases from partial ones itself); otherwise it is cleared."""
+        if storage.is_local(self.root):
+            parent = Path(self.root) / stage
+            parent.mkdir(parents=True, exist_ok=True)
+            lock = _lock(parent / f".staging-{fp}.lock")
+            out = parent / f".staging-{fp}"
+            if out.exists() and not resume:
+                shutil.rmtree(out)
+            out.mkdir(exist_ok=True)
+            return Staging(stage, fp, out, str(out), lock)
+        out_uri = self.uri_for(stage, fp)
+        if not resume:
+            storage.delete(out_uri)
+        out = storage.cache_dir() / "staging" / f"{stage}-{fp}-{uuid.uuid4().hex[:8]}"
+        out.mkdir(parents=True)
+        return Staging(stage, fp, out, out_uri)
 
-    def commit(self, staging: Path, stage: str, fp: str, config: dict, inputs: dict[str, str],
-               manifest: dict) -> Artifact:
-        """Write config and manifest (last) into `staging` and move it into place atomically."""
-        (staging / CONFIG).write_text(json.dumps({"stage": stage, "config": config, "inputs": inputs},
-                                                 indent=2, sort_keys=True, default=str))
+    def abort(self, staging: Staging, keep: bool = False) -> None:
+        """After a failed attempt: drop what it wrote (unless `keep`, for a resumable stage)."""
+        if storage.is_local(self.root):
+            if not keep:
+                shutil.rmtree(staging.out, ignore_errors=True)
+        else:
+            shutil.rmtree(staging.out, ignore_errors=True)
+        _unlock(staging.lock)
+
+    def commit(self, staging: Staging, config: dict, inputs: dict[str, str], manifest: dict) -> Artifact:
+        """Write config and manifest (last) and make the artifact visible."""
+        stage, fp = staging.stage, staging.fingerprint
         full = {"stage": stage, "fingerprint": fp, "inputs": inputs, "created": time.time(),
                 "pajama_version": pajama.__version__, **manifest}
-        tmp = staging / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, staging / MANIFEST)
-        final = self.path_for(stage, fp)
-        if final.exists():
-            # A concurrent or earlier attempt finished first; same fingerprint, same content.
-            if (final / MANIFEST).exists():
-                shutil.rmtree(staging, ignore_errors=True)
-                return self.find(stage, fp)
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        return Artifact(stage, fp, final, full)
+        config_text = json.dumps({"stage": stage, "config": config, "inputs": inputs},
+                                 indent=2, sort_keys=True, default=str)
+        manifest_text = json.dumps(full, indent=2, sort_keys=True, default=str)
+        try:
+            if not storage.is_local(self.root):
+                storage.upload_dir(staging.out, staging.out_uri)
+                storage.write_text(storage.join(staging.out_uri, CONFIG), config_text)
+                storage.write_text(storage.join(staging.out_uri, MANIFEST), manifest_text)
+                shutil.rmtree(staging.out, ignore_errors=True)
+                return Artifact(stage, fp, staging.out_uri, full)
+            (staging.out / CONFIG).write_text(config_text)
+            storage.write_text(str(staging.out / MANIFEST), manifest_text)
+            final = Path(self.uri_for(stage, fp))
+            if final.exists():
+                # A run that did not take the lock (an older version) finished first: same content.
+                if (final / MANIFEST).exists():
+                    shutil.rmtree(staging.out, ignore_errors=True)
+                    return self.find(stage, fp)
+                shutil.rmtree(final)
+            os.replace(staging.out, final)
+            return Artifact(stage, fp, str(final), full)
+        finally:
+            _unlock(staging.lock)
+
+
+def _lock(path: Path):
+    """An exclusive lock held until `_unlock` (or the process ends): a second run of the same stage
+    and fingerprint waits here, then finds the finished artifact."""
+    import fcntl
+
+    handle = path.open("a")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _unlock(handle) -> None:
+    if handle is not None:
+        handle.close()

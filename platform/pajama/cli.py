@@ -156,8 +156,7 @@ def _evaluate(cfg, recipe: str, args) -> None:
     cfg.evaluate.tasks = args.tasks or cfg.evaluate.tasks
     cfg.evaluate.limit = args.limit or cfg.evaluate.limit
     if args.model:
-        rows = stage.evaluate_source(cfg.evaluate, args.model, cfg.project.resolved_tracking_uri,
-                                     cfg.project.storage_path)
+        rows = stage.evaluate_source(cfg.evaluate, args.model, cfg.project.resolved_tracking_uri)
     else:
         from pajama.dag import run_dag
 

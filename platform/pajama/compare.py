@@ -118,18 +118,19 @@ def mean_losses(rows: list[dict]) -> dict[str, float]:
     return {kind: sums[kind] / counts[kind] for kind in sums}
 
 
-def cached_compare(models: dict[str, tuple[Path, str]], cache_dir: Path) -> list[dict]:
+def cached_compare(models: dict[str, tuple[Path, str]], cache_uri: str) -> list[dict]:
     """`compare` of kind -> (HF directory, fingerprint), reusing an earlier result for the same
-    models and check set."""
+    models and check set, kept under `cache_uri` in the project storage."""
+    from pajama import storage
+
     key = hashlib.sha256(json.dumps({"models": {k: fp for k, (_, fp) in models.items()},
                                      "checks": CHECKS.read_text(), "max_new_tokens": MAX_NEW_TOKENS},
                                     sort_keys=True).encode()).hexdigest()[:16]
-    cached = cache_dir / f"{key}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
+    cached = storage.join(cache_uri, f"{key}.json")
+    if storage.exists(cached):
+        return json.loads(storage.read_text(cached))
     rows = compare({kind: path for kind, (path, _) in models.items()}, load_checks())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(rows, indent=1))
+    storage.write_text(cached, json.dumps(rows, indent=1))
     return rows
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import pajama
+from pajama import storage
 
 PACKAGE_DIR = Path(pajama.__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
@@ -26,6 +28,8 @@ RESOURCES_DIR = PACKAGE_DIR / "resources"
 # that a wheel ships it as package data.
 PIPELINES_DIR = PACKAGE_DIR / "pipelines"
 BUNDLED_PREFIX = "bundled:"
+# The folder under a Ray session where `ray job submit --working-dir` unpacks each job's copy.
+RAY_WORKING_DIR_COPY = "runtime_resources"
 
 
 class ConfigError(ValueError):
@@ -96,13 +100,29 @@ class ProjectConfig(Strict):
     """
 
     @property
-    def storage_path(self) -> Path:
-        return Path(os.environ.get("PAJAMA_STORAGE_URI") or self.storage).expanduser().resolve()
+    def storage_uri(self) -> str:
+        """The storage root: an object-store URI as given, or an absolute local path. A relative
+        path inside a Ray job's copy of its working directory (`ray job submit --working-dir`),
+        which Ray replaces whenever a file changes, is taken relative to the home directory."""
+        uri = (os.environ.get("PAJAMA_STORAGE_URI") or self.storage).rstrip("/")
+        if not storage.is_local(uri):
+            return uri
+        path = Path(uri.removeprefix("file://")).expanduser()
+        if not path.is_absolute() and RAY_WORKING_DIR_COPY in Path.cwd().parts:
+            path = Path.home() / path
+        return str(path.resolve())
 
     @property
     def resolved_tracking_uri(self) -> str:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
-        return uri or f"sqlite:///{self.storage_path / 'mlflow.db'}"
+        if uri:
+            return uri
+        if storage.is_local(self.storage_uri):
+            return f"sqlite:///{self.storage_uri}/mlflow.db"
+        # SQLite cannot live on an object store: a database on this machine, one per storage root,
+        # with its artifacts in the storage (tracking.setup). A cluster runs an MLflow server.
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", self.storage_uri).strip("-")
+        return f"sqlite:///{storage.cache_dir() / 'mlflow' / slug}.db"
 
 
 def _holds_readable_data(pattern: str) -> bool:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 
-from pajama import hub, kinds, lineage, tracking
-from pajama.artifacts import Artifact, ArtifactStore, StageContext, fingerprint
+from pajama import hub, kinds, lineage, storage, tracking
+from pajama.artifacts import Artifact, ArtifactStore, StageContext, Staging, fingerprint
 from pajama.config import PajamaConfig, fingerprinted_fields
 from pajama.redact import redact_uri
 
@@ -41,6 +39,8 @@ class Stage:
     select_upstream: str | None = None
     # (section, artifact, DAG run id) -> None: what the stage shows on every DAG run that has it, run or reused
     report: str | None = None
+    # Whether a re-run picks up the phases an interrupted attempt finished (the data stage's).
+    resumes: bool = False
 
     @property
     def kind(self) -> kinds.ModelKind | None:
@@ -49,7 +49,7 @@ class Stage:
 
 
 TABLE = (
-    Stage("data", (), "pajama.data.stage:run"),
+    Stage("data", (), "pajama.data.stage:run", resumes=True),
     Stage("pretrain", ("data",), "pajama.train.pretrain:run"),
     Stage("instruct", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
     Stage("chat", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
@@ -118,10 +118,16 @@ class PlannedStage:
     existing: Artifact | None  # the finished artifact a run would reuse
 
 
+def artifact_store(cfg: PajamaConfig) -> ArtifactStore:
+    return ArtifactStore(storage.join(cfg.project.storage_uri, "artifacts"))
+
+
 def plan(cfg: PajamaConfig, targets: list[str] | None = None) -> list[PlannedStage]:
     """What a run of `targets` would do: each stage's fingerprint and whether it is up to date.
-    Reads only configs and manifests (no Ray, no MLflow)."""
-    store = ArtifactStore(cfg.project.storage_path / "artifacts")
+    Reads only configs and manifests (no Ray, no MLflow); stops first, naming it, if the storage
+    cannot be used."""
+    storage.check_root(cfg.project.storage_uri)
+    store = artifact_store(cfg)
     fingerprints: dict[str, str] = {}
     planned = []
     for stage in required_stages(targets or STAGES):
@@ -138,7 +144,7 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
     planned = plan(cfg, targets)
     # Remote datasets the stages to run read must be reachable before Ray starts (pajama.hub).
     hub.preflight(cfg, [step.stage for step in planned if step.existing is None])
-    store = ArtifactStore(cfg.project.storage_path / "artifacts")
+    store = artifact_store(cfg)
     tracking.setup(cfg)
     ensure_ray = _RayOnDemand(cfg)
     done: dict[str, Artifact] = {}
@@ -162,23 +168,25 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
             ensure_ray()
             log.info("%s: running (fingerprint %s)", stage, fp)
             started = time.time()
-            staging = store.staging_dir(stage, fp)
-            # A failed attempt leaves no partial artifact behind (its MLflow run is marked FAILED).
-            with _discard_on_error(staging), tracking.stage_run(stage, config, fp, upstream) as run:
-                ctx = StageContext(out=staging, storage=cfg.project.storage_path, fingerprint=fp, seed=cfg.project.seed,
+            row = BY_NAME[stage]
+            staging = store.begin(stage, fp, resume=row.resumes)
+            # A failed attempt leaves nothing that is taken for finished (its MLflow run is marked
+            # FAILED); a resumable stage keeps its finished phases for the next attempt.
+            with _abort_on_error(store, staging, keep=row.resumes), \
+                    tracking.stage_run(stage, config, fp, upstream) as run:
+                ctx = StageContext(out=staging.out, out_uri=staging.out_uri, storage=cfg.project.storage_uri,
+                                   fingerprint=fp, seed=cfg.project.seed,
                                    tracking_uri=cfg.project.resolved_tracking_uri, run_id=run.info.run_id)
-                row = BY_NAME[stage]
                 manifest = _function(row.run)(getattr(cfg, stage), ctx, upstream)
                 manifest.update(mlflow_run_id=run.info.run_id, duration_s=time.time() - started)
                 if row.kind:
                     tags = {f"{tracking.TAG_UPSTREAM}{up}": a.run_id or "" for up, a in upstream.items()}
                     tags.update({f"pajama.fingerprint.{up}": a.fingerprint for up, a in upstream.items()})
                     tags["pajama.data_fingerprint"] = _data_fingerprint(upstream)
-                    manifest.update(tracking.log_hf_model(stage, row.kind, staging / manifest["model_dir"], fp, tags))
-                artifact = store.commit(staging, stage, fp, config, {u: a.fingerprint for u, a in upstream.items()},
-                                        manifest)
-                mlflow.set_tag(tracking.TAG_ARTIFACT, str(artifact.path))
-            log.info("%s: done in %.0fs -> %s", stage, time.time() - started, artifact.path)
+                    manifest.update(tracking.log_hf_model(stage, row.kind, staging.out / manifest["model_dir"], fp, tags))
+                artifact = store.commit(staging, config, {u: a.fingerprint for u, a in upstream.items()}, manifest)
+                mlflow.set_tag(tracking.TAG_ARTIFACT, artifact.uri)
+            log.info("%s: done in %.0fs -> %s", stage, time.time() - started, artifact.uri)
             done[stage] = artifact
         for stage, artifact in done.items():
             if BY_NAME[stage].report:
@@ -199,8 +207,8 @@ def _log_comparison(cfg: PajamaConfig, done: dict[str, Artifact], parent_run_id:
     from pajama import compare
 
     artifacts = {name: done[kind.stage] for name, kind in kinds.KINDS.items()}
-    models = {kind: (a.path / a.manifest["model_dir"], a.fingerprint) for kind, a in artifacts.items()}
-    cache_dir = cfg.project.storage_path / "comparisons"
+    models = {kind: (a.local(a.manifest["model_dir"]), a.fingerprint) for kind, a in artifacts.items()}
+    cache_dir = storage.join(cfg.project.storage_uri, "comparisons")
     if cfg.pretrain.scaling.use_gpu:
         # A 3B/7B model on a GPU worker of the cluster, not on the driver (often CPU-only);
         # the storage is shared, so the cache is too.
@@ -220,11 +228,11 @@ def _log_comparison(cfg: PajamaConfig, done: dict[str, Artifact], parent_run_id:
 
 
 @contextlib.contextmanager
-def _discard_on_error(staging: Path):
+def _abort_on_error(store: ArtifactStore, staging: Staging, keep: bool):
     try:
         yield
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        store.abort(staging, keep=keep)
         raise
 
 

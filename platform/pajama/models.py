@@ -48,10 +48,13 @@ def check_source(source: str, tracking_uri: str | None = None) -> None:
         )
 
 
-def resolve_source(source: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> ResolvedModel:
-    """Resolve a local HF directory or an MLflow `models:/` URI into a loadable `ResolvedModel`."""
+def resolve_source(source: str, tracking_uri: str | None = None, cache_dir: str | None = None,
+                   storage_uri: str | None = None) -> ResolvedModel:
+    """Resolve a local HF directory or an MLflow `models:/` URI into a loadable `ResolvedModel`.
+    A registered version that Pajama trained is loaded from its artifact in `storage_uri` when
+    that storage has it (see `_from_storage`)."""
     if source.startswith("models:/"):
-        return _resolve_mlflow(source, tracking_uri, cache_dir)
+        return _resolve_mlflow(source, tracking_uri, cache_dir, storage_uri)
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -61,12 +64,32 @@ def resolve_source(source: str, tracking_uri: str | None = None, cache_dir: str 
     return ResolvedModel(path, path, fingerprint_dir(path), None)
 
 
-def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None) -> ResolvedModel:
+def _from_storage(model_version, storage_uri: str | None) -> Path | None:
+    """The model directory of the artifact that registered `model_version`, looked up by the stage
+    and fingerprint the version is tagged with in the given storage, not by where it was when it
+    was registered: a copied storage directory, or another pod, loads its own copy."""
+    from pajama import storage
+    from pajama.artifacts import ArtifactStore
+
+    stage, fp = model_version.tags.get("pajama.stage"), model_version.tags.get("pajama.fingerprint")
+    if not (storage_uri and stage and fp):
+        return None
+    artifact = ArtifactStore(storage.join(storage_uri, "artifacts")).find(stage, fp)
+    if artifact is None or "model_dir" not in artifact.manifest:
+        return None
+    return artifact.local(artifact.manifest["model_dir"])
+
+
+def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None, storage_uri: str | None) -> ResolvedModel:
     import mlflow
     from mlflow.models import Model
 
     client, model_version = _registry_version(uri, tracking_uri)
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    provenance = f"{model_version.name}/{model_version.version}"
+    stored = _from_storage(model_version, storage_uri)
+    if stored is not None:
+        return ResolvedModel(stored, stored, provenance, model_version.run_id)
 
     # Download the pinned version, not the alias, so the files match the provenance we report.
     destination = Path(cache_dir or tempfile.mkdtemp(prefix="pajama-serve-"))
@@ -86,9 +109,7 @@ def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None) -
     tokenizer_dir = weights_dir if (weights_dir / "tokenizer_config.json").is_file() else local / "components" / "tokenizer"
     if not (weights_dir / "config.json").is_file() or not (tokenizer_dir / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"{uri}: no HF weights/tokenizer found under {local} (looked in {weights_dir}, {tokenizer_dir})")
-    return ResolvedModel(
-        weights_dir, tokenizer_dir, f"{model_version.name}/{model_version.version}", model_version.run_id
-    )
+    return ResolvedModel(weights_dir, tokenizer_dir, provenance, model_version.run_id)
 
 
 def _registry_version(uri: str, tracking_uri: str | None):
@@ -126,15 +147,37 @@ def _newest_version_of_run(source: str, tracking_uri: str | None) -> str:
     return f"models:/{newest.name}/{newest.version}"
 
 
-def resolve_model(source: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> ResolvedModel:
+def resolve_model(source: str, tracking_uri: str | None = None, cache_dir: str | None = None,
+                  storage_uri: str | None = None) -> ResolvedModel:
     if source.startswith("runs:/"):
         source = _newest_version_of_run(source, tracking_uri)
-    return resolve_source(source, tracking_uri, cache_dir)
+    return resolve_source(source, tracking_uri, cache_dir, storage_uri)
 
 
-def resolve_model_dir(source: str, tracking_uri: str | None, cache_dir: Path) -> Path:
-    """A directory holding both the weights and the tokenizer of `source`."""
-    resolved = resolve_model(source, tracking_uri, str(cache_dir))
+def model_uri(source: str, tracking_uri: str | None, storage_uri: str | None) -> str:
+    """Where training workers on any node can load `source` from: the storage URI of the artifact
+    of a version Pajama trained, else a local directory (which only this machine's workers see)."""
+    if source.startswith(("models:/", "runs:/")):
+        from pajama import storage
+        from pajama.artifacts import ArtifactStore
+
+        if source.startswith("runs:/"):
+            source = _newest_version_of_run(source, tracking_uri)
+        _, version = _registry_version(source, tracking_uri)
+        stage, fp = version.tags.get("pajama.stage"), version.tags.get("pajama.fingerprint")
+        artifact = ArtifactStore(storage.join(storage_uri, "artifacts")).find(stage, fp) if (
+            storage_uri and stage and fp) else None
+        if artifact is not None and "model_dir" in artifact.manifest:
+            return artifact.join(artifact.manifest["model_dir"])
+    return str(resolve_model_dir(source, tracking_uri, storage_uri))
+
+
+def resolve_model_dir(source: str, tracking_uri: str | None, storage_uri: str | None = None) -> Path:
+    """A directory holding both the weights and the tokenizer of `source` (registry downloads go
+    to this machine's cache)."""
+    from pajama import storage
+
+    resolved = resolve_model(source, tracking_uri, str(storage.cache_dir() / "models"), storage_uri)
     if resolved.tokenizer_dir != resolved.weights_dir:
         from transformers import AutoTokenizer
 

@@ -22,9 +22,11 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import LoggedModelInput
 from mlflow.tracking import MlflowClient
 
+from pajama import storage
 from pajama.artifacts import Artifact
 from pajama.config import PajamaConfig
 from pajama.kinds import ModelKind
+from pajama.redact import redact_uri
 
 
 TAG_STAGE = "pajama.stage"
@@ -41,13 +43,17 @@ CANDIDATE_ALIAS = "candidate"
 def setup(cfg: PajamaConfig) -> str:
     """Point MLflow at the project's store and make sure the experiment exists."""
     uri = cfg.project.resolved_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(cfg.project.experiment) is None:
         # A local store keeps artifacts beside the database instead of in ./mlruns of the cwd.
         location = None
         if uri.startswith("sqlite:///"):
-            location = (cfg.project.storage_path / "mlartifacts").as_uri()
+            root = cfg.project.storage_uri
+            location = storage.join(root, "mlartifacts") if not storage.is_local(root) else \
+                Path(root, "mlartifacts").as_uri()
         mlflow.create_experiment(cfg.project.experiment, artifact_location=location)
     mlflow.set_experiment(cfg.project.experiment)
     return uri
@@ -75,7 +81,7 @@ def dag_run(cfg: PajamaConfig, recipe: str, stages: list[str]) -> Iterator[mlflo
     with mlflow.start_run(run_name=dag_run_name(recipe)) as run:
         mlflow.set_tags({TAG_DAG: "true", "pajama.recipe": recipe, "pajama.project": cfg.project.name,
                          "pajama.stages": ",".join(stages)})
-        mlflow.log_params({"recipe": recipe, "storage": str(cfg.project.storage_path)})
+        mlflow.log_params({"recipe": recipe, "storage": redact_uri(cfg.project.storage_uri)})
         yield run
 
 
@@ -94,7 +100,7 @@ def _log_upstream_inputs(upstream: dict[str, Artifact]) -> None:
         model_id = artifact.manifest.get("mlflow_model_id")
         if model_id:
             models.append(LoggedModelInput(model_id))
-        source = resolve_dataset_source(str(artifact.path))
+        source = resolve_dataset_source(artifact.uri)
         datasets.append(MetaDataset(source, name=f"{stage}:{artifact.fingerprint}", digest=artifact.fingerprint[:16]))
         contexts.append(stage)
         tags.append({"pajama.upstream_run_id": artifact.run_id or "", "pajama.upstream_stage": stage})
@@ -123,7 +129,7 @@ def record_reuse(stage: str, artifact: Artifact, upstream: dict[str, Artifact]) 
     """A child run that says this DAG run reused a finished stage (and which run produced it)."""
     with mlflow.start_run(run_name=stage, nested=True) as run:
         mlflow.set_tags({TAG_STAGE: stage, TAG_FINGERPRINT: artifact.fingerprint,
-                         TAG_ARTIFACT: str(artifact.path), TAG_REUSED_FROM: artifact.run_id or ""})
+                         TAG_ARTIFACT: artifact.uri, TAG_REUSED_FROM: artifact.run_id or ""})
         for up_stage, up in upstream.items():
             mlflow.set_tag(f"{TAG_UPSTREAM}{up_stage}", up.run_id or "")
         return run.info.run_id

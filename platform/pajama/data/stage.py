@@ -46,6 +46,7 @@ import ray
 from ray.data.context import ShuffleStrategy
 from tokenizers import Tokenizer
 
+from pajama import storage
 from pajama.artifacts import StageContext
 from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import decontam, dedup, filters, readers, signals
@@ -80,16 +81,17 @@ def _is_duplicate(batch: pa.Table) -> pa.Array:
     return mask
 
 
-def read_parquet_dir(path: Path) -> ray.data.Dataset:
-    """The parquet files under a directory of an artifact, in file-name order.
+def read_parquet_dir(uri: str | Path) -> ray.data.Dataset:
+    """The parquet files under a folder of an artifact (local or in object storage), in file-name order.
 
     Read with Ray Data's V1 parquet datasource: these are files Pajama wrote itself, and the V2
     datasource starts a pool of footer-reader actors per execution (seconds on a small cluster,
     and again in every training worker, which executes the whole stream itself; see loop.py).
     """
-    files = sorted(str(p) for p in path.rglob("*.parquet"))
+    uri = str(uri)
+    files = [storage.join(uri, name) for name in storage.files(uri) if name.endswith(".parquet")]
     if not files:
-        raise FileNotFoundError(f"no parquet files under {path}")
+        raise FileNotFoundError(f"no parquet files under {uri}")
     context = ray.data.DataContext.get_current()
     use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:

@@ -21,6 +21,7 @@ import math
 import time
 from pathlib import Path
 
+from pajama import storage
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import EvaluateConfig
 from pajama.evaluate import harness, reference
@@ -40,15 +41,14 @@ def upstream(cfg: EvaluateConfig, stages: tuple[str, ...]) -> tuple[str, ...]:
 def run(cfg: EvaluateConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
     models = {kind_of_stage(stage).name: artifact for stage, artifact in inputs.items()}
     task_set = harness.task_set_key(cfg.tasks, cfg.num_fewshot, cfg.limit, cfg.dtype)
-    cache = {name: ctx.storage / RESULTS_DIR / f"{harness.cache_key(a.fingerprint, task_set)}.json"
+    cache = {name: storage.join(ctx.storage, RESULTS_DIR, f"{harness.cache_key(a.fingerprint, task_set)}.json")
              for name, a in models.items()}
-    results = {name: json.loads(path.read_text()) for name, path in cache.items() if path.is_file()}
-    todo = {name: a.path / a.manifest["model_dir"] for name, a in models.items() if name not in results}
+    results = {name: json.loads(storage.read_text(uri)) for name, uri in cache.items() if storage.exists(uri)}
+    todo = {name: a.local(a.manifest["model_dir"]) for name, a in models.items() if name not in results}
     started = time.time()
     results.update(_evaluate(cfg, todo))
     for name in todo:
-        cache[name].parent.mkdir(parents=True, exist_ok=True)
-        cache[name].write_text(json.dumps(results[name], indent=1))
+        storage.write_text(cache[name], json.dumps(results[name], indent=1))
     print(f"[pajama] evaluate: {', '.join(todo) or 'no model'} evaluated in {time.time() - started:.0f}s"
           + (f"; {', '.join(n for n in models if n not in todo)} from the cache" if len(todo) < len(models) else ""))
     rows = [{"model": name, **row} for name in models for row in results[name]]
@@ -179,10 +179,10 @@ def report(cfg: EvaluateConfig, artifact: Artifact, dag_run_id: str) -> None:
     plt.close(fig)
 
 
-def evaluate_source(cfg: EvaluateConfig, source: str, tracking_uri: str, storage: Path) -> list[dict]:
+def evaluate_source(cfg: EvaluateConfig, source: str, tracking_uri: str) -> list[dict]:
     """`pajama evaluate --model`: one model, by registry version, run or directory, in this process."""
     from pajama.models import resolve_model_dir
 
-    model_dir = resolve_model_dir(source, tracking_uri, storage / "models")
+    model_dir = resolve_model_dir(source, tracking_uri)
     rows = harness.evaluate_model(model_dir, cfg.tasks, cfg.num_fewshot, cfg.limit, cfg.dtype, cfg.batch_size)
     return [{"model": source, **row} for row in rows]

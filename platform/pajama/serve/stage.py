@@ -31,7 +31,7 @@ def app_args(cfg: ServeConfig, models: dict[str, Artifact], tracking_uri: str) -
     for stage, artifact in models.items():
         model_kind = kind_of_stage(stage)
         name, version = artifact.manifest.get("registered_model"), artifact.manifest.get("registered_version")
-        source = f"models:/{name}/{version}" if name else str(artifact.path / artifact.manifest["model_dir"])
+        source = f"models:/{name}/{version}" if name else str(artifact.local(artifact.manifest["model_dir"]))
         entries.append({"name": name or model_kind.registered_name, "source": source, "kind": model_kind.name})
     options = cfg.model_dump(mode="json", include=set(ServeAppOptions.model_fields))
     return {"models": entries, "tracking_uri": tracking_uri, **options}

@@ -61,6 +61,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from pajama import storage
 from pajama.config import LoraConfig, TrainingConfig
 from pajama.sft.templates import IGNORE_INDEX
 from pajama.train.progress import Progress
@@ -75,7 +76,7 @@ RNG_KEY = "rng"
 class TrainSpec:
     """What a stage trains, besides its TrainingConfig section; both travel to every worker."""
 
-    init: str  # "scratch", or a Hugging Face model directory to fine-tune
+    init: str  # "scratch", or the storage URI (or local path) of a Hugging Face model to fine-tune
     seed: int
     seq_len: int
     eval_slices: tuple[str, ...]  # names of the held-out rows' slice_id values
@@ -188,7 +189,8 @@ def _build_model(spec: TrainSpec, training: TrainingConfig, device: torch.device
         with device:
             model = GPTNeoXForCausalLM(GPTNeoXConfig(**spec.model_config))
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec.init, dtype=torch.float32)
+        # Each worker fetches the base model from the storage itself: nodes share no disk.
+        model = AutoModelForCausalLM.from_pretrained(storage.local_copy(spec.init), dtype=torch.float32)
     if spec.lora:
         import peft
 

@@ -37,11 +37,11 @@ def gpt_neox_config(model: ModelConfig, tokenizer) -> dict:
 def run(cfg: PretrainConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
     """The pretrain stage: train on the data stage's shards, export a HF model to `ctx.out/model`."""
     data = inputs["data"]
-    tokenizer = load_tokenizer(str(data.path / "tokenizer"))
+    tokenizer = load_tokenizer(str(data.local("tokenizer")))
     model_config = gpt_neox_config(cfg.model, tokenizer)
     spec = TrainSpec(init="scratch", model_config=model_config, seed=ctx.seed, seq_len=data.manifest["seq_len"],
                      eval_slices=tuple(data.manifest["slices"]), tracking=ctx.train_tracking)
-    metrics = fit(spec, read_parquet_dir(data.path / "shards" / "train"), read_parquet_dir(data.path / "shards" / "eval"),
+    metrics = fit(spec, read_parquet_dir(data.join("shards", "train")), read_parquet_dir(data.join("shards", "eval")),
                   cfg, ctx.storage, run_name=f"pretrain-{ctx.fingerprint}", export_to=ctx.out / "model")
     tokenizer.save_pretrained(ctx.out / "model")
     return {"model_dir": "model", "final_metrics": metrics, "model_config": model_config}

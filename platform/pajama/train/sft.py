@@ -17,7 +17,8 @@ import ray
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import SFTConfig, resolve_path
 from pajama.kinds import kind
-from pajama.models import resolve_model_dir
+from pajama import storage
+from pajama.models import model_uri
 from pajama.data.tokenizer import load_tokenizer
 from pajama.sft import decontam, formats, packing, templates
 from pajama.train.loop import TrainSpec
@@ -55,16 +56,16 @@ def upstream(cfg: SFTConfig, stages: tuple[str, ...]) -> tuple[str, ...]:
 def run(cfg: SFTConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
     """The instruct or chat stage: fine-tune the base model, export it with its chat template."""
     if cfg.base_model:
-        base_model_dir = resolve_model_dir(cfg.base_model, ctx.tracking_uri, ctx.storage / "models")
+        base_model_uri = model_uri(cfg.base_model, ctx.tracking_uri, ctx.storage)
         base_model = cfg.base_model
     else:
         base = inputs["pretrain"]
-        base_model_dir, base_model = base.path / base.manifest["model_dir"], f"runs:/{base.run_id}"
-    tokenizer = load_tokenizer(str(base_model_dir))
+        base_model_uri, base_model = base.join(base.manifest["model_dir"]), f"runs:/{base.run_id}"
+    tokenizer = load_tokenizer(str(storage.local_copy(base_model_uri)))
     train, evaluation, report = prepare_examples(cfg, tokenizer, ctx.seed)
     print(f"[pajama] {cfg.style}: {train.num_rows} packed train sequences, {evaluation.num_rows} eval; "
           f"decontaminated {report['decontaminated'] or 'nothing'}")
-    spec = TrainSpec(init=str(base_model_dir), lora=cfg.lora if cfg.method == "lora" else None, seed=ctx.seed,
+    spec = TrainSpec(init=base_model_uri, lora=cfg.lora if cfg.method == "lora" else None, seed=ctx.seed,
                      seq_len=cfg.max_length, eval_slices=("response",), tracking=ctx.train_tracking)
     metrics = fit(spec, ray.data.from_arrow(train), ray.data.from_arrow(evaluation), cfg, ctx.storage,
                   run_name=f"{cfg.style}-{ctx.fingerprint}", export_to=ctx.out / "model")

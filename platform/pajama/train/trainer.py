@@ -19,13 +19,14 @@ import ray.train
 from ray.data import ExecutionOptions
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from pajama import storage
 from pajama.config import TrainingConfig
 from pajama.train.loop import EXPORT_DIR, TrainSpec, train_loop_per_worker
 from pajama.train.trace import FORWARDED_ENV
 
 
 def fit(spec: TrainSpec, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, training: TrainingConfig,
-        storage: Path, run_name: str, export_to: Path) -> dict:
+        storage_uri: str, run_name: str, export_to: Path) -> dict:
     """Train, then copy the exported HF model into `export_to`. Returns the final metrics."""
     scaling = training.scaling
     for ds in (train_ds, eval_ds):
@@ -46,7 +47,8 @@ def fit(spec: TrainSpec, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, 
                                             execution_options=ExecutionOptions(preserve_order=True)),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(storage / "ray_train"),
+            # Checkpoints go to the project storage, local or object store (Ray Train writes there).
+            storage_path=storage.join(storage_uri, "ray_train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
             worker_runtime_env={"env_vars": {
