@@ -79,6 +79,50 @@ class Project:
 
 
 @dataclass
+class S3Server:
+    """A real S3-compatible server (moto in server mode) on loopback; clients reach it over HTTP
+    through the standard AWS environment variables in `env`."""
+
+    endpoint: str
+
+    @property
+    def env(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "pajama-test",
+                "AWS_SECRET_ACCESS_KEY": "pajama-test-secret", "AWS_DEFAULT_REGION": "us-east-1",
+                # MLflow's S3 artifact repository reads its own variable.
+                "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="pajama-test",
+                            aws_secret_access_key="pajama-test-secret", region_name="us-east-1")
+
+    def bucket(self, name: str) -> str:
+        """Create bucket `name` (if needed); its s3:// URI."""
+        import botocore.exceptions
+
+        with contextlib.suppress(botocore.exceptions.ClientError):
+            self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield S3Server(f"http://127.0.0.1:{port}")
+    server.stop()
+
+
+@dataclass
 class RayHead:
     dashboard: str  # the job API, for `ray job submit --address`
     gcs: str        # for drivers: RAY_ADDRESS, `serve run --address`
