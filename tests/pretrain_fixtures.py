@@ -48,7 +48,7 @@ def make_data_artifact(root: Path, seq_len: int = 32, vocab_size: int = 384, tra
             }), root / "shards" / split / f"part-{i:05d}.parquet")
     manifest = {"slices": SLICES, "seq_len": seq_len, "train_rows": len(train), "eval_rows": len(evaluation)}
     (root / "manifest.json").write_text(json.dumps(manifest))
-    return Artifact("data", "fixture", root, manifest)
+    return Artifact("data", "fixture", str(root), manifest)
 
 
 def tiny_pretrain_config(num_workers: int = 2, **overrides) -> PretrainConfig:
