@@ -47,7 +47,7 @@ def test_stage_scores_a_model_on_the_bundled_tasks_and_caches_them(tiny_model, t
 
     cfg = EvaluateConfig(models=["base"], limit=8)
     ctx = StageContext(out=tmp_path / "out", storage=tmp_path, fingerprint="e")
-    inputs = {"pretrain": Artifact("pretrain", "base-fp", tiny_model.parent, {"model_dir": tiny_model.name})}
+    inputs = {"pretrain": Artifact("pretrain", "base-fp", str(tiny_model.parent), {"model_dir": tiny_model.name})}
     first = stage.run(cfg, ctx, inputs)
     _assert_scores(first["results"], ["base"])
     assert {r["n"] for r in first["results"]} == {8} and first["models"]["base"]["cache"] == "miss"
