@@ -88,9 +88,7 @@ class S3Server:
     @property
     def env(self) -> dict:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "pajama-test",
-                "AWS_SECRET_ACCESS_KEY": "pajama-test-secret", "AWS_DEFAULT_REGION": "us-east-1",
-                # MLflow's S3 artifact repository reads its own variable.
-                "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+                "AWS_SECRET_ACCESS_KEY": "pajama-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
     def client(self):
         import boto3

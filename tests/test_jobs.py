@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -96,3 +98,35 @@ def test_k8s_rayjob_entrypoints_run_with_ray_job_submit(ray_head, tiny_project, 
         if "run_all.py" in entrypoint:  # the whole DAG, then its models promoted for the RayService
             assert re.search(r"promoted pajama-base/\d+, pajama-instruct/\d+, pajama-chat/\d+ to @production",
                              output), output[-3000:]
+
+
+def test_a_job_without_storage_keeps_its_artifacts_when_its_working_dir_changes(ray_head, tmp_path):
+    """With no storage configured, a job's relative `.pajama` would land in Ray's copy of its working
+    directory, which changes with every edit; it goes under the home directory instead."""
+    checkout, home = tmp_path / "checkout", tmp_path / "home"
+    shutil.copytree(REPO, checkout, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "__pycache__", ".pajama", "*.egg-info", ".pytest_cache"))
+    # The job's home: the driver finds the cluster's auth token there, as under the real one.
+    (home / ".ray").mkdir(parents=True)
+    shutil.copy(Path.home() / ".ray" / "auth_token", home / ".ray" / "auth_token")
+    runtime_env = json.dumps({"env_vars": {"HOME": str(home)}})
+    command = [RAY, "job", "submit", "--address", ray_head, "--working-dir", ".", "--runtime-env-json",
+               runtime_env, "--", "python", "jobs/prepare_data.py"]
+
+    def submit_data() -> str:
+        for _ in range(30):
+            proc = subprocess.run(command, cwd=checkout, env=_client_env(), capture_output=True, text=True,
+                                  timeout=900)
+            if not _agent_not_up(proc):
+                break
+            time.sleep(5)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-5000:]
+        return output
+
+    assert "[pajama] data: running" in submit_data()
+    readme = checkout / "README.md"
+    readme.write_text(readme.read_text() + "\nAn edit: Ray uploads a new package for the next job.\n")
+    second = submit_data()
+    assert "[pajama] data: up to date, reusing" in second, second[-3000:]
+    assert list((home / ".pajama" / "artifacts" / "data").glob("*/manifest.json"))

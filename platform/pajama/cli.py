@@ -99,11 +99,13 @@ def _serve(cfg, recipe: str, args) -> None:
 
     if args.model:
         app = {"models": [_model_option(item, cfg.project.resolved_tracking_uri) for item in args.model],
-               "tracking_uri": cfg.project.resolved_tracking_uri, "api_key_env": cfg.serve.api_key_env}
+               "tracking_uri": cfg.project.resolved_tracking_uri, "storage_uri": cfg.project.storage_uri,
+               "api_key_env": cfg.serve.api_key_env}
     else:
         targets = [kind(name).stage for name in cfg.serve.models]
         artifacts = dag.run_dag(cfg, recipe, targets)
-        app = app_args(cfg.serve, {s: artifacts[s] for s in targets}, cfg.project.resolved_tracking_uri)
+        app = app_args(cfg.serve, {s: artifacts[s] for s in targets}, cfg.project.resolved_tracking_uri,
+                       cfg.project.storage_uri)
     serve_forever(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port,
                   allow_insecure=args.allow_insecure)
 
@@ -156,7 +158,8 @@ def _evaluate(cfg, recipe: str, args) -> None:
     cfg.evaluate.tasks = args.tasks or cfg.evaluate.tasks
     cfg.evaluate.limit = args.limit or cfg.evaluate.limit
     if args.model:
-        rows = stage.evaluate_source(cfg.evaluate, args.model, cfg.project.resolved_tracking_uri)
+        rows = stage.evaluate_source(cfg.evaluate, args.model, cfg.project.resolved_tracking_uri,
+                                     cfg.project.storage_uri)
     else:
         from pajama.dag import run_dag
 
@@ -200,9 +203,10 @@ def _setup_logging(verbosity: int) -> None:
 def _expected_error(err: BaseException) -> BaseException | None:
     """The user-fixable error behind `err`, also when it was raised in a Ray task or actor."""
     from pajama.data.readers import BadInputError
+    from pajama.storage import StorageError
 
-    expected: tuple[type[BaseException], ...] = (ConfigError, BadInputError, LookupError, FileNotFoundError,
-                                                 PermissionError)
+    expected: tuple[type[BaseException], ...] = (ConfigError, BadInputError, StorageError, LookupError,
+                                                 FileNotFoundError, PermissionError)
     try:
         from mlflow.exceptions import MlflowException
 
@@ -275,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _dispatch(args)
     except KeyboardInterrupt:
-        # Stages build in staging directories that an interrupted run removes: nothing half-written stays.
-        print("pajama: interrupted; unfinished stages left nothing behind", file=sys.stderr)
+        # Nothing an interrupted stage wrote is taken for finished (pajama.artifacts); the data stage
+        # keeps its finished phases for the next run.
+        print("pajama: interrupted; unfinished stages left nothing that a later run takes for finished",
+              file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 (sorted into expected and unexpected below)
         expected = _expected_error(err)

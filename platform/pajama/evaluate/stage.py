@@ -179,10 +179,10 @@ def report(cfg: EvaluateConfig, artifact: Artifact, dag_run_id: str) -> None:
     plt.close(fig)
 
 
-def evaluate_source(cfg: EvaluateConfig, source: str, tracking_uri: str) -> list[dict]:
+def evaluate_source(cfg: EvaluateConfig, source: str, tracking_uri: str, storage_uri: str) -> list[dict]:
     """`pajama evaluate --model`: one model, by registry version, run or directory, in this process."""
     from pajama.models import resolve_model_dir
 
-    model_dir = resolve_model_dir(source, tracking_uri)
+    model_dir = resolve_model_dir(source, tracking_uri, storage_uri)
     rows = harness.evaluate_model(model_dir, cfg.tasks, cfg.num_fewshot, cfg.limit, cfg.dtype, cfg.batch_size)
     return [{"model": source, **row} for row in rows]

@@ -64,7 +64,7 @@ def _build_vllm_app(config: ServeArgs) -> serve.Application:
     llm_configs = []
     for spec in config.models:
         # Resolved where build_app runs: the directory must be visible to the vLLM replicas.
-        resolved = resolve_source(spec.source, config.tracking_uri, config.model_cache_dir)
+        resolved = resolve_source(spec.source, config.tracking_uri, config.model_cache_dir, config.storage_uri)
         deployment = deployment_options(f"vllm-{spec.name}", config.replica_options(spec))
         deployment.pop("ray_actor_options")  # vLLM places its own GPU workers
         llm_configs.append(
@@ -101,6 +101,7 @@ def build_app(args: dict) -> serve.Application:
         handles[spec.name] = deployment.bind(
             spec.model_dump(include={"name", "source", "kind"}),
             tracking_uri,
+            config.storage_uri or os.environ.get("PAJAMA_STORAGE_URI"),
             config.model_cache_dir,
             options.model_dump(include={"max_batch_size", "stall_timeout_s"}),
             config.default_max_tokens,

@@ -32,7 +32,8 @@ logger = logging.getLogger("ray.serve")
 class ModelServer:
     """One model, loaded once per replica; concurrent requests decode together."""
 
-    def __init__(self, spec: dict, tracking_uri: str | None, cache_dir: str | None, options: dict, default_max_tokens: int):
+    def __init__(self, spec: dict, tracking_uri: str | None, storage_uri: str | None, cache_dir: str | None,
+                 options: dict, default_max_tokens: int):
         keep_serve_replica_on_node_ip()
         # torch/transformers are imported here, not at module level, so the ingress starts fast.
         from pajama.models import resolve_source
@@ -47,7 +48,7 @@ class ModelServer:
             tag_keys=("model",),
         )
         batch_sizes.set_default_tags({"model": self.name})
-        resolved = resolve_source(spec["source"], tracking_uri, cache_dir)
+        resolved = resolve_source(spec["source"], tracking_uri, cache_dir, storage_uri)
         self.engine = HFEngine(
             resolved, kind=self.kind, max_batch_size=options["max_batch_size"], on_admit=batch_sizes.observe
         )

@@ -53,6 +53,9 @@ class ServeArgs(ServeAppOptions):
     models: list[ModelSpec] = Field(min_length=1)
     engine: Literal["hf", "vllm"] = "hf"
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI where build_app runs
+    # The project storage: registered versions Pajama trained load from their artifact there
+    # (default: PAJAMA_STORAGE_URI where build_app runs; without either, from MLflow's artifact store).
+    storage_uri: str | None = None
     model_cache_dir: str | None = None  # where MLflow artifacts are downloaded (default: a temp dir)
 
     @field_validator("models", mode="before")

@@ -25,7 +25,7 @@ def upstream(cfg: ServeConfig, stages: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(kind(name).stage for name in cfg.models)
 
 
-def app_args(cfg: ServeConfig, models: dict[str, Artifact], tracking_uri: str) -> dict:
+def app_args(cfg: ServeConfig, models: dict[str, Artifact], tracking_uri: str, storage_uri: str) -> dict:
     """The Serve application's args: each trained model by its registry version (for provenance)."""
     entries = []
     for stage, artifact in models.items():
@@ -34,13 +34,13 @@ def app_args(cfg: ServeConfig, models: dict[str, Artifact], tracking_uri: str) -
         source = f"models:/{name}/{version}" if name else str(artifact.local(artifact.manifest["model_dir"]))
         entries.append({"name": name or model_kind.registered_name, "source": source, "kind": model_kind.name})
     options = cfg.model_dump(mode="json", include=set(ServeAppOptions.model_fields))
-    return {"models": entries, "tracking_uri": tracking_uri, **options}
+    return {"models": entries, "tracking_uri": tracking_uri, "storage_uri": storage_uri, **options}
 
 
 def run(cfg: ServeConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
     from pajama.serve.app import deploy, probe_chat, shutdown
 
-    args = app_args(cfg, inputs, ctx.tracking_uri)
+    args = app_args(cfg, inputs, ctx.tracking_uri, ctx.storage)
     chat_model = next((m["name"] for m in args["models"] if m["kind"] == "chat"), args["models"][0]["name"])
     base_url = deploy(args, cfg.host, cfg.port)
     try:
@@ -62,4 +62,6 @@ def recorded_args(args: dict) -> dict:
     """The app args as artifacts and logs may show them: URIs without credentials."""
     models = [{**m, "source": redact_uri(m["source"])} for m in args["models"]]
     tracking_uri = args.get("tracking_uri")
-    return {**args, "models": models, "tracking_uri": tracking_uri and redact_uri(tracking_uri)}
+    storage_uri = args.get("storage_uri")
+    return {**args, "models": models, "tracking_uri": tracking_uri and redact_uri(tracking_uri),
+            "storage_uri": storage_uri and redact_uri(storage_uri)}
