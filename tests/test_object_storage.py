@@ -8,6 +8,7 @@ before any Ray work; a copied storage directory serves its own models; a job sub
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -110,9 +111,8 @@ def test_the_chat_model_is_served_from_the_object_store(s3_dag, tmp_path):
 def test_a_rerun_on_the_object_store_reuses_every_stage(s3_dag):
     proc = _pajama(s3_dag.cwd, s3_dag.env, "plan", "--json")
     assert proc.returncode == 0, proc.stderr
-    import json
-
-    assert all(step["existing"] for step in json.loads(proc.stdout)), proc.stdout
+    plan = json.loads(proc.stdout)
+    assert list(plan) == list(STAGES) and all(step["up_to_date"] for step in plan.values()), proc.stdout
 
 
 @pytest.mark.parametrize("problem", ["no such bucket", "refused credentials"])

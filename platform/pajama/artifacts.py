@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +182,9 @@ class ArtifactStore:
         out_uri = self.uri_for(stage, fp)
         if not resume:
             storage.delete(out_uri)
-        out = storage.cache_dir() / "staging" / f"{stage}-{fp}-{uuid.uuid4().hex[:8]}"
+        # One local folder per stage and fingerprint: what a killed attempt left there goes now.
+        out = storage.cache_dir() / "staging" / f"{stage}-{fp}"
+        shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         return Staging(stage, fp, out, out_uri)
 
