@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from conftest import RAY, REPO, free_port, start_ray_head
+from conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
