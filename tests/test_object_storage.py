@@ -78,9 +78,11 @@ def test_the_tiny_dag_keeps_everything_on_the_object_store(s3_dag):
 
 
 def test_the_chat_model_is_served_from_the_object_store(s3_dag, tmp_path):
-    """A fresh machine (an empty local cache): `pajama serve` loads the promoted chat model from S3."""
+    """Another machine (an empty local cache) with the same registry: `pajama serve` loads the chat
+    model the DAG registered from the bucket."""
     port = free_port()
-    env = {**s3_dag.env, "PAJAMA_CACHE_DIR": str(tmp_path / "cache")}
+    registry = next(s3_dag.cache.glob("mlflow/*.db"))
+    env = {**s3_dag.env, "PAJAMA_CACHE_DIR": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{registry}"}
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "pajama", "serve", "--model",
