@@ -150,9 +150,9 @@ def _to_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
             if pc.min(lengths).as_py() != pc.max(lengths).as_py():
                 raise ValueError(f"column {name} holds sequences of different lengths; training needs packed, "
                                  "equal-length rows")
-            values = column.flatten().to_numpy().reshape(len(column), -1)
+            values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
         else:
-            values = column.to_numpy()
+            values = column.to_numpy(zero_copy_only=False)
         # Arrow memory is read-only, and torch must not alias it.
         tensors[name] = torch.from_numpy(np.require(values, requirements="W"))
     return tensors
