@@ -1,7 +1,7 @@
 """Throughput of Pajama's Ray Train pretraining loop against a bare PyTorch loop, in one run.
 
 Both train the same GPT-NeoX (a preset's shape) on the same token rows (random token ids written
-to a parquet shard, which the Ray loop reads through Ray Data as the pretrain stage does), with
+to a parquet shard, which the Ray loop's worker reads itself as in the pretrain stage), with
 the same micro-batch, sequence length, optimiser (AdamW, fp32 master weights), gradient clipping,
 precision and activation checkpointing. The bare loop runs in a fresh process with as many torch
 threads as the Ray worker gets CPUs, once before and once after the Ray loop (their mean is the
@@ -10,7 +10,7 @@ over wall time between the end of the last warmup step and the end of the last s
 includes data loading, the optimiser step and, for the Ray loop, its per-step logging); the Ray
 loop's step ends come from its trace (PAJAMA_TRACE_DIR). On a shared machine wall time is noisy,
 so two steadier figures are printed too: tokens per median step time, and tokens per CPU-second
-of the training process (all its threads; Ray's read tasks run in other processes). Peak memory: the max RSS of each training
+of the training process (all its threads, its shard reads included). Peak memory: the max RSS of each training
 process and, on GPU, the peak allocated CUDA memory. MFU = 6 x parameters x tokens/s / peak
 (H100 dense bf16: 989e12).
 
@@ -157,13 +157,11 @@ def ray_loop(args, setup_: dict, shard_dir: Path, work: Path) -> list[dict]:
     import ray
 
     from pajama.config import PretrainConfig
-    from pajama.data.stage import read_parquet_dir
     from pajama.train.loop import TrainSpec
     from pajama.train.trainer import fit
 
     gpu = args.device == "cuda"
     ray.init(num_cpus=os.cpu_count() if gpu else args.cpus + 1, num_gpus=1 if gpu else 0, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         steps = setup_["steps"]
         training = PretrainConfig.model_validate({
@@ -179,7 +177,7 @@ def ray_loop(args, setup_: dict, shard_dir: Path, work: Path) -> list[dict]:
         spec = TrainSpec(init="scratch", model_config=setup_["model_config"], seed=0, seq_len=setup_["seq_len"],
                          eval_slices=("all",))
         os.environ["PAJAMA_TRACE_DIR"] = str(work / "trace")
-        fit(spec, read_parquet_dir(shard_dir), read_parquet_dir(shard_dir), training, work / "storage",
+        fit(spec, str(shard_dir), str(shard_dir), training, work / "storage",
             run_name="throughput", export_to=work / "export")
         return [json.loads(line) for line in (work / "trace" / "rank-0.jsonl").read_text().splitlines()]
     finally:

@@ -1,5 +1,5 @@
-"""Fast checks of the pretraining loop's pieces that need no Ray cluster: the deterministic data
-stream and its resume arithmetic, the learning-rate schedule, checkpoints (written and read back in
+"""Fast checks of the pretraining loop's pieces that need no Ray cluster (the data stream has its
+own, tests/test_train_shards.py): the learning-rate schedule, checkpoints (written and read back in
 one process, world size 1) and what they refuse to load, the progress lines, and the GPU presets'
 model sizes."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,9 +17,7 @@ from pajama.train.loop import (
     CheckpointError,
     TrainSpec,
     _build_model,
-    _global_batches,
     _optimizer,
-    _rank_slice,
     lr_at,
     read_checkpoint,
     row_losses,
@@ -28,45 +25,6 @@ from pajama.train.loop import (
 )
 from pajama.train.pretrain import gpt_neox_config
 from pajama.train.progress import Progress
-
-
-class _Rows:
-    """Stands in for a Ray Data shard: `iter_batches` over rows 0..n-1, in order, every epoch."""
-
-    def __init__(self, n: int):
-        self.index = np.arange(n)
-
-    def iter_batches(self, batch_size: int, batch_format: str, drop_last: bool):
-        assert batch_format == "numpy" and drop_last
-        for start in range(0, len(self.index) - batch_size + 1, batch_size):
-            yield {"seq_index": self.index[start : start + batch_size]}
-
-
-def _take(stream, k: int) -> list[list[int]]:
-    return [next(stream)["seq_index"].tolist() for _ in range(k)]
-
-
-def test_stream_is_ordered_and_wraps_to_the_next_epoch_without_the_ragged_tail():
-    batches = _take(_global_batches(_Rows(10), batch_rows=4, skip_rows=0), 5)
-    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]
-
-
-@pytest.mark.parametrize("consumed_batches", [0, 1, 2, 3, 7])
-def test_resuming_after_k_batches_continues_exactly_where_the_run_stopped(consumed_batches):
-    uninterrupted = _take(_global_batches(_Rows(10), 4, 0), 12)
-    resumed = _take(_global_batches(_Rows(10), 4, skip_rows=4 * consumed_batches), 12 - consumed_batches)
-    assert resumed == uninterrupted[consumed_batches:]
-
-
-def test_rank_slices_partition_the_global_batch():
-    batch = {"seq_index": torch.arange(8)}
-    parts = [_rank_slice(batch, rank, micro=4)["seq_index"].tolist() for rank in range(2)]
-    assert parts == [[0, 1, 2, 3], [4, 5, 6, 7]]
-
-
-def test_too_small_a_training_set_is_a_clear_error():
-    with pytest.raises(ValueError, match="fewer than 8 sequences"):
-        next(_global_batches(_Rows(5), 8, 0))
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():

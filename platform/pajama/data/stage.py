@@ -237,7 +237,7 @@ def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len:
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids[order].reshape(-1))),
             "slice_id": pa.array(np.asarray(slice_ids, dtype=np.int16)[order], type=pa.int16()),
         })
-        pq.write_table(table, f"{directory}/{shard:0{name_width}d}.parquet")  # names sort in shard order
+        pq.write_table(table, f"{directory}/{shard:0{name_width}d}.parquet", row_group_size=256)  # names sort in shard order; row groups: the training readers' unit (train/shards.py)
     return pa.table({"slice_id": pa.array(summary["slice_id"], pa.int16()),
                      "sequences": pa.array(summary["sequences"], pa.int64()),
                      "dropped_tail_tokens": pa.array(summary["dropped_tail_tokens"], pa.int64())})

@@ -1,13 +1,27 @@
 """The Ray Train worker loop shared by pretraining and fine-tuning.
 
-Every worker runs `train_loop_per_worker`. The data order is deterministic and independent of the
-number of workers: each worker iterates the same ordered stream of sequences (Ray Data with
-`preserve_order`, not split), takes its rank's slice of every global micro-batch, and skips the
-sequences a checkpoint says were consumed, so a resumed run neither repeats nor skips one and 1
-worker and N workers see the same global batches. The last checkpoint also carries the exported
-Hugging Face model, so relaunching a finished run restores the trained weights (and may continue
-with a larger max_steps). Rank 0 logs metrics to MLflow itself, because Ray Train V2 keeps only
-metrics reported with a checkpoint, and shows people its progress (`progress.py`).
+Every worker runs `train_loop_per_worker`. It reads only its share of the training shards
+(`shards.py`): rank r of N owns the r-th of N equal contiguous ranges of the split's canonical order
+(files in name order, then rows), reads it in order in micro-batches and wraps to its start for the
+next epoch; a resume starts reading at the row the checkpoint's consumed count gives, without
+reading what came before. What this guarantees:
+
+- For a fixed number of workers N and micro_batch_size, the global batches are deterministic: the
+  same on every run, relaunch and resume, and a resumed run neither repeats nor skips a sequence.
+- With 1 worker the order is the canonical order, as it always was. With N workers the global
+  batch of a micro-step is rank 0's next micro-batch, then rank 1's, ...: every epoch trains on
+  every sequence once, except fewer than N x (micro_batch_size + 1) in ragged tails, but global
+  batches are not the same as with 1 worker; "identical global batches for any N" gave way to
+  reading 1/N of the data per worker. What stays equal across N is the loop's arithmetic: the
+  same global batch gives the same loss and update at any N, up to floating-point summation order
+  (the loss is normalised by the global target tokens; learning rate and tokens_seen follow the step).
+- Evaluation scores, on every rank, the first eval_batches micro-batches of its share of the
+  held-out split, read once per attempt.
+
+The last checkpoint also carries the exported Hugging Face model, so relaunching a finished run
+restores the trained weights (and may continue with a larger max_steps). Rank 0 logs metrics to
+MLflow itself, because Ray Train V2 keeps only metrics reported with a checkpoint, and shows people
+its progress (`progress.py`).
 
 Checkpoints hold no pickles, so that whoever can write the checkpoint storage cannot run code on
 the training workers when they resume. torch.distributed.checkpoint (DCP) cannot promise that: its
@@ -46,9 +60,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray.train
 import torch
 import torch.distributed as dist
@@ -64,6 +80,7 @@ from torch.distributed.checkpoint.state_dict import (
 from pajama import storage
 from pajama.config import LoraConfig, TrainingConfig
 from pajama.sft.templates import IGNORE_INDEX
+from pajama.train import shards
 from pajama.train.progress import Progress
 from pajama.train.trace import StepTrace
 
@@ -123,33 +140,22 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    # List columns arrive as object arrays of equal-length arrays: stack them into 2-D tensors.
-    # Other columns may be read-only views of Arrow memory, which torch must not alias.
-    return {k: torch.as_tensor(np.stack(v) if v.dtype == object else np.require(v, requirements="W"))
-            for k, v in batch.items()}
-
-
-def _global_batches(shard, batch_rows: int, skip_rows: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless ordered stream of global micro-batches, starting `skip_rows` sequences in."""
-    epoch_rows = None
-    while True:
-        rows = 0
-        for batch in shard.iter_batches(batch_size=batch_rows, batch_format="numpy", drop_last=True):
-            rows += batch_rows
-            if skip_rows >= batch_rows:
-                skip_rows -= batch_rows
-                continue
-            yield _to_tensors(batch)
-        if rows == 0:
-            raise ValueError(f"the training set has fewer than {batch_rows} sequences (one global micro-batch)")
-        if epoch_rows is None:
-            epoch_rows = rows
-            skip_rows %= epoch_rows
-
-
-def _rank_slice(batch: dict[str, torch.Tensor], rank: int, micro: int) -> dict[str, torch.Tensor]:
-    return {k: v[rank * micro : (rank + 1) * micro] for k, v in batch.items()}
+def _to_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
+    """A micro-batch's columns as tensors; list columns (sequences of one length) become 2-D."""
+    tensors = {}
+    for name, column in zip(table.column_names, table.columns):
+        column = column.combine_chunks()
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            lengths = pc.list_value_length(column)
+            if pc.min(lengths).as_py() != pc.max(lengths).as_py():
+                raise ValueError(f"column {name} holds sequences of different lengths; training needs packed, "
+                                 "equal-length rows")
+            values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+        else:
+            values = column.to_numpy(zero_copy_only=False)
+        # Arrow memory is read-only, and torch must not alias it.
+        tensors[name] = torch.from_numpy(np.require(values, requirements="W"))
+    return tensors
 
 
 def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -357,16 +363,13 @@ class _MlflowLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def _held_out_batches(shard, training: TrainingConfig, rank: int, world: int) -> list[dict[str, torch.Tensor]]:
-    """This rank's share of the first `eval_batches` held-out batches, read once and kept in
-    memory: every evaluation scores the same sequences without re-reading the dataset."""
-    micro = training.micro_batch_size
-    batches = shard.iter_batches(batch_size=micro * world, batch_format="numpy", drop_last=True)
+def _held_out_batches(index: shards.ShardIndex, training: TrainingConfig, rank: int, world: int
+                      ) -> list[dict[str, torch.Tensor]]:
+    """This rank's first `eval_batches` held-out micro-batches, read once and kept in memory:
+    every evaluation scores the same sequences without re-reading the shards."""
     kept = []
-    for batch in batches:
-        if len(kept) == training.eval_batches:
-            break
-        local = _rank_slice(_to_tensors(batch), rank, micro)
+    for table in shards.head(index, rank, world, training.micro_batch_size, training.eval_batches):
+        local = _to_tensors(table)
         local.pop("seq_index", None)
         kept.append(local)
     return kept
@@ -422,7 +425,8 @@ def _export(model, spec: TrainSpec, training: TrainingConfig, rank: int, out: Pa
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's entry point; `config` is {"spec": TrainSpec, "training": TrainingConfig}."""
+    """Ray Train's entry point; `config` is {"spec": TrainSpec, "training": TrainingConfig, "train":
+    ShardIndex, "eval": ShardIndex}."""
     spec: TrainSpec = config["spec"]
     training: TrainingConfig = config["training"]
     rank, world = _world()
@@ -449,8 +453,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         print(f"[pajama] resumed at step {state['step']} after {state['consumed']} sequences", flush=True)
     micro, accum, max_steps = training.micro_batch_size, training.grad_accum_steps, training.max_steps
     global_rows = micro * world
-    stream = _global_batches(ray.train.get_dataset_shard("train"), global_rows, state["consumed"])
-    eval_shard, held_out = ray.train.get_dataset_shard("eval"), None
+    # Every rank consumes the same number of rows per step: its position is its share of `consumed`.
+    stream = shards.batches(config["train"], rank, world, micro, state["consumed"] // world)
+    held_out = None
     logger = _MlflowLogger(spec.tracking, rank)
     trace = StepTrace(rank, world)
     progress = Progress(state["step"], max_steps, training.log_every) if rank == 0 else None
@@ -460,7 +465,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     while state["step"] < max_steps:
         started = time.perf_counter()
-        micro_batches = [_rank_slice(next(stream), rank, micro) for _ in range(accum)]
+        micro_batches = [_to_tensors(next(stream)) for _ in range(accum)]
         seq_index = [i for b in micro_batches for i in b.pop("seq_index", torch.empty(0)).tolist()]
         for b in micro_batches:
             b.pop("slice_id", None)
@@ -497,7 +502,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step = state["step"]
         trace.step(step, seq_index, metrics)
         if step % training.eval_every == 0 or step == max_steps:
-            held_out = held_out if held_out is not None else _held_out_batches(eval_shard, training, rank, world)
+            held_out = held_out if held_out is not None else _held_out_batches(config["eval"], training, rank, world)
             metrics.update(_evaluate(model, held_out, spec.eval_slices, device, autocast))
         if step % training.log_every == 0 or "eval_loss" in metrics:
             logger.log(metrics, step)

@@ -6,7 +6,6 @@ import math
 
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import ModelConfig, PretrainConfig
-from pajama.data.stage import read_parquet_dir
 from pajama.data.tokenizer import load_tokenizer
 from pajama.train.loop import TrainSpec
 from pajama.train.trainer import fit
@@ -41,7 +40,7 @@ def run(cfg: PretrainConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> 
     model_config = gpt_neox_config(cfg.model, tokenizer)
     spec = TrainSpec(init="scratch", model_config=model_config, seed=ctx.seed, seq_len=data.manifest["seq_len"],
                      eval_slices=tuple(data.manifest["slices"]), tracking=ctx.train_tracking)
-    metrics = fit(spec, read_parquet_dir(data.join("shards", "train")), read_parquet_dir(data.join("shards", "eval")),
-                  cfg, ctx.storage, run_name=f"pretrain-{ctx.fingerprint}", export_to=ctx.out / "model")
+    metrics = fit(spec, data.join("shards", "train"), data.join("shards", "eval"), cfg, ctx.storage,
+                  run_name=f"pretrain-{ctx.fingerprint}", export_to=ctx.out / "model")
     tokenizer.save_pretrained(ctx.out / "model")
     return {"model_dir": "model", "final_metrics": metrics, "model_config": model_config}

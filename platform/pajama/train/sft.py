@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 import pyarrow as pa
-import ray
+import pyarrow.parquet as pq
 
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import SFTConfig, resolve_path
@@ -67,7 +67,15 @@ def run(cfg: SFTConfig, ctx: StageContext, inputs: dict[str, Artifact]) -> dict:
           f"decontaminated {report['decontaminated'] or 'nothing'}")
     spec = TrainSpec(init=base_model_uri, lora=cfg.lora if cfg.method == "lora" else None, seed=ctx.seed,
                      seq_len=cfg.max_length, eval_slices=("response",), tracking=ctx.train_tracking)
-    metrics = fit(spec, ray.data.from_arrow(train), ray.data.from_arrow(evaluation), cfg, ctx.storage,
+    # The training workers read parquet shards from the artifact's storage, where every node reaches
+    # them; a row group per micro-batch gives every worker whole row groups of its own.
+    splits = {split: storage.join(ctx.out_uri, "shards", split) for split in ("train", "eval")}
+    for split, table in (("train", train), ("eval", evaluation)):
+        fs, path = storage.filesystem(splits[split])
+        fs.create_dir(path)
+        pq.write_table(table, storage.join(path, "00000.parquet"), filesystem=fs,
+                       row_group_size=cfg.micro_batch_size)
+    metrics = fit(spec, splits["train"], splits["eval"], cfg, ctx.storage,
                   run_name=f"{cfg.style}-{ctx.fingerprint}", export_to=ctx.out / "model")
     tokenizer.chat_template = kind(cfg.style).style.chat_template
     tokenizer.save_pretrained(ctx.out / "model")
