@@ -326,11 +326,10 @@ class _Phases:
         self.done[phase] = values
 
 
-def _rewrite(uri: str, write) -> str:
+def _rewrite(uri: str, write) -> None:
     """Write a phase's output folder with `write(uri)`, after clearing a killed attempt's part of it."""
     storage.delete(uri)
     write(uri)
-    return uri
 
 
 def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
@@ -367,7 +366,8 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
             kept = dedup.fuzzy_dedup(kept.materialize(), threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
                                      bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions,
                                      driver_components_max_edges=fz.driver_components_max_edges)
-        deduped = read_parquet_dir(_rewrite(storage.join(out_uri, "deduped"), kept.write_parquet))
+        _rewrite(storage.join(out_uri, "deduped"), kept.write_parquet)
+        deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
         dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
         phases.finish("dedup", dup_columns=dup_columns, stats=_slice_stats(documents, deduped, dup_columns))
     deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
@@ -411,9 +411,8 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
 
     if "packing" not in phases.done:
         log.info("data: tokenizing and packing")
-        storage.delete(storage.join(out_uri, "shards"))
-        _pack(cfg, final_docs, stats, tokenizer_json, tokenizer.eos_token_id, storage.join(out_uri, "shards"),
-              partitions, seed)
+        _rewrite(storage.join(out_uri, "shards"), lambda uri: _pack(
+            cfg, final_docs, stats, tokenizer_json, tokenizer.eos_token_id, uri, partitions, seed))
         phases.finish("packing", stats=stats)
     stats = phases.done["packing"]["stats"]
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
