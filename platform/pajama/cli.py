@@ -275,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _dispatch(args)
     except KeyboardInterrupt:
-        # Stages build in staging directories that an interrupted run removes: nothing half-written stays.
-        print("pajama: interrupted; unfinished stages left nothing behind", file=sys.stderr)
+        # Stages build in staging places that an interrupted run removes, except the data stage's
+        # finished phases, which a re-run resumes: nothing half-written is taken for finished.
+        print("pajama: interrupted; unfinished stages left nothing a re-run would take for finished "
+              "(the data stage resumes after its finished phases)", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 (sorted into expected and unexpected below)
         expected = _expected_error(err)
