@@ -101,6 +101,13 @@ def delete(uri: str) -> None:
         fs.delete_file(path)
 
 
+def make_dir(uri: str) -> None:
+    """Create folder `uri` for a writer that does not create its parents (pyarrow's parquet writer):
+    a directory with its parents on local storage; nothing on an object store, which has none."""
+    if is_local(uri):
+        Path(uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+
+
 def upload_dir(local: Path, uri: str) -> None:
     """Copy the files under local directory `local` to `uri` (same relative names)."""
     fs, path = filesystem(uri)

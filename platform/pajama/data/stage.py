@@ -2,16 +2,28 @@
 
 Everything runs on Ray Data with documents as rows, processed in Arrow batches, and persisted
 between phases as parquet inside the artifact, so each phase streams from storage with bounded
-memory on any cluster size. The artifact holds:
+memory on any cluster size. The large outputs are written by Ray tasks straight to the artifact's
+place in the storage (`ctx.out_uri`: a local directory or an object-store prefix), so no node needs
+a disk shared with the driver; the small files the driver writes go to `ctx.out` and join the
+artifact when the stage commits. The artifact holds:
 
 - `documents/`   every input record: documents with their RedPajama-V2 signals and filter
                  verdict, bad input (non-null `read_error`, see pajama.data.readers) with null signals
+- `deduped/`     the documents the filters kept, with `exact_dup_of` / `fuzzy_dup_of` set on duplicates
 - `quarantine/`  what was not kept, with its reason: the first failing rule, `exact_duplicate of
                  <doc_id>` / `near_duplicate of <doc_id>`, or `bad_input: <read_error>`
 - `tokenizer/`   the Hugging Face tokenizer the shards were made with
 - `shards/train`, `shards/eval`  packed `input_ids` sequences (+ `slice_id`) in a seeded order:
                  `<shard>.parquet` files of about data.sequences_per_shard sequences each
 - `report.md`, `report.png`, `stats.json`  per-slice statistics
+- `_phases/`     a marker per finished phase (below)
+
+The stage runs in phases (PHASES): signals (documents/), dedup (deduped/ and the per-slice
+counts), quarantine, tokenizer, packing (shards/). Each phase writes its output, then its marker
+`_phases/<phase>.json` holding what later phases need of it (the counts, for dedup and packing).
+An attempt killed midway leaves its finished phases in the artifact's staging place
+(pajama.artifacts keeps them for this stage) and the next attempt resumes after the last of them,
+redoing only the phase that was cut short, whose partial output it clears first.
 
 Bad input (unreadable records, broken files, files that cannot be opened, documents over
 data.max_document_bytes) goes straight to quarantine: no signal, filter or dedup sees it. With
@@ -21,10 +33,10 @@ whose slice cannot be told (a jsonl record that is not JSON, read without a slic
 are counted apart, in stats `bad_input_without_slice`; no slice is guessed for them.
 
 The shards are byte-identical across runs with the same config, seed and library versions (a
-killed run re-run included), although Ray delivers rows in whatever order its tasks finish:
-documents go to shards by a hash of their doc_id, each shard is packed from its documents in
-doc_id order and shuffled with a seed of its own, and the file is named by its shard number. The
-tokenizer is trained on a doc_id-hash sample read in doc_id order, for the same reason.
+killed run resumed included, on any storage), although Ray delivers rows in whatever order its
+tasks finish: documents go to shards by a hash of their doc_id, each shard is packed from its
+documents in doc_id order and shuffled with a seed of its own, and the file is named by its shard
+number. The tokenizer is trained on a doc_id-hash sample read in doc_id order, for the same reason.
 """
 
 from __future__ import annotations
@@ -200,15 +212,17 @@ def _assign_shard(batch: pa.Table, num_shards: int, salt: str) -> pa.Table:
 
 @functools.lru_cache(maxsize=1)
 def _rust_tokenizer(tokenizer_json: str) -> Tokenizer:
-    # The Rust tokenizer behind the saved HF tokenizer: batch-encodes in parallel, and the worker
-    # starts without importing transformers and torch. Loaded once per worker process.
-    return Tokenizer.from_file(tokenizer_json)
+    # The Rust tokenizer behind the saved HF tokenizer (`tokenizer_json`: its tokenizer.json text):
+    # batch-encodes in parallel, and the worker starts without importing transformers and torch.
+    # Loaded once per worker process.
+    return Tokenizer.from_str(tokenizer_json)
 
 
 def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len: int, slices: list[str],
                 directory: str, name_width: int, seed: int) -> pa.Table:
     """Tokenize one shard's documents in doc_id order, append EOD, cut each slice's token stream
-    into seq_len rows, shuffle them with the shard's own seed and write `<shard>.parquet`.
+    into seq_len rows, shuffle them with the shard's own seed and write `<shard>.parquet` under
+    `directory` (a local path or an object-store URI).
 
     The file depends only on which documents the shard holds, never on the order or batching in
     which Ray delivers them: a re-run writes the same bytes. Returns sequences and dropped tail
@@ -252,14 +266,15 @@ def _upsample(batch: pa.Table, weights: dict[str, float], salt: str) -> pa.Table
 
 
 def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
-    """The data stage: build the data artifact in `ctx.out`; returns the manifest fields (stats,
+    """The data stage: build the data artifact (under `ctx.out_uri`, small files in `ctx.out`),
+    resuming the phases an earlier attempt finished there; returns the manifest fields (stats,
     slices, sequences) and logs the per-slice counts and the report to the stage's run."""
     context = ray.data.DataContext.get_current()
     previous = context.shuffle_strategy
     if cfg.shuffle_strategy:
         context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
     try:
-        manifest = _build_data_artifact(cfg, ctx.out, ctx.seed)
+        manifest = _build_data_artifact(cfg, ctx)
     finally:
         context.shuffle_strategy = previous
     ctx.log_datasets(raw_inputs(cfg), context="raw")
@@ -289,59 +304,128 @@ def _stats_metrics(stats: dict) -> dict[str, float]:
     return metrics
 
 
-def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
-    rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
+# The phases in order: each persists its output under the artifact, then its marker (_Phases).
+PHASES = ("signals", "dedup", "quarantine", "tokenizer", "packing")
 
-    log.info("data: reading sources, computing quality signals, applying filters")
-    contamination = None
-    if cfg.decontamination.against:
-        n = cfg.decontamination.ngram
-        contamination = (decontam.eval_ngram_hashes(cfg.decontamination.against, n), n)
-        log.info("data: decontamination against %d evaluation %d-grams", len(contamination[0]), n)
-    annotated = read_sources(cfg).map_batches(_annotate, fn_kwargs={"rules": rules, "contamination": contamination},
-                                              batch_format="pyarrow")
-    annotated.write_parquet(str(out / "documents"))
-    documents = read_parquet_dir(out / "documents")
 
-    kept = _where(documents, lambda b: b.column("keep"))
+class _Phases:
+    """The phases of the data stage that finished in this or an earlier attempt at its artifact.
+
+    A phase first clears what a killed attempt may have left of its output, writes the output, then
+    its marker `_phases/<phase>.json` under the artifact: the values later phases need of it (JSON).
+    A marker is written last, so a phase with one finished; a re-run reads its output instead.
+    """
+
+    def __init__(self, out_uri: str):
+        self.uri = storage.join(out_uri, "_phases")
+        self.done = {name.removesuffix(".json"): json.loads(storage.read_text(storage.join(self.uri, name)))
+                     for name in storage.files(self.uri) if name.endswith(".json")}
+
+    def finish(self, phase: str, **values) -> None:
+        storage.write_text(storage.join(self.uri, f"{phase}.json"), json.dumps(values, indent=2, sort_keys=True))
+        self.done[phase] = values
+
+
+def _rewrite(uri: str, write) -> None:
+    """Write a phase's output folder with `write(uri)`, after clearing a killed attempt's part of it."""
+    storage.delete(uri)
+    write(uri)
+
+
+def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
+    out, out_uri, seed = ctx.out, ctx.out_uri, ctx.seed
+    phases = _Phases(out_uri)
+    if phases.done:
+        log.info("data: resuming: %s done in an earlier attempt", ", ".join(p for p in PHASES if p in phases.done))
     # Ray's default of 200 shuffle partitions is for big clusters; a laptop wants a few.
     partitions = cfg.shuffle_partitions or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    if cfg.exact_dedup:
-        log.info("data: exact dedup")
-        kept = dedup.exact_dedup(kept, num_partitions=partitions)
-    if cfg.fuzzy_dedup.enabled:
-        log.info("data: MinHash LSH dedup")
-        fz = cfg.fuzzy_dedup
-        # fuzzy_dedup reads its input twice (keys, then the join): run what precedes it once.
-        kept = dedup.fuzzy_dedup(kept.materialize(), threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
-                                 bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions,
-                                 driver_components_max_edges=fz.driver_components_max_edges)
-    kept.write_parquet(str(out / "deduped"))
-    deduped = read_parquet_dir(out / "deduped")
-    dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
+
+    if "signals" not in phases.done:
+        log.info("data: reading sources, computing quality signals, applying filters")
+        rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
+        contamination = None
+        if cfg.decontamination.against:
+            n = cfg.decontamination.ngram
+            contamination = (decontam.eval_ngram_hashes(cfg.decontamination.against, n), n)
+            log.info("data: decontamination against %d evaluation %d-grams", len(contamination[0]), n)
+        annotated = read_sources(cfg).map_batches(_annotate, fn_kwargs={"rules": rules, "contamination": contamination},
+                                                  batch_format="pyarrow")
+        _rewrite(storage.join(out_uri, "documents"), annotated.write_parquet)
+        phases.finish("signals")
+    documents = read_parquet_dir(storage.join(out_uri, "documents"))
+
+    if "dedup" not in phases.done:
+        kept = _where(documents, lambda b: b.column("keep"))
+        if cfg.exact_dedup:
+            log.info("data: exact dedup")
+            kept = dedup.exact_dedup(kept, num_partitions=partitions)
+        if cfg.fuzzy_dedup.enabled:
+            log.info("data: MinHash LSH dedup")
+            fz = cfg.fuzzy_dedup
+            # fuzzy_dedup reads its input twice (keys, then the join): run what precedes it once.
+            kept = dedup.fuzzy_dedup(kept.materialize(), threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
+                                     bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions,
+                                     driver_components_max_edges=fz.driver_components_max_edges)
+        _rewrite(storage.join(out_uri, "deduped"), kept.write_parquet)
+        deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
+        dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
+        phases.finish("dedup", dup_columns=dup_columns, stats=_slice_stats(documents, deduped, dup_columns))
+    deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
+    dup_columns = phases.done["dedup"]["dup_columns"]
+    stats = phases.done["dedup"]["stats"]
     final = _where(deduped, lambda b: pc.invert(_is_duplicate(b)))
 
-    stats = _slice_stats(documents, deduped, dup_columns)
-    if cfg.quarantine:
-        _write_quarantine(documents, deduped, dup_columns, out / "quarantine")
+    if cfg.quarantine and "quarantine" not in phases.done:
+        _rewrite(storage.join(out_uri, "quarantine"),
+                 lambda uri: _write_quarantine(documents, deduped, dup_columns, uri))
+        phases.finish("quarantine")
 
-    log.info("data: tokenizer")
     salt = str(seed)
     final_docs = final.select_columns(["doc_id", "slice", "text"])
-    if cfg.tokenizer.train:
-        # A sample chosen by doc_id hash and read in doc_id order: the same tokenizer on every run.
-        documents_out = sum(e["documents_out"] for e in stats["slices"].values())
-        fraction = cfg.tokenizer.sample_documents / max(1, documents_out)
-        sample = final_docs if fraction >= 1 else final_docs.map_batches(
-            lambda b: b.filter(pa.array([_hash_unit(d, salt + ":tokenizer") < fraction
-                                         for d in b.column("doc_id").to_pylist()])), batch_format="pyarrow")
-        tokenizer = train_bpe([r["text"] for r in sorted(sample.iter_rows(), key=lambda r: r["doc_id"])],
-                              cfg.tokenizer.vocab_size)
-    else:
-        tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
-    tokenizer.save_pretrained(out / "tokenizer")
+    # On object storage the tokenizer is saved in `out` and uploaded under the artifact at once, so
+    # that a resumed attempt (with a new, empty `out`) finds it there.
+    tokenizer_uri = storage.join(out_uri, "tokenizer")
+    uploaded = tokenizer_uri != str(out / "tokenizer")
+    if "tokenizer" not in phases.done:
+        log.info("data: tokenizer")
+        if cfg.tokenizer.train:
+            # A sample chosen by doc_id hash and read in doc_id order: the same tokenizer on every run.
+            documents_out = sum(e["documents_out"] for e in stats["slices"].values())
+            fraction = cfg.tokenizer.sample_documents / max(1, documents_out)
+            sample = final_docs if fraction >= 1 else final_docs.map_batches(
+                lambda b: b.filter(pa.array([_hash_unit(d, salt + ":tokenizer") < fraction
+                                             for d in b.column("doc_id").to_pylist()])), batch_format="pyarrow")
+            tokenizer = train_bpe([r["text"] for r in sorted(sample.iter_rows(), key=lambda r: r["doc_id"])],
+                                  cfg.tokenizer.vocab_size)
+        else:
+            tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
+        tokenizer.save_pretrained(out / "tokenizer")
+        if uploaded:
+            _rewrite(tokenizer_uri, lambda uri: storage.upload_dir(out / "tokenizer", uri))
+        phases.finish("tokenizer")
+    elif uploaded:
+        storage.download_dir(tokenizer_uri, out / "tokenizer")
+    tokenizer = load_tokenizer(str(out / "tokenizer"))
+    # The tokenizer goes to the packing tasks as text: they may run on nodes that cannot see `out`.
+    tokenizer_json = (out / "tokenizer" / "tokenizer.json").read_text()
 
-    log.info("data: tokenizing and packing")
+    if "packing" not in phases.done:
+        log.info("data: tokenizing and packing")
+        _rewrite(storage.join(out_uri, "shards"), lambda uri: _pack(
+            cfg, final_docs, stats, tokenizer_json, tokenizer.eos_token_id, uri, partitions, seed))
+        phases.finish("packing", stats=stats)
+    stats = phases.done["packing"]["stats"]
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    write_report(stats, out)
+    return {"slices": sorted(stats["slices"]), "seq_len": cfg.seq_len, "stats": stats,
+            "tokenizer": cfg.tokenizer.name_or_path or "trained-bpe", "vocab_size": len(tokenizer)}
+
+
+def _pack(cfg: DataConfig, final_docs: ray.data.Dataset, stats: dict, tokenizer_json: str, eos_token_id: int,
+          shards_uri: str, partitions: int, seed: int) -> None:
+    """Write shards/train and shards/eval under `shards_uri` and add their sequence and token counts
+    (and the mixture weights) to `stats`."""
+    salt = str(seed)
     slices = sorted(stats["slices"])
     in_eval = lambda b: pa.array([_hash_unit(d, salt + ":eval") < cfg.eval_fraction
                                   for d in b.column("doc_id").to_pylist()])
@@ -349,8 +433,7 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
     train_docs = final_docs.map_batches(lambda b: b.filter(pc.invert(in_eval(b))), batch_format="pyarrow")
     bytes_per_token = None
     if cfg.mixture == "rpv1":
-        bytes_per_token = _bytes_per_token(final_docs, str(out / "tokenizer" / "tokenizer.json"),
-                                           salt + ":bytes_per_token",
+        bytes_per_token = _bytes_per_token(final_docs, tokenizer_json, salt + ":bytes_per_token",
                                            {s: stats["slices"][s]["documents_out"] for s in slices})
         stats["bytes_per_token"] = bytes_per_token
     weights = mixture_weights(cfg, {s: stats["slices"][s]["bytes_out"] for s in slices}, bytes_per_token)
@@ -362,16 +445,16 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
     for split, docs, share in (("train", train_docs, 1 - cfg.eval_fraction), ("eval", eval_docs, cfg.eval_fraction)):
         # Shuffled: documents go to shards by hash and each shard's sequences are shuffled with a
         # seed; training streams the shards in name order and evaluation scores the first batches.
-        directory = out / "shards" / split
-        directory.mkdir(parents=True)
+        directory = storage.join(shards_uri, split)
+        storage.make_dir(directory)
         num_shards = max(1, math.ceil(total_bytes * share / shard_bytes))
         summary = (docs.map_batches(_assign_shard, fn_kwargs={"num_shards": num_shards, "salt": salt + ":shard"},
                                     batch_format="pyarrow")
                    .groupby("_shard", num_partitions=min(partitions, num_shards))
                    .map_groups(_pack_shard, batch_format="pyarrow",
-                               fn_kwargs={"tokenizer_json": str(out / "tokenizer" / "tokenizer.json"),
-                                          "eos_token_id": tokenizer.eos_token_id, "seq_len": cfg.seq_len,
-                                          "slices": slices, "directory": str(directory),
+                               fn_kwargs={"tokenizer_json": tokenizer_json,
+                                          "eos_token_id": eos_token_id, "seq_len": cfg.seq_len,
+                                          "slices": slices, "directory": directory,
                                           "name_width": max(5, len(str(num_shards - 1))), "seed": seed})
                    .take_all())
         stats[f"{split}_sequences"] = sum(r["sequences"] for r in summary)
@@ -380,10 +463,6 @@ def _build_data_artifact(cfg: DataConfig, out: Path, seed: int) -> dict:
             e = stats["slices"][slices[r["slice_id"]]]
             e[f"{split}_tokens"] = e.get(f"{split}_tokens", 0) + r["sequences"] * cfg.seq_len
     stats["mixture_weights"] = weights
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
-    write_report(stats, out)
-    return {"slices": slices, "seq_len": cfg.seq_len, "stats": stats,
-            "tokenizer": cfg.tokenizer.name_or_path or "trained-bpe", "vocab_size": len(tokenizer)}
 
 
 def _totals(ds: ray.data.Dataset, keys: list[str], sums: tuple[str, ...] = ()) -> list[dict]:
@@ -461,7 +540,7 @@ def _duplicate_of(batch: pa.Table, column: str) -> pa.Array:
     return flag
 
 
-def _write_quarantine(documents, deduped, dup_columns: list[str], path: Path) -> None:
+def _write_quarantine(documents, deduped, dup_columns: list[str], uri: str) -> None:
     keep_cols = ["doc_id", "slice", "text", "meta"]
     dropped = _where(documents, lambda b: pc.and_(pc.invert(b.column("keep")), pc.is_null(b.column(READ_ERROR))))
     unreadable = _where(documents, lambda b: pc.is_valid(b.column(READ_ERROR)))
@@ -479,7 +558,7 @@ def _write_quarantine(documents, deduped, dup_columns: list[str], path: Path) ->
                 lambda b, c=column, r=reason: b.select(keep_cols).append_column(
                     "reason", pa.array([f"{r} of {d}" for d in b.column(c).to_pylist()], type=pa.string())),
                 batch_format="pyarrow"))
-    parts[0].union(*parts[1:]).write_parquet(str(path))
+    parts[0].union(*parts[1:]).write_parquet(uri)
 
 
 def write_report(stats: dict, out: Path) -> None:
