@@ -84,15 +84,15 @@ def test_rows_losses_and_mean(model_dir):
 
 def test_cached_and_logged_to_the_dag_run(model_dir, tmp_path, monkeypatch):
     models = {"base": (model_dir, "fp-base"), "chat": (model_dir, "fp-chat")}
-    first = compare.cached_compare(models, tmp_path / "cache")
+    first = compare.cached_compare(models, str(tmp_path / "cache"))
 
     def recompute(*args):
         raise AssertionError("the same models and checks must come from the cache")
 
     monkeypatch.setattr(compare, "compare", recompute)
-    assert compare.cached_compare(models, tmp_path / "cache") == first
+    assert compare.cached_compare(models, str(tmp_path / "cache")) == first
     with pytest.raises(AssertionError):  # another fingerprint is another comparison
-        compare.cached_compare({**models, "chat": (model_dir, "fp-chat-2")}, tmp_path / "cache")
+        compare.cached_compare({**models, "chat": (model_dir, "fp-chat-2")}, str(tmp_path / "cache"))
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
