@@ -30,7 +30,7 @@ def _state_dict(model_dir) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
 
 
-def test_base_model_is_chosen_by_run_id_version_or_alias(tiny_project, client, tmp_path):
+def test_base_model_is_chosen_by_run_id_version_or_alias(tiny_project, client):
     from pajama.models import resolve_model_dir
     from transformers import AutoTokenizer
 
@@ -40,8 +40,8 @@ def test_base_model_is_chosen_by_run_id_version_or_alias(tiny_project, client, t
     expected = _state_dict(path / "model")
     vocab = AutoTokenizer.from_pretrained(path / "model").get_vocab()
     sources = [f"runs:/{pretrain['mlflow_run_id']}", f"models:/pajama-base/{version}", "models:/pajama-base@champion"]
-    for i, source in enumerate(sources):
-        model_dir = resolve_model_dir(source, tiny_project.tracking_uri, tmp_path / str(i))
+    for source in sources:
+        model_dir = resolve_model_dir(source, tiny_project.tracking_uri)
         weights = _state_dict(model_dir)
         assert weights.keys() == expected.keys(), source
         assert all(torch.equal(weights[k], expected[k]) for k in expected), source

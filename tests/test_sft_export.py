@@ -29,7 +29,8 @@ def base_dir(tmp_path_factory):
 @pytest.mark.parametrize("method, style", [("lora", "chat"), ("full", "instruct")])
 def test_finetune_exports_a_model_that_loads_and_generates(ray_session, base_dir, tmp_path, method, style):
     cfg = SFTConfig(style=style, datasets=[DATASETS[style]], method=method, lora={"r": 4, "alpha": 8},
-                    max_length=128, scaling={"num_workers": 1, "cpus_per_worker": 1},
+                    max_length=128, shuffle_strategy="sort_shuffle_pull_based",
+                    scaling={"num_workers": 1, "cpus_per_worker": 1},
                     micro_batch_size=4, global_batch_size=4, max_steps=3, warmup_steps=1,
                     learning_rate=5e-3, min_learning_rate=5e-4, checkpoint_every=3, eval_every=3, eval_batches=1)
     (tmp_path / "out").mkdir()

@@ -391,6 +391,9 @@ class SFTConfig(TrainingConfig):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     max_length: int = Field(256, ge=16)
     eval_fraction: float = Field(0.1, ge=0, lt=0.5)
+    shuffle_strategy: Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", "hash_shuffle",
+                              "shuffle_v2"] | None = Field(None, json_schema_extra=NOT_FINGERPRINTED)
+    """Ray Data's shuffle for grouping the examples into shards, as data.shuffle_strategy (None: Ray's default)."""
     base_model: str | None = None
     """The base model: None follows the DAG (this run's pretrain stage); otherwise a local HF directory, an
     MLflow run id (`runs:/<id>`), or a registry URI `models:/pajama-base/3`, `models:/pajama-base@champion`.

@@ -4,18 +4,20 @@ urls.txt).
 
 `dataset_files` brings a hub dataset's files matching a glob into the hub client's local cache
 (huggingface_hub.snapshot_download) and returns their paths; with HF_HUB_OFFLINE set it uses the
-cache only. `preflight(cfg, stages)` checks, before any Ray work, that every remote dataset the
-stages about to run will read can be reached (hub: the dataset's info with a short timeout, or
-offline its cached snapshot; http(s): a HEAD request), and fails with one error naming each
-that cannot. Nothing falls back to bundled data. `pajama config` never calls it: a recipe
+cache only. `dataset_file_names` lists those files without downloading them, so that each can be
+fetched by the cluster task that reads it. `preflight(cfg, stages)` checks, before any Ray work,
+that every remote dataset the stages about to run will read can be reached (hub: the dataset's
+info with a short timeout, or offline its cached snapshot; http(s): a HEAD request), and fails
+with one error naming each that cannot. Nothing falls back to bundled data. `pajama config` never calls it: a recipe
 validates offline, and the check belongs to running a stage (pajama.dag.run_dag).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pajama.config import ConfigError, PajamaConfig
 
@@ -39,21 +41,48 @@ def repo_id(path: str) -> str | None:
     return "/".join(path[len(HUB_DATASETS):].split("@", 1)[0].split("/")[:2])
 
 
-def dataset_files(path: str, data_files: str, revision: str | None = None) -> list[Path]:
-    """Local copies of the files of hub dataset `path` that match the glob `data_files`."""
+def _snapshot(repo: str, data_files: str, revision: str | None) -> Path:
+    """The local snapshot of hub dataset `repo` holding its files that match `data_files`."""
     from huggingface_hub import snapshot_download
 
-    repo = repo_id(path)
     try:
-        root = snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=[data_files],
-                                 local_files_only=offline())
+        return Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=[data_files],
+                                      local_files_only=offline()))
     except Exception as error:  # noqa: BLE001 - every hub failure means the same to the user
         raise HubUnavailableError(f"hub dataset {repo!r} cannot be read ({type(error).__name__}: {error})"
                                   + (" (HF_HUB_OFFLINE is set: only the local cache is used)" if offline() else ""))
-    files = sorted(p for p in Path(root).glob(data_files) if p.is_file())
+
+
+def dataset_files(path: str, data_files: str, revision: str | None = None) -> list[Path]:
+    """Local copies of the files of hub dataset `path` that match the glob `data_files`."""
+    repo = repo_id(path)
+    root = _snapshot(repo, data_files, revision)
+    files = sorted(p for p in root.glob(data_files) if p.is_file())
     if not files:
         raise FileNotFoundError(f"hub dataset {repo!r}: no file matches data_files={data_files!r}")
     return files
+
+
+def dataset_file_names(path: str, data_files: str, revision: str | None = None) -> list[str]:
+    """The names, inside hub dataset `path`, of the files `dataset_files` would fetch, listed without
+    downloading them (offline: those in the local cache). A cluster reads each on a worker, with
+    `dataset_files(path, name)`, instead of downloading the whole dataset where the job starts."""
+    repo = repo_id(path)
+    if offline():
+        root = _snapshot(repo, data_files, revision)
+        names = sorted(p.relative_to(root).as_posix() for p in root.glob(data_files) if p.is_file())
+    else:
+        from huggingface_hub import HfApi
+
+        try:
+            listed = HfApi().list_repo_files(repo, repo_type="dataset", revision=revision)
+        except Exception as error:  # noqa: BLE001 - every hub failure means the same to the user
+            raise HubUnavailableError(f"hub dataset {repo!r} cannot be read ({type(error).__name__}: {error})")
+        # What snapshot_download fetches (fnmatch, where * also matches "/") and Path.glob then finds.
+        names = sorted(n for n in listed if fnmatch.fnmatch(n, data_files) and PurePosixPath(n).match(data_files))
+    if not names:
+        raise FileNotFoundError(f"hub dataset {repo!r}: no file matches data_files={data_files!r}")
+    return names
 
 
 def remote_datasets(cfg: PajamaConfig, stages: list[str]) -> list[tuple[str, str]]:

@@ -65,6 +65,7 @@ from pajama.data import decontam, dedup, filters, readers, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
+from pajama.train.shards import ROW_GROUP_SEQUENCES
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ RPV1_TOKENS_B = {"common_crawl": 878, "c4": 175, "github": 59, "books": 26, "arx
                  "stackexchange": 20}
 
 
-def _hash_unit(key: str, salt: str) -> float:
+def hash_unit(key: str, salt: str) -> float:
     """A deterministic number in [0, 1) per document: eval split and fractional up-sampling."""
     return int.from_bytes(hashlib.sha1(f"{salt}:{key}".encode()).digest()[:8], "big") / 2**64
 
@@ -187,7 +188,7 @@ def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
     fractions = {s: _BYTES_PER_TOKEN_SAMPLE / max(1, n) for s, n in documents_per_slice.items()}
 
     def count(batch: pa.Table) -> pa.Table:
-        batch = batch.filter(pa.array([_hash_unit(d, salt) < fractions.get(s, 0.0) for d, s in
+        batch = batch.filter(pa.array([hash_unit(d, salt) < fractions.get(s, 0.0) for d, s in
                                        zip(batch.column("doc_id").to_pylist(), batch.column("slice").to_pylist())],
                                       pa.bool_()))
         texts = batch.column("text").to_pylist()
@@ -206,7 +207,7 @@ _BYTES_PER_TOKEN = 4
 
 def _assign_shard(batch: pa.Table, num_shards: int, salt: str) -> pa.Table:
     """A `_shard` column: a document's shard, a hash of its doc_id (so a random sample of the corpus)."""
-    shards = [int(_hash_unit(d, salt) * num_shards) for d in batch.column("doc_id").to_pylist()]
+    shards = [int(hash_unit(d, salt) * num_shards) for d in batch.column("doc_id").to_pylist()]
     return batch.append_column("_shard", pa.array(shards, pa.int32()))
 
 
@@ -251,7 +252,8 @@ def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len:
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids[order].reshape(-1))),
             "slice_id": pa.array(np.asarray(slice_ids, dtype=np.int16)[order], type=pa.int16()),
         })
-        pq.write_table(table, f"{directory}/{shard:0{name_width}d}.parquet", row_group_size=256)  # names sort in shard order; row groups: the training readers' unit (train/shards.py)
+        # Names sort in shard order; row groups are the unit the training workers read (train/shards.py).
+        pq.write_table(table, f"{directory}/{shard:0{name_width}d}.parquet", row_group_size=ROW_GROUP_SEQUENCES)
     return pa.table({"slice_id": pa.array(summary["slice_id"], pa.int16()),
                      "sequences": pa.array(summary["sequences"], pa.int64()),
                      "dropped_tail_tokens": pa.array(summary["dropped_tail_tokens"], pa.int64())})
@@ -261,7 +263,7 @@ def _upsample(batch: pa.Table, weights: dict[str, float], salt: str) -> pa.Table
     repeats = []
     for doc_id, slice_name in zip(batch.column("doc_id").to_pylist(), batch.column("slice").to_pylist()):
         w = weights.get(slice_name, 1.0)
-        repeats.append(int(w) + (1 if _hash_unit(doc_id, salt) < w - int(w) else 0))
+        repeats.append(int(w) + (1 if hash_unit(doc_id, salt) < w - int(w) else 0))
     return batch.take(pa.array(np.repeat(np.arange(len(repeats)), repeats), type=pa.int64()))
 
 
@@ -393,7 +395,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
             documents_out = sum(e["documents_out"] for e in stats["slices"].values())
             fraction = cfg.tokenizer.sample_documents / max(1, documents_out)
             sample = final_docs if fraction >= 1 else final_docs.map_batches(
-                lambda b: b.filter(pa.array([_hash_unit(d, salt + ":tokenizer") < fraction
+                lambda b: b.filter(pa.array([hash_unit(d, salt + ":tokenizer") < fraction
                                              for d in b.column("doc_id").to_pylist()])), batch_format="pyarrow")
             tokenizer = train_bpe([r["text"] for r in sorted(sample.iter_rows(), key=lambda r: r["doc_id"])],
                                   cfg.tokenizer.vocab_size)
@@ -427,7 +429,7 @@ def _pack(cfg: DataConfig, final_docs: ray.data.Dataset, stats: dict, tokenizer_
     (and the mixture weights) to `stats`."""
     salt = str(seed)
     slices = sorted(stats["slices"])
-    in_eval = lambda b: pa.array([_hash_unit(d, salt + ":eval") < cfg.eval_fraction
+    in_eval = lambda b: pa.array([hash_unit(d, salt + ":eval") < cfg.eval_fraction
                                   for d in b.column("doc_id").to_pylist()])
     eval_docs = final_docs.map_batches(lambda b: b.filter(in_eval(b)), batch_format="pyarrow")
     train_docs = final_docs.map_batches(lambda b: b.filter(pc.invert(in_eval(b))), batch_format="pyarrow")

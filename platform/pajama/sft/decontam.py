@@ -32,6 +32,11 @@ def eval_ngrams(eval_examples: Iterable[dict], n: int = 10) -> set[tuple[str, ..
     return {gram for example in eval_examples for message in example["messages"] for gram in ngrams(message["content"], n)}
 
 
+def shares_ngram(example: dict, grams: set[tuple[str, ...]], n: int = 10) -> bool:
+    """Whether a message of `example` has an n-gram in `grams` (from `eval_ngrams` with the same n)."""
+    return any(gram in grams for message in example["messages"] for gram in ngrams(message["content"], n))
+
+
 def decontaminate(
     examples: Iterable[dict],
     eval_examples: Iterable[dict],
@@ -46,7 +51,7 @@ def decontaminate(
     contaminated = eval_ngrams(eval_examples, n)
     kept, dropped = [], Counter()
     for example in examples:
-        if any(gram in contaminated for message in example["messages"] for gram in ngrams(message["content"], n)):
+        if shares_ngram(example, contaminated, n):
             dropped[example["task"]] += 1
         else:
             kept.append(example)

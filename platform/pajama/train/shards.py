@@ -13,7 +13,7 @@ the run began, is the run's consumed sequences / N, and (epoch, row) follow by a
 Resuming bisects the row groups' cumulative counts for that row, opens that one file and starts at
 that row group: what it costs does not depend on how far the run got.
 
-Reading. Row groups are the unit read (the data stage writes them of 256 sequences); a rank reads
+Reading. Row groups are the unit read (the stages write them of ROW_GROUP_SEQUENCES sequences); a rank reads
 the row groups that overlap its rows, and the one on a boundary between two ranks is read by both,
 so a rank reads at most two row groups more than its share. A training split needs at least one
 row group per worker (`check_training_split`). The next row group is read in a background thread
@@ -35,6 +35,9 @@ import pyarrow.parquet as pq
 from pajama import storage
 
 FOOTER_THREADS = 16
+# What the stages that write training splits put in a parquet row group: small enough that ranks
+# split a folder evenly, large enough that a row group is one efficient read.
+ROW_GROUP_SEQUENCES = 256
 
 
 @dataclass(frozen=True)
