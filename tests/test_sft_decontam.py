@@ -1,13 +1,21 @@
 """Decontamination: planted 10-gram overlaps are dropped, 9-gram near misses are kept."""
 
-from pajama.sft import decontaminate
-from pajama.sft.decontam import normalized_words
+from collections import Counter
+
+from pajama.sft.decontam import eval_ngrams, normalized_words, shares_ngram
 
 EVAL_TEXT = "The quick brown fox jumps over the lazy dog near the quiet river bank today."
 
 
 def ex(prompt: str, response: str, task: str) -> dict:
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], "task": task, "source": "t"}
+
+
+def decontaminate(examples: list[dict], evaluation: list[dict], n: int = 10) -> tuple[list[dict], dict[str, int]]:
+    """(kept examples, {task: dropped count}), as the fine-tuning stages drop them."""
+    grams = eval_ngrams(evaluation, n)
+    dropped = [e for e in examples if shares_ngram(e, grams, n)]
+    return [e for e in examples if e not in dropped], dict(Counter(e["task"] for e in dropped))
 
 
 def test_normalisation():

@@ -3,7 +3,7 @@
 Pure functions over Python lists (no Ray here); the SFT stage maps them over its data.
 """
 
-from pajama.sft.decontam import decontaminate
+from pajama.sft.decontam import eval_ngrams, shares_ngram
 from pajama.sft.formats import FORMATS, Examples, SFTDataError, load_examples, oasst1_conversations
 from pajama.sft.packing import block_diagonal_attention_mask, pack_examples, truncate_example
 from pajama.sft.templates import (
@@ -25,12 +25,13 @@ __all__ = [
     "Examples",
     "SFTDataError",
     "block_diagonal_attention_mask",
-    "decontaminate",
+    "eval_ngrams",
     "load_examples",
     "oasst1_conversations",
     "pack_examples",
     "render_chat",
     "render_instruct",
+    "shares_ngram",
     "tokenize_example",
     "truncate_example",
 ]

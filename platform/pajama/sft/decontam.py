@@ -9,12 +9,8 @@ An evaluation text shorter than n words contributes no n-gram, so it cannot flag
 
 from __future__ import annotations
 
-import logging
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Iterator
-
-log = logging.getLogger(__name__)
 
 
 def normalized_words(text: str) -> list[str]:
@@ -35,26 +31,3 @@ def eval_ngrams(eval_examples: Iterable[dict], n: int = 10) -> set[tuple[str, ..
 def shares_ngram(example: dict, grams: set[tuple[str, ...]], n: int = 10) -> bool:
     """Whether a message of `example` has an n-gram in `grams` (from `eval_ngrams` with the same n)."""
     return any(gram in grams for message in example["messages"] for gram in ngrams(message["content"], n))
-
-
-def decontaminate(
-    examples: Iterable[dict],
-    eval_examples: Iterable[dict],
-    n: int = 10,
-) -> tuple[list[dict], dict[str, int]]:
-    """(kept examples, {task: dropped count}) after dropping those sharing an n-gram with `eval_examples`.
-
-    The report names only tasks that lost examples; kept + sum(report) == number of examples.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    contaminated = eval_ngrams(eval_examples, n)
-    kept, dropped = [], Counter()
-    for example in examples:
-        if shares_ngram(example, contaminated, n):
-            dropped[example["task"]] += 1
-        else:
-            kept.append(example)
-    if dropped:
-        log.warning("decontamination dropped %d example(s) sharing a %d-gram with the eval sets: %s", sum(dropped.values()), n, dict(dropped))
-    return kept, dict(dropped)
