@@ -272,3 +272,24 @@ def test_signals_needed_names_the_columns_rules_read():
     batch = pa.table({"slice": ["c4"], "text": ["A short page."], "meta": ["{}"]})
     verdict = apply_filters(compute_signals(batch, columns=needed), rules)
     assert verdict.column("drop_reason").to_pylist() == ["gopher_word_count_min"]
+
+
+def test_the_data_fingerprint_covers_the_contents_of_its_filter_recipes(tmp_path):
+    """Editing a rule of a recipe file re-runs the data stage (and what follows); a comment does not."""
+    from pajama.config import load_config
+    from pajama.dag import plan
+
+    recipe = tmp_path / "mine.yaml"
+    source = (RECIPES_DIR / "c4.yaml").read_text()
+    recipe.write_text(source)
+
+    def fingerprints() -> dict[str, str]:
+        cfg = load_config("tiny", [f"data.filters=[{recipe}]", f"project.storage={tmp_path / 'storage'}"])
+        return {step.stage: step.fingerprint for step in plan(cfg)}
+
+    before = fingerprints()
+    recipe.write_text("# a new comment\n" + source)
+    assert fingerprints() == before
+    recipe.write_text(source.replace("c4_num_sentences, op: \">=\", value: 3", "c4_num_sentences, op: \">=\", value: 4"))
+    after = fingerprints()
+    assert after != before and all(after[stage] != before[stage] for stage in after)

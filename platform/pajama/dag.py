@@ -41,6 +41,9 @@ class Stage:
     report: str | None = None
     # Whether a re-run picks up the phases an interrupted attempt finished (the data stage's).
     resumes: bool = False
+    # section -> what the stage reads beyond its config that its output depends on (the contents of
+    # the filter recipes the config names), added to its fingerprint
+    fingerprinted_inputs: str | None = None
 
     @property
     def kind(self) -> kinds.ModelKind | None:
@@ -49,7 +52,7 @@ class Stage:
 
 
 TABLE = (
-    Stage("data", (), "pajama.data.stage:run", resumes=True),
+    Stage("data", (), "pajama.data.stage:run", resumes=True, fingerprinted_inputs="pajama.data.filters:recipe_rules"),
     Stage("pretrain", ("data",), "pajama.train.pretrain:run"),
     Stage("instruct", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
     Stage("chat", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
@@ -84,7 +87,11 @@ def required_stages(targets: list[str]) -> list[str]:
 
 
 def stage_config(cfg: PajamaConfig, stage: str) -> dict:
-    return {"stage": fingerprinted_fields(getattr(cfg, stage)), "seed": cfg.project.seed}
+    section, row = getattr(cfg, stage), BY_NAME[stage]
+    config = {"stage": fingerprinted_fields(section), "seed": cfg.project.seed}
+    if row.fingerprinted_inputs:
+        config["inputs"] = _function(row.fingerprinted_inputs)(section)
+    return config
 
 
 def upstream_of(cfg: PajamaConfig, stage: str) -> tuple[str, ...]:

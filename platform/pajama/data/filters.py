@@ -144,6 +144,12 @@ def load_recipe(name_or_path: str | Path) -> list[FilterRule]:
         raise ValueError(f"invalid filter recipe {path}:\n{err}") from err
 
 
+def recipe_rules(cfg) -> dict[str, list[dict]]:
+    """The rules of each filter recipe a data config names, as loaded: what the data stage's
+    fingerprint covers, so that editing a recipe file re-runs the stage (a comment does not)."""
+    return {name: [rule.model_dump(mode="json") for rule in load_recipe(name)] for name in cfg.filters}
+
+
 def signals_needed(rules: Sequence[FilterRule]) -> list[str]:
     """The columns of pajama.data.signals.SIGNAL_COLUMNS that `rules` read, in that order."""
     from pajama.data.signals import SIGNAL_COLUMNS
