@@ -389,10 +389,10 @@ def pack_benchmark(args, work: Path) -> dict:
     texts = [d["text"] for d in docs]
     tokenizer = train_bpe(texts, args.vocab_size)
     tokenizer.save_pretrained(work / "tokenizer")
-    tokenizer_json = str(work / "tokenizer" / "tokenizer.json")
+    tokenizer_json = (work / "tokenizer" / "tokenizer.json").read_text()  # the packing tasks get its content
     slices = sorted({d["slice"] for d in docs})
     pack = pajama_pack_function(tokenizer_json, tokenizer.eos_token_id, args.seq_len, slices, work / "shards")
-    bare = Tokenizer.from_file(tokenizer_json)
+    bare = Tokenizer.from_str(tokenizer_json)
 
     n = len(docs) * args.pack_copies
     table = pa.table({"doc_id": [f"doc-{i:07d}" for i in range(n)], "slice": [d["slice"] for d in docs] * args.pack_copies,

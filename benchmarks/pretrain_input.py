@@ -35,7 +35,6 @@ import pyarrow.parquet as pq
 from pajama.train import shards
 from pajama.train.loop import _to_tensors
 
-ROW_GROUP_ROWS = 256  # as the data stage writes them (data/stage.py, _pack_shard)
 WORLDS = (1, 2, 4)
 RESUME_WORLD, MICRO, ACCUM = 4, 4, 2
 RESUME_STEPS = (10, 1000)
@@ -57,7 +56,7 @@ def write_split(directory: Path, rows: int, seq_len: int, rows_per_file: int) ->
         offsets = pa.array(np.arange(0, n * seq_len + 1, seq_len, dtype=np.int32))
         pq.write_table(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids)),
                                  "slice_id": pa.array(np.zeros(n, np.int16))}),
-                       directory / f"{i:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
+                       directory / f"{i:05d}.parquet", row_group_size=shards.ROW_GROUP_SEQUENCES)
     return str(directory)
 
 
@@ -104,7 +103,7 @@ def main() -> None:
         index = shards.ShardIndex.build(uri)
         print(f"split: {index.num_rows} sequences of {args.seq_len} tokens, {len(files)} files, "
               f"{len(index.units)} row groups, {split_bytes / 2**20:.1f} MiB", flush=True)
-        share = index.num_rows // WORLDS[-1] / ROW_GROUP_ROWS
+        share = index.num_rows // WORLDS[-1] / shards.ROW_GROUP_SEQUENCES
         print(f"a {WORLDS[-1]}-worker share: {share:.1f} row groups", flush=True)
 
         missed = []
