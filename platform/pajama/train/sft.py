@@ -45,7 +45,6 @@ from pajama.kinds import kind
 from pajama.models import model_uri
 from pajama.sft import decontam, formats, packing, templates
 from pajama.train.loop import TrainSpec
-from pajama.train.shards import ROW_GROUP_SEQUENCES
 from pajama.train.trainer import fit
 
 log = logging.getLogger(__name__)
@@ -150,28 +149,30 @@ def _shard_uri(directory: str, shard: int, num_shards: int) -> str:
     return storage.join(directory, f"{shard:0{max(5, len(str(num_shards - 1)))}d}.parquet")  # names sort in shard order
 
 
-def _write_shard(uri: str, sequences: list[dict]) -> None:
+def _write_shard(uri: str, sequences: list[dict], row_group_size: int) -> None:
     table = pa.table({c: pa.array([s[c] for s in sequences], pa.list_(pa.int32())) for c in PACKED_COLUMNS})
     storage.make_dir(uri.rsplit("/", 1)[0])
     fs, path = storage.filesystem(uri)
-    # Row groups are the unit the training workers read (train/shards.py).
-    pq.write_table(table, path, filesystem=fs, row_group_size=ROW_GROUP_SEQUENCES)
+    pq.write_table(table, path, filesystem=fs, row_group_size=row_group_size)
 
 
-def _pack_shard(examples: pa.Table, max_length: int, pad_token_id: int, directory: str, num_shards: int) -> pa.Table:
+def _pack_shard(examples: pa.Table, max_length: int, pad_token_id: int, directory: str, num_shards: int,
+                row_group_size: int) -> pa.Table:
     """Pack one shard's examples in key order and write its file; returns its packing report.
 
     The file depends only on which examples the shard holds, never on how Ray batched or ordered them."""
     shard = examples.column("_shard")[0].as_py()
     examples = examples.sort_by("key").select(["input_ids", "labels"])
     sequences, report = packing.pack_examples(examples.to_pylist(), max_length, pad_token_id)
-    _write_shard(_shard_uri(directory, shard, num_shards), sequences)
+    _write_shard(_shard_uri(directory, shard, num_shards), sequences, row_group_size)
     return pa.table({"shard": [shard], **{k: pa.array([report[k]], pa.int64()) for k in PACK_REPORT_COUNTS}})
 
 
 def _pack_split(prepared: ray.data.Dataset, split: str, examples: int, max_length: int, pad_token_id: int,
-                directory: str) -> dict:
-    """Pack the split's examples into shards under `directory`; the summed packing report."""
+                directory: str, row_group_size: int) -> dict:
+    """Pack the split's examples into shards under `directory`; the summed packing report. Row groups
+    are what each training worker reads its share in (train/shards.py): one per micro-batch, since
+    fine-tuning sets are small enough to hold fewer sequences than a pretraining row group."""
     num_shards = max(1, math.ceil(examples / EXAMPLES_PER_SHARD))
     reports = []
     if examples:
@@ -181,11 +182,12 @@ def _pack_split(prepared: ray.data.Dataset, split: str, examples: int, max_lengt
                    .groupby("_shard", num_partitions=min(partitions, num_shards))
                    .map_groups(_pack_shard, batch_format="pyarrow",
                                fn_kwargs={"max_length": max_length, "pad_token_id": pad_token_id,
+                                          "row_group_size": row_group_size,
                                           "directory": directory, "num_shards": num_shards})
                    .take_all())
     # Every shard number has its file, an empty one if no example hashed there (an empty split too).
     for shard in set(range(num_shards)) - {r["shard"] for r in reports}:
-        _write_shard(_shard_uri(directory, shard, num_shards), [])
+        _write_shard(_shard_uri(directory, shard, num_shards), [], row_group_size)
     report = {k: sum(r[k] for r in reports) for k in PACK_REPORT_COUNTS}
     if report["examples"] != examples:
         raise RuntimeError(f"{split}: {examples} examples split off but {report['examples']} packed or dropped")
@@ -234,7 +236,7 @@ def _prepare_shards(cfg: SFTConfig, tokenizer_uri: str, seed: int, out_uri: str)
     for split in SPLITS:
         log.info("%s: packing the %s split", cfg.style, split)
         report[split] = _pack_split(prepared, split, per_split[split], cfg.max_length, pad_token_id,
-                                    storage.join(out_uri, "shards", split))
+                                    storage.join(out_uri, "shards", split), cfg.micro_batch_size)
     return report
 
 
