@@ -26,6 +26,10 @@ from conftest import REPO, free_port
 pytestmark = pytest.mark.slow
 
 BUCKET = "pajama-e2e"
+# Every stage of the tiny recipe, with fewer steps (each still checkpoints twice): what is under test
+# is where things are stored, which the local tiny DAG's tests cover for the rest.
+SHORTER = [f"{stage}.{key}={value}" for stage, steps in (("pretrain", 20), ("instruct", 10), ("chat", 10))
+           for key, value in (("max_steps", steps), ("checkpoint_every", steps // 2), ("eval_every", steps // 2))]
 STAGES = ("data", "pretrain", "instruct", "chat", "evaluate", "serve")
 
 
@@ -48,7 +52,8 @@ def s3_dag(s3_server, tmp_path_factory):
     uri = f"{s3_server.bucket(BUCKET)}/tiny"
     env = _env(PAJAMA_STORAGE_URI=uri, PAJAMA_CACHE_DIR=str(cache), **s3_server.env)
     started = time.time()
-    proc = _pajama(cwd, env, "run", "--set", f"serve.port={free_port()}")
+    overrides = [arg for override in [*SHORTER, f"serve.port={free_port()}"] for arg in ("--set", override)]
+    proc = _pajama(cwd, env, "run", *overrides)
     output = proc.stdout + proc.stderr
     print(f"\n[tiny DAG on S3] exit {proc.returncode} in {time.time() - started:.0f}s")
     assert proc.returncode == 0, output[-6000:]
@@ -99,7 +104,10 @@ def test_the_chat_model_is_served_from_the_object_store(s3_dag, tmp_path):
                 if reply.status_code == 200:
                     break
             time.sleep(2)
-        assert reply.json()["choices"][0]["message"]["content"]
+        # A briefly trained model may end its turn at once: the answer's shape is what is checked.
+        choice = reply.json()["choices"][0]
+        assert reply.json()["model"] == "pajama-chat" and choice["message"]["role"] == "assistant"
+        assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["message"]["content"], str)
         # The weights came from the bucket: the artifact's copy is in this machine's cache now.
         assert list((tmp_path / "cache").rglob("model.safetensors"))
     finally:
@@ -111,7 +119,7 @@ def test_the_chat_model_is_served_from_the_object_store(s3_dag, tmp_path):
 
 
 def test_a_rerun_on_the_object_store_reuses_every_stage(s3_dag):
-    proc = _pajama(s3_dag.cwd, s3_dag.env, "plan", "--json")
+    proc = _pajama(s3_dag.cwd, s3_dag.env, "plan", "--json", *(arg for o in SHORTER for arg in ("--set", o)))
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert list(plan) == list(STAGES) and all(step["up_to_date"] for step in plan.values()), proc.stdout
