@@ -102,7 +102,8 @@ def check_training_split(index: ShardIndex, world: int, batch_rows: int) -> None
     if len(index.units) < world:
         raise ValueError(f"{index.uri} holds {len(index.units)} parquet row groups, fewer than scaling.num_workers "
                          f"({world}), so workers would read each other's rows: lower scaling.num_workers, or "
-                         f"give the data more shards (data.sequences_per_shard)")
+                         f"write the split in more row groups (pretraining: lower data.sequences_per_shard; "
+                         f"fine-tuning: lower micro_batch_size or add examples)")
     rank_rows(index, 0, world, batch_rows)
 
 
