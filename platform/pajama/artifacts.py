@@ -156,6 +156,11 @@ class ArtifactStore:
     def __init__(self, root: str):
         self.root = str(root)
 
+    @classmethod
+    def of(cls, storage_uri: str) -> "ArtifactStore":
+        """The artifacts of the project storage rooted at `storage_uri`."""
+        return cls(storage.join(storage_uri, "artifacts"))
+
     def uri_for(self, stage: str, fp: str) -> str:
         return storage.join(self.root, stage, fp)
 

@@ -125,16 +125,12 @@ class PlannedStage:
     existing: Artifact | None  # the finished artifact a run would reuse
 
 
-def artifact_store(cfg: PajamaConfig) -> ArtifactStore:
-    return ArtifactStore(storage.join(cfg.project.storage_uri, "artifacts"))
-
-
 def plan(cfg: PajamaConfig, targets: list[str] | None = None) -> list[PlannedStage]:
     """What a run of `targets` would do: each stage's fingerprint and whether it is up to date.
     Reads only configs and manifests (no Ray, no MLflow); stops first, naming it, if the storage
     cannot be used."""
     storage.check_root(cfg.project.storage_uri)
-    store = artifact_store(cfg)
+    store = ArtifactStore.of(cfg.project.storage_uri)
     fingerprints: dict[str, str] = {}
     planned = []
     for stage in required_stages(targets or STAGES):
@@ -151,7 +147,7 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
     planned = plan(cfg, targets)
     # Remote datasets the stages to run read must be reachable before Ray starts (pajama.hub).
     hub.preflight(cfg, [step.stage for step in planned if step.existing is None])
-    store = artifact_store(cfg)
+    store = ArtifactStore.of(cfg.project.storage_uri)
     tracking.setup(cfg)
     ensure_ray = _RayOnDemand(cfg)
     done: dict[str, Artifact] = {}

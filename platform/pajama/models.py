@@ -52,7 +52,7 @@ def resolve_source(source: str, tracking_uri: str | None = None, cache_dir: str 
                    storage_uri: str | None = None) -> ResolvedModel:
     """Resolve a local HF directory or an MLflow `models:/` URI into a loadable `ResolvedModel`.
     A registered version that Pajama trained is loaded from its artifact in `storage_uri` when
-    that storage has it (see `_from_storage`)."""
+    that storage has it (see `_stored_artifact`)."""
     if source.startswith("models:/"):
         return _resolve_mlflow(source, tracking_uri, cache_dir, storage_uri)
     path = Path(source).expanduser()
@@ -64,20 +64,17 @@ def resolve_source(source: str, tracking_uri: str | None = None, cache_dir: str 
     return ResolvedModel(path, path, fingerprint_dir(path), None)
 
 
-def _from_storage(model_version, storage_uri: str | None) -> Path | None:
-    """The model directory of the artifact that registered `model_version`, looked up by the stage
-    and fingerprint the version is tagged with in the given storage, not by where it was when it
-    was registered: a copied storage directory, or another pod, loads its own copy."""
-    from pajama import storage
+def _stored_artifact(model_version, storage_uri: str | None):
+    """The artifact that registered `model_version`, looked up by the stage and fingerprint the
+    version is tagged with in the given storage, not by where it was when it was registered: a
+    copied storage directory, or another pod, finds its own copy. None if that storage lacks it."""
     from pajama.artifacts import ArtifactStore
 
     stage, fp = model_version.tags.get("pajama.stage"), model_version.tags.get("pajama.fingerprint")
     if not (storage_uri and stage and fp):
         return None
-    artifact = ArtifactStore(storage.join(storage_uri, "artifacts")).find(stage, fp)
-    if artifact is None or "model_dir" not in artifact.manifest:
-        return None
-    return artifact.local(artifact.manifest["model_dir"])
+    artifact = ArtifactStore.of(storage_uri).find(stage, fp)
+    return artifact if artifact is not None and "model_dir" in artifact.manifest else None
 
 
 def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None, storage_uri: str | None) -> ResolvedModel:
@@ -87,8 +84,9 @@ def _resolve_mlflow(uri: str, tracking_uri: str | None, cache_dir: str | None, s
     client, model_version = _registry_version(uri, tracking_uri)
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     provenance = f"{model_version.name}/{model_version.version}"
-    stored = _from_storage(model_version, storage_uri)
-    if stored is not None:
+    artifact = _stored_artifact(model_version, storage_uri)
+    if artifact is not None:
+        stored = artifact.local(artifact.manifest["model_dir"])
         return ResolvedModel(stored, stored, provenance, model_version.run_id)
 
     # Download the pinned version, not the alias, so the files match the provenance we report.
@@ -158,16 +156,10 @@ def model_uri(source: str, tracking_uri: str | None, storage_uri: str | None) ->
     """Where training workers on any node can load `source` from: the storage URI of the artifact
     of a version Pajama trained, else a local directory (which only this machine's workers see)."""
     if source.startswith(("models:/", "runs:/")):
-        from pajama import storage
-        from pajama.artifacts import ArtifactStore
-
         if source.startswith("runs:/"):
             source = _newest_version_of_run(source, tracking_uri)
-        _, version = _registry_version(source, tracking_uri)
-        stage, fp = version.tags.get("pajama.stage"), version.tags.get("pajama.fingerprint")
-        artifact = ArtifactStore(storage.join(storage_uri, "artifacts")).find(stage, fp) if (
-            storage_uri and stage and fp) else None
-        if artifact is not None and "model_dir" in artifact.manifest:
+        artifact = _stored_artifact(_registry_version(source, tracking_uri)[1], storage_uri)
+        if artifact is not None:
             return artifact.join(artifact.manifest["model_dir"])
     return str(resolve_model_dir(source, tracking_uri, storage_uri))
 
