@@ -75,14 +75,14 @@ data:
     proc = _pajama(tmp_path, "data", "--recipe", str(recipe), "--set", "data.fuzzy_dedup.enabled=false")
     _one_line_error(proc, str(broken), "could not be read")
     # The failed stage left no artifact that a later run could take for finished.
-    assert not list((tmp_path / "storage" / "artifacts" / "data").glob("*/manifest.json"))
+    assert not list((tmp_path / "storage" / "artifacts").glob("*/*/manifest.json"))
 
 
 def test_plan_prints_fingerprints_without_running_anything(tmp_path):
     proc = _pajama(tmp_path, "plan", "--json")
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
-    assert list(plan) == ["data", "pretrain", "instruct", "chat", "evaluate", "serve"]
+    assert list(plan) == ["signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve"]
     assert all(not step["up_to_date"] and len(step["fingerprint"]) == 20 for step in plan.values())
     assert plan["serve"]["upstream"] == ["pretrain", "instruct", "chat"]
     assert not (tmp_path / "storage").exists(), "plan reads configs and manifests only"

@@ -14,10 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from pajama.config import DataConfig
-from pajama.artifacts import StageContext
 from pajama.data.readers import read_source
 from pajama.data.readers.common import QUARANTINED_TEXT_CHARS
-from pajama.data.stage import run as run_data_stage
+
+from conftest import run_data_stages
 
 BIG_BYTES = 50 * 1024 * 1024
 
@@ -76,7 +76,7 @@ def _config(tmp_path, **overrides) -> DataConfig:
 def test_bad_input_is_quarantined_with_reasons_and_counts_add_up(ray_session, tmp_path, sources):
     out = tmp_path / "artifact"
     out.mkdir()
-    stats = run_data_stage(_config(tmp_path), StageContext(out, tmp_path, "test"), {})["stats"]
+    stats = run_data_stages(_config(tmp_path), out, tmp_path)["stats"]
 
     quarantine = pq.read_table(out / "quarantine")
     bad = quarantine.filter(pc.starts_with(quarantine.column("reason"), "bad_input: ")).to_pylist()
@@ -100,7 +100,7 @@ def test_bad_input_is_quarantined_with_reasons_and_counts_add_up(ray_session, tm
     # The 50 MB text stays out: quarantine keeps a prefix, and no signal was computed on it.
     assert by_id[f"{big}#1"]["text"] == ("word " * QUARANTINED_TEXT_CHARS)[:QUARANTINED_TEXT_CHARS]
     assert by_id[f"{mixed}#32"]["text"] == "Caf\ufffd au lait"
-    documents = pq.read_table(out / "documents")
+    documents = pq.read_table(out.with_name(f"{out.name}.signals") / "documents")
     unread = documents.filter(pc.is_valid(documents.column("read_error")))
     assert unread.num_rows == 6 and unread.column("rps_doc_word_count").null_count == 6
     assert 0 < read_before_break < 400
@@ -124,7 +124,7 @@ def test_on_bad_input_fail_stops_the_stage_naming_the_file(ray_session, tmp_path
     out = tmp_path / "artifact"
     out.mkdir()
     with pytest.raises(Exception, match="record\\(s\\) could not be read") as raised:
-        run_data_stage(_config(tmp_path, on_bad_input="fail"), StageContext(out, tmp_path, "test"), {})
+        run_data_stages(_config(tmp_path, on_bad_input="fail"), out, tmp_path)
     assert any(f"{path}: " in str(raised.value) for path in sources.values())
 
 
@@ -165,7 +165,7 @@ def _glob_config(corpus, **overrides) -> DataConfig:
 def test_files_that_cannot_be_opened_are_quarantined_and_the_others_read(ray_session, tmp_path, unopenable):
     out = tmp_path / "artifact"
     out.mkdir()
-    stats = run_data_stage(_glob_config(unopenable["corpus"]), StageContext(out, tmp_path, "test"), {})["stats"]
+    stats = run_data_stages(_glob_config(unopenable["corpus"]), out, tmp_path)["stats"]
 
     quarantine = pq.read_table(out / "quarantine")
     bad = {row["doc_id"]: row for row in quarantine.filter(
@@ -192,7 +192,7 @@ def test_files_that_cannot_be_opened_stop_the_stage_on_fail(ray_session, tmp_pat
     out = tmp_path / "artifact"
     out.mkdir()
     with pytest.raises(Exception, match="file\\(s\\) that cannot be read") as raised:
-        run_data_stage(_glob_config(unopenable["corpus"], on_bad_input="fail"), StageContext(out, tmp_path, "test"), {})
+        run_data_stages(_glob_config(unopenable["corpus"], on_bad_input="fail"), out, tmp_path)
     assert f"{unopenable['loop']}: cannot be opened: a symbolic link loop" in str(raised.value)
     assert f"{unopenable['fifo']}: not a regular file" in str(raised.value)
 

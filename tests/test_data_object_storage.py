@@ -11,9 +11,9 @@ import random
 import pytest
 
 from pajama import storage
-from pajama.artifacts import StageContext
 from pajama.config import DataConfig
-from pajama.data.stage import run as run_data_stage
+
+from conftest import run_data_stages
 from test_data_bad_input import _record, _words
 
 BUCKET = "pajama-data"
@@ -63,13 +63,13 @@ def test_data_stage_on_object_storage_writes_the_shards_of_a_local_run_and_resum
         s3_env, ray_session, tmp_path, config, caplog):
     local = tmp_path / "local"
     local.mkdir()
-    expected = run_data_stage(config, StageContext(local, tmp_path, "test"), {})
+    expected = run_data_stages(config, local, tmp_path)
 
     root = f"{s3_env.bucket(BUCKET)}/project"
     out_uri = f"{root}/artifacts/data/test"
     first = tmp_path / "first"
     first.mkdir()
-    manifest = run_data_stage(config, StageContext(first, root, "test", out_uri=out_uri), {})
+    manifest = run_data_stages(config, first, root, out_uri=out_uri)
 
     local_shards = _local_shards(local)
     assert sum(name.startswith("train/") for name in local_shards) > 1 and "eval/00000.parquet" in local_shards
@@ -87,9 +87,9 @@ def test_data_stage_on_object_storage_writes_the_shards_of_a_local_run_and_resum
     again = tmp_path / "again"
     again.mkdir()
     with caplog.at_level(logging.INFO, logger="pajama.data.stage"):
-        resumed = run_data_stage(config, StageContext(again, root, "test", out_uri=out_uri), {})
+        resumed = run_data_stages(config, again, root, out_uri=out_uri)
     messages = [r.getMessage() for r in caplog.records if r.name == "pajama.data.stage"]
-    assert "data: resuming: signals, dedup, quarantine, tokenizer done in an earlier attempt" in messages
+    assert "data: resuming: selection, dedup, quarantine, tokenizer done in an earlier attempt" in messages
     assert "data: tokenizer" not in messages and "data: tokenizing and packing" in messages
     assert _bucket_shards(s3_env) == local_shards
     assert resumed["stats"] == expected["stats"]

@@ -1,6 +1,7 @@
 """A data stage killed midway and re-run resumes after its last finished phase, without redoing
-the earlier ones, and writes shards byte-identical to an uninterrupted run (the tiny DAG's data
-stage, same recipe): the same file names under shards/train and shards/eval, with the same bytes."""
+the earlier ones (nor the signals stage, finished before it), and writes shards byte-identical to an
+uninterrupted run (the tiny DAG's data stage, same recipe): the same file names under shards/train and
+shards/eval, with the same bytes."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from conftest import REPO, Project
 pytestmark = pytest.mark.slow
 
 ARGS = ["data"]
-# Logged once the tokenizer phase has finished: signals, dedup, quarantine and tokenizer are done.
+# Logged once the tokenizer phase has finished: selection, dedup, quarantine and tokenizer are done.
 MIDWAY = "[pajama] data: tokenizing and packing"
-RESUMED = "[pajama] data: resuming: signals, dedup, quarantine, tokenizer done in an earlier attempt"
-# Log lines of the phases the re-run must not redo.
-REDONE = ("[pajama] data: reading sources", "[pajama] data: exact dedup", "[pajama] data: MinHash LSH dedup",
-          "[pajama] data: tokenizer\n")
+RESUMED = "[pajama] data: resuming: selection, dedup, quarantine, tokenizer done in an earlier attempt"
+# Log lines of the work the re-run must not redo.
+REDONE = ("[pajama] signals: reading sources", "[pajama] data: applying filters", "[pajama] data: exact dedup",
+          "[pajama] data: MinHash LSH dedup", "[pajama] data: tokenizer\n")
 
 
 def _shards(path) -> dict[str, bytes]:
@@ -66,7 +67,7 @@ def test_killed_and_rerun_data_stage_writes_the_shards_of_an_uninterrupted_run(t
     assert not list(data_dir.glob("*/manifest.json")), "the killed run finished"
     [staging] = [p for p in data_dir.glob(".staging-*") if p.is_dir()]
     left = _finished_phases(staging)
-    assert {f"_phases/{phase}.json" for phase in ("signals", "dedup", "quarantine", "tokenizer")} <= set(left)
+    assert {f"_phases/{phase}.json" for phase in ("selection", "dedup", "quarantine", "tokenizer")} <= set(left)
     assert "_phases/packing.json" not in left
 
     run = resumed.pajama(*ARGS)
@@ -74,7 +75,7 @@ def test_killed_and_rerun_data_stage_writes_the_shards_of_an_uninterrupted_run(t
     path, _ = resumed.artifact("data")
     assert path.name == expected_path.name  # same fingerprint
     # Resumed after the tokenizer: the earlier phases neither ran again nor rewrote a file.
-    assert RESUMED in run.output, run.output[-4000:]
+    assert RESUMED in run.output and "[pajama] signals: up to date, reusing" in run.output, run.output[-4000:]
     assert not [line for line in REDONE if line in run.output], run.output[-4000:]
     assert "[pajama] data: tokenizing and packing" in run.output
     assert {name: mtime for name, mtime in _finished_phases(path).items() if name in left} == left

@@ -8,10 +8,10 @@ import random
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pajama.artifacts import StageContext
 from pajama.config import RESOURCES_DIR, DataConfig
 from pajama.data import decontam
-from pajama.data.stage import run as run_data_stage
+
+from conftest import run_data_stages
 
 EVAL = str(RESOURCES_DIR / "eval_tasks" / "stdlib_mc.jsonl")
 
@@ -49,7 +49,7 @@ def test_planted_benchmark_passage_is_removed_and_counted(ray_session, tmp_path)
                      sequences_per_shard=256, shuffle_partitions=2, shuffle_strategy="sort_shuffle_pull_based")
     out = tmp_path / "artifact"
     out.mkdir()
-    stats = run_data_stage(cfg, StageContext(out, tmp_path, "test"), {})["stats"]
+    stats = run_data_stages(cfg, out, tmp_path)["stats"]
 
     c4 = stats["slices"]["c4"]
     assert c4["dropped"] == {"decontamination": 1}

@@ -31,6 +31,8 @@ from pajama.data.readers.redpajama_v2 import PUBLISHED_COLUMNS
 from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.stage import _annotate
 
+from conftest import run_data_stages
+
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("bread river stone garden window letter market orange silver planet music winter doctor "
          "engine forest castle yellow pocket butter ladder mirror candle rocket pencil").split()
@@ -184,10 +186,8 @@ def test_redpajama_1t_reads_every_slice_of_the_release_over_http(ray_session, mi
 def test_data_stage_reads_the_release_per_slice_with_its_metadata(ray_session, mirror, tmp_path):
     """`pajama data`'s stage with a redpajama_1t source on the mirror's urls.txt: every slice counted,
     the release's metadata kept on each document, a connection dropped mid-file changing nothing."""
-    from pajama.artifacts import StageContext
     from pajama.config import DataConfig
-    from pajama.data.stage import run as run_data_stage
-
+    
     server, urls, counts = mirror
     dropped = f"{urlparse(urls).path.rsplit('/', 1)[0]}/book/book.jsonl"
     server.drop_once.add(dropped)
@@ -197,7 +197,7 @@ def test_data_stage_reads_the_release_per_slice_with_its_metadata(ray_session, m
                      sequences_per_shard=256, shuffle_partitions=2, shuffle_strategy="sort_shuffle_pull_based")
     out = tmp_path / "artifact"
     out.mkdir()
-    stats = run_data_stage(cfg, StageContext(out, tmp_path, "test"), {})["stats"]
+    stats = run_data_stages(cfg, out, tmp_path)["stats"]
 
     assert dropped in server.dropped
     assert {name: e["documents_in"] for name, e in stats["slices"].items() if e["documents_in"]} == \

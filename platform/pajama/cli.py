@@ -25,7 +25,8 @@ from pajama.config import ConfigError, load_config
 from pajama.kinds import KINDS, kind, kind_named
 
 STAGE_COMMANDS = {
-    "data": "prepare the data: read, clean, quality signals, filters, dedup, tokenizer, packed shards",
+    "signals": "read the sources and compute their quality signals (once: re-tuned filters reuse them)",
+    "data": "prepare the data: quality signals, filters, dedup, tokenizer, packed shards",
     "pretrain": "train the GPT-NeoX base model on Ray Train and register it as pajama-base",
     "instruct": "fine-tune the base model on instructions; registers pajama-instruct",
     "chat": "fine-tune the base model on conversations; registers pajama-chat",

@@ -231,6 +231,11 @@ class DecontaminationConfig(Strict):
         return [check_local_path_exists(path) for path in paths]
 
 
+# The fields of `data` the signals stage reads (and its fingerprint covers); the data stage reads the
+# rest, so re-tuned filters, dedup or packing reuse the computed signals (pajama.dag).
+SIGNAL_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes")
+
+
 class DataConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     filters: list[str] = Field(default_factory=lambda: ["gopher", "c4", "rpv1_github"])

@@ -1,4 +1,4 @@
-"""The DAG: data -> pretrain -> {instruct, chat} -> evaluate, serve, with fingerprint-based reuse.
+"""The DAG: signals -> data -> pretrain -> {instruct, chat} -> evaluate, serve, with fingerprint-based reuse.
 
 Each stage's fingerprint covers its own config sub-tree, the project seed and its upstream
 fingerprints, so an unchanged stage is reused (and says so) and a change re-runs that stage and
@@ -21,7 +21,7 @@ import mlflow
 
 from pajama import hub, kinds, lineage, storage, tracking
 from pajama.artifacts import Artifact, ArtifactStore, StageContext, Staging, fingerprint
-from pajama.config import PajamaConfig, fingerprinted_fields
+from pajama.config import SIGNAL_STAGE_FIELDS, PajamaConfig, fingerprinted_fields
 from pajama.redact import redact_uri
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stage:
-    """One row of the DAG. The config section is `PajamaConfig.<name>`; `run` and `select_upstream`
-    are "module:function" names, imported when needed (so `pajama config` does not import torch)."""
+    """One row of the DAG. The config section is `PajamaConfig.<section>` (default: the stage's name),
+    of which the stage reads and fingerprints `fields` (default: all) less `omit`: two stages can
+    share a section, as the signals and data stages share `data`. `run` and `select_upstream` are
+    "module:function" names, imported when needed (so `pajama config` does not import torch)."""
 
     name: str
     upstream: tuple[str, ...]
@@ -44,6 +46,9 @@ class Stage:
     # section -> what the stage reads beyond its config that its output depends on (the contents of
     # the filter recipes the config names), added to its fingerprint
     fingerprinted_inputs: str | None = None
+    section: str | None = None
+    fields: tuple[str, ...] | None = None
+    omit: tuple[str, ...] = ()
 
     @property
     def kind(self) -> kinds.ModelKind | None:
@@ -52,7 +57,10 @@ class Stage:
 
 
 TABLE = (
-    Stage("data", (), "pajama.data.stage:run", resumes=True, fingerprinted_inputs="pajama.data.filters:recipe_rules"),
+    # Signals are computed once per corpus; filters, dedup and packing can be re-tuned on top of them.
+    Stage("signals", (), "pajama.data.signal_stage:run", resumes=True, section="data", fields=SIGNAL_STAGE_FIELDS),
+    Stage("data", ("signals",), "pajama.data.stage:run", resumes=True,
+          fingerprinted_inputs="pajama.data.filters:recipe_rules", omit=SIGNAL_STAGE_FIELDS),
     Stage("pretrain", ("data",), "pajama.train.pretrain:run"),
     Stage("instruct", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
     Stage("chat", ("pretrain",), "pajama.train.sft:run", "pajama.train.sft:upstream"),
@@ -86,9 +94,18 @@ def required_stages(targets: list[str]) -> list[str]:
     return [s for s in STAGES if s in needed]
 
 
+def section_of(cfg: PajamaConfig, stage: str):
+    """The config section `stage` runs with."""
+    return getattr(cfg, BY_NAME[stage].section or stage)
+
+
 def stage_config(cfg: PajamaConfig, stage: str) -> dict:
-    section, row = getattr(cfg, stage), BY_NAME[stage]
-    config = {"stage": fingerprinted_fields(section), "seed": cfg.project.seed}
+    section, row = section_of(cfg, stage), BY_NAME[stage]
+    fields = fingerprinted_fields(section)
+    if row.fields is not None:
+        fields = {name: value for name, value in fields.items() if name in row.fields}
+    fields = {name: value for name, value in fields.items() if name not in row.omit}
+    config = {"stage": fields, "seed": cfg.project.seed}
     if row.fingerprinted_inputs:
         config["inputs"] = _function(row.fingerprinted_inputs)(section)
     return config
@@ -99,7 +116,7 @@ def upstream_of(cfg: PajamaConfig, stage: str) -> tuple[str, ...]:
     row = BY_NAME[stage]
     if row.select_upstream is None:
         return row.upstream
-    return _function(row.select_upstream)(getattr(cfg, stage), row.upstream)
+    return _function(row.select_upstream)(section_of(cfg, stage), row.upstream)
 
 
 class _RayOnDemand:
@@ -180,7 +197,7 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
                 ctx = StageContext(out=staging.out, out_uri=staging.out_uri, storage=cfg.project.storage_uri,
                                    fingerprint=fp, seed=cfg.project.seed,
                                    tracking_uri=cfg.project.resolved_tracking_uri, run_id=run.info.run_id)
-                manifest = _function(row.run)(getattr(cfg, stage), ctx, upstream)
+                manifest = _function(row.run)(section_of(cfg, stage), ctx, upstream)
                 manifest.update(mlflow_run_id=run.info.run_id, duration_s=time.time() - started)
                 if row.kind:
                     tags = {f"{tracking.TAG_UPSTREAM}{up}": a.run_id or "" for up, a in upstream.items()}
@@ -193,7 +210,7 @@ def run_dag(cfg: PajamaConfig, recipe: str, targets: list[str] | None = None) ->
             done[stage] = artifact
         for stage, artifact in done.items():
             if BY_NAME[stage].report:
-                _function(BY_NAME[stage].report)(getattr(cfg, stage), artifact, parent.info.run_id)
+                _function(BY_NAME[stage].report)(section_of(cfg, stage), artifact, parent.info.run_id)
         tracking.describe_dag_run(recipe, [s for s in done if s not in reused], reused)
         if cfg.project.promote_to and targets is None:
             promoted = tracking.dag_run_versions(parent.info.run_id)

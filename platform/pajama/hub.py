@@ -88,7 +88,7 @@ def dataset_file_names(path: str, data_files: str, revision: str | None = None) 
 def remote_datasets(cfg: PajamaConfig, stages: list[str]) -> list[tuple[str, str]]:
     """(config field, hub dataset `org/name` or http(s) URL) of each remote dataset the stages read."""
     named = []
-    if "data" in stages:
+    if "signals" in stages:  # the stage that reads the sources
         for i, source in enumerate(cfg.data.sources):
             if source.format == "hf_hub":
                 named.append((f"data.sources.{i}.path", source.path))

@@ -1,4 +1,4 @@
-"""The data stage: raw slices -> quality signals -> filters -> dedup -> tokenizer -> packed shards.
+"""The data stage: documents with their quality signals -> filters -> dedup -> tokenizer -> packed shards.
 
 Everything runs on Ray Data with documents as rows, processed in Arrow batches, and persisted
 between phases as parquet inside the artifact, so each phase streams from storage with bounded
@@ -7,8 +7,9 @@ place in the storage (`ctx.out_uri`: a local directory or an object-store prefix
 a disk shared with the driver; the small files the driver writes go to `ctx.out` and join the
 artifact when the stage commits. The artifact holds:
 
-- `documents/`   every input record: documents with their RedPajama-V2 signals and filter
-                 verdict, bad input (non-null `read_error`, see pajama.data.readers) with null signals
+- `documents/`   every input record with its filter verdict (`keep`, `drop_reason`): the signals
+                 artifact's documents (pajama.data.signal_stage) less their signal columns, bad input
+                 (non-null `read_error`, see pajama.data.readers) with keep false
 - `deduped/`     the documents the filters kept, with `exact_dup_of` / `fuzzy_dup_of` set on duplicates
 - `quarantine/`  what was not kept, with its reason: the first failing rule, `exact_duplicate of
                  <doc_id>` / `near_duplicate of <doc_id>`, or `bad_input: <read_error>`
@@ -16,9 +17,12 @@ artifact when the stage commits. The artifact holds:
 - `shards/train`, `shards/eval`  packed `input_ids` sequences (+ `slice_id`) in a seeded order:
                  `<shard>.parquet` files of about data.sequences_per_shard sequences each
 - `report.md`, `report.png`, `stats.json`  per-slice statistics
+- `signal_histograms.png`  the signals artifact's per-slice histograms with the thresholds of the rules
+                 this stage applied
 - `_phases/`     a marker per finished phase (below)
 
-The stage runs in phases (PHASES): signals (documents/), dedup (deduped/ and the per-slice
+The stage reads the signals stage's artifact, so a re-tuned recipe, dedup or packing setting does not
+compute the signals again. It runs in phases (PHASES): selection (documents/), dedup (deduped/ and the per-slice
 counts), quarantine, tokenizer, packing (shards/). Each phase writes its output, then its marker
 `_phases/<phase>.json` holding what later phases need of it (the counts, for dedup and packing).
 An attempt killed midway leaves its finished phases in the artifact's staging place
@@ -42,7 +46,6 @@ number. The tokenizer is trained on a doc_id-hash sample read in doc_id order, f
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import json
 import logging
@@ -60,9 +63,8 @@ from tokenizers import Tokenizer
 
 from pajama import storage
 from pajama.artifacts import StageContext
-from pajama.config import DataConfig, is_remote, resolve_path
-from pajama.data import decontam, dedup, filters, readers, signals
-from pajama.data.provenance import raw_inputs
+from pajama.config import DataConfig
+from pajama.data import decontam, dedup, filters, histograms, signals
 from pajama.data.slices import READ_ERROR, SLICES
 from pajama.data.tokenizer import load_tokenizer, train_bpe
 from pajama.train.shards import ROW_GROUP_SEQUENCES
@@ -113,44 +115,18 @@ def read_parquet_dir(uri: str | Path) -> ray.data.Dataset:
         context.use_datasource_v2 = use_v2
 
 
-def _expand(path: str) -> str | list[str]:
-    """Local globs become sorted file lists; URIs and plain paths pass through."""
-    if is_remote(path) or not any(c in path for c in "*?["):
-        return path
-    return sorted(glob.glob(path))
-
-
-def read_sources(cfg: DataConfig) -> ray.data.Dataset:
-    datasets = [readers.read_source(src.format, _expand(resolve_path(src.path)), src.slice,
-                                    on_bad_input=cfg.on_bad_input, max_document_bytes=cfg.max_document_bytes,
-                                    **src.options)
-                for src in cfg.sources]
-    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
-
-
-def _annotate(batch: pa.Table, rules: list, contamination: tuple | None = None) -> pa.Table:
-    """Signals and filter verdict of the batch's documents (and, given `contamination` = (n-gram
-    hashes, n), the decontamination verdict of those the rules keep); its bad-input rows pass with
-    null signals, keep false and no drop_reason (quarantined as bad input, not by a rule)."""
+def _select(batch: pa.Table, rules: list, contamination: tuple | None = None) -> pa.Table:
+    """Filter verdict of the batch's documents (and, given `contamination` = (n-gram hashes, n), the
+    decontamination verdict of those the rules keep), without their signal columns; its bad-input
+    rows pass with keep false and no drop_reason (quarantined as bad input, not by a rule)."""
     bad = pc.is_valid(batch.column(READ_ERROR))
-    documents = filters.apply_filters(_with_signals(batch.filter(pc.invert(bad))), rules)
+    documents = filters.apply_filters(batch.filter(pc.invert(bad)), rules)
     if contamination is not None:
         documents = decontam.mark_contaminated(documents, *contamination)
-    if not pc.any(bad).as_py():
-        return documents
     unreadable = batch.filter(bad)
     unreadable = unreadable.append_column("keep", pa.array([False] * unreadable.num_rows, pa.bool_()))
-    return pa.concat_tables([documents, unreadable], promote_options="default")
-
-
-def _with_signals(batch: pa.Table) -> pa.Table:
-    """The batch with every signal column, in SIGNAL_COLUMNS order. Columns a source already
-    carries (RedPajama-V2's published values) are kept as they are, not recomputed."""
-    missing = [name for name in signals.SIGNAL_COLUMNS if name not in batch.column_names]
-    if missing:
-        batch = signals.compute_signals(batch, columns=missing)
-    others = [c for c in batch.column_names if c not in signals.SIGNAL_COLUMNS]
-    return batch.select(others + list(signals.SIGNAL_COLUMNS))
+    selected = pa.concat_tables([documents, unreadable], promote_options="default")
+    return selected.select([c for c in selected.column_names if c not in signals.SIGNAL_COLUMNS])
 
 
 def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int],
@@ -197,8 +173,8 @@ def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
                          "bytes": pa.array([len(t.encode("utf-8")) for t in texts], pa.int64()),
                          "tokens": pa.array([len(e.ids) for e in encoded], pa.int64())})
 
-    totals = _totals(docs.map_batches(count, batch_format="pyarrow"), ["slice"], ("bytes", "tokens"))
-    return {row["slice"]: row["bytes"] / row["tokens"] for row in totals if row["tokens"]}
+    per_slice = totals(docs.map_batches(count, batch_format="pyarrow"), ["slice"], ("bytes", "tokens"))
+    return {row["slice"]: row["bytes"] / row["tokens"] for row in per_slice if row["tokens"]}
 
 
 # Shards are sized for about sequences_per_shard sequences, at ~4 bytes of text per token.
@@ -276,13 +252,15 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     if cfg.shuffle_strategy:
         context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
     try:
-        manifest = _build_data_artifact(cfg, ctx)
+        manifest = _build_data_artifact(cfg, ctx, inputs["signals"].join("documents"))
     finally:
         context.shuffle_strategy = previous
-    ctx.log_datasets(raw_inputs(cfg), context="raw")
     ctx.log_metrics(_stats_metrics(manifest["stats"]))
-    ctx.log_artifact(ctx.out / "report.md")
-    ctx.log_artifact(ctx.out / "report.png")
+    rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
+    distributions = json.loads(storage.read_text(inputs["signals"].join("histograms.json")))
+    histograms.plot(distributions, ctx.out / "signal_histograms.png", rules)
+    for name in ("report.md", "report.png", "signal_histograms.png"):
+        ctx.log_artifact(ctx.out / name)
     return manifest
 
 
@@ -306,12 +284,12 @@ def _stats_metrics(stats: dict) -> dict[str, float]:
     return metrics
 
 
-# The phases in order: each persists its output under the artifact, then its marker (_Phases).
-PHASES = ("signals", "dedup", "quarantine", "tokenizer", "packing")
+# The phases in order: each persists its output under the artifact, then its marker (Phases).
+PHASES = ("selection", "dedup", "quarantine", "tokenizer", "packing")
 
 
-class _Phases:
-    """The phases of the data stage that finished in this or an earlier attempt at its artifact.
+class Phases:
+    """The phases of a stage (the data stage's, the signals stage's) that finished in this or an earlier attempt at its artifact.
 
     A phase first clears what a killed attempt may have left of its output, writes the output, then
     its marker `_phases/<phase>.json` under the artifact: the values later phases need of it (JSON).
@@ -328,32 +306,32 @@ class _Phases:
         self.done[phase] = values
 
 
-def _rewrite(uri: str, write) -> None:
+def rewrite(uri: str, write) -> None:
     """Write a phase's output folder with `write(uri)`, after clearing a killed attempt's part of it."""
     storage.delete(uri)
     write(uri)
 
 
-def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
+def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_uri: str) -> dict:
     out, out_uri, seed = ctx.out, ctx.out_uri, ctx.seed
-    phases = _Phases(out_uri)
+    phases = Phases(out_uri)
     if phases.done:
         log.info("data: resuming: %s done in an earlier attempt", ", ".join(p for p in PHASES if p in phases.done))
     # Ray's default of 200 shuffle partitions is for big clusters; a laptop wants a few.
     partitions = cfg.shuffle_partitions or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
-    if "signals" not in phases.done:
-        log.info("data: reading sources, computing quality signals, applying filters")
+    if "selection" not in phases.done:
+        log.info("data: applying filters to the documents' signals")
         rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
         contamination = None
         if cfg.decontamination.against:
             n = cfg.decontamination.ngram
             contamination = (decontam.eval_ngram_hashes(cfg.decontamination.against, n), n)
             log.info("data: decontamination against %d evaluation %d-grams", len(contamination[0]), n)
-        annotated = read_sources(cfg).map_batches(_annotate, fn_kwargs={"rules": rules, "contamination": contamination},
-                                                  batch_format="pyarrow")
-        _rewrite(storage.join(out_uri, "documents"), annotated.write_parquet)
-        phases.finish("signals")
+        selected = read_parquet_dir(signal_documents_uri).map_batches(
+            _select, fn_kwargs={"rules": rules, "contamination": contamination}, batch_format="pyarrow")
+        rewrite(storage.join(out_uri, "documents"), selected.write_parquet)
+        phases.finish("selection")
     documents = read_parquet_dir(storage.join(out_uri, "documents"))
 
     if "dedup" not in phases.done:
@@ -368,7 +346,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
             kept = dedup.fuzzy_dedup(kept.materialize(), threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
                                      bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions,
                                      driver_components_max_edges=fz.driver_components_max_edges)
-        _rewrite(storage.join(out_uri, "deduped"), kept.write_parquet)
+        rewrite(storage.join(out_uri, "deduped"), kept.write_parquet)
         deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
         dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
         phases.finish("dedup", dup_columns=dup_columns, stats=_slice_stats(documents, deduped, dup_columns))
@@ -378,7 +356,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
     final = _where(deduped, lambda b: pc.invert(_is_duplicate(b)))
 
     if cfg.quarantine and "quarantine" not in phases.done:
-        _rewrite(storage.join(out_uri, "quarantine"),
+        rewrite(storage.join(out_uri, "quarantine"),
                  lambda uri: _write_quarantine(documents, deduped, dup_columns, uri))
         phases.finish("quarantine")
 
@@ -403,7 +381,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
             tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
         tokenizer.save_pretrained(out / "tokenizer")
         if uploaded:
-            _rewrite(tokenizer_uri, lambda uri: storage.upload_dir(out / "tokenizer", uri))
+            rewrite(tokenizer_uri, lambda uri: storage.upload_dir(out / "tokenizer", uri))
         phases.finish("tokenizer")
     elif uploaded:
         storage.download_dir(tokenizer_uri, out / "tokenizer")
@@ -413,7 +391,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext) -> dict:
 
     if "packing" not in phases.done:
         log.info("data: tokenizing and packing")
-        _rewrite(storage.join(out_uri, "shards"), lambda uri: _pack(
+        rewrite(storage.join(out_uri, "shards"), lambda uri: _pack(
             cfg, final_docs, stats, tokenizer_json, tokenizer.eos_token_id, uri, partitions, seed))
         phases.finish("packing", stats=stats)
     stats = phases.done["packing"]["stats"]
@@ -467,7 +445,7 @@ def _pack(cfg: DataConfig, final_docs: ray.data.Dataset, stats: dict, tokenizer_
     stats["mixture_weights"] = weights
 
 
-def _totals(ds: ray.data.Dataset, keys: list[str], sums: tuple[str, ...] = ()) -> list[dict]:
+def totals(ds: ray.data.Dataset, keys: list[str], sums: tuple[str, ...] = ()) -> list[dict]:
     """Row count ("count") and column sums per key. Each block is reduced where it lies and the
     partial tables (slices x reasons rows each) are reduced again here, so no shuffle runs."""
     aggregations = [([], "count_all"), *[(c, "sum") for c in sums]]
@@ -498,7 +476,7 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
                             "bad_input": pc.is_valid(b.column(READ_ERROR)),
                             "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
         batch_format="pyarrow")
-    for row in _totals(sizes, ["slice", "keep", "drop_reason", "bad_input"], ("bytes",)):
+    for row in totals(sizes, ["slice", "keep", "drop_reason", "bad_input"], ("bytes",)):
         if row["slice"] is None:  # only bad input lacks a slice (see pajama.data.readers)
             without_slice += row["count"]
             continue
@@ -516,7 +494,7 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
                             "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary())),
                             **{kinds[c]: pc.is_valid(b.column(c)) for c in dup_columns}}),
         batch_format="pyarrow")
-    for row in _totals(flags, ["slice", *[kinds[c] for c in dup_columns]], ("bytes",)):
+    for row in totals(flags, ["slice", *[kinds[c] for c in dup_columns]], ("bytes",)):
         e = entry(row["slice"])
         # A document flagged by both dedup passes counts once, as an exact duplicate.
         if row.get("exact_duplicates"):
@@ -587,6 +565,8 @@ def write_report(stats: dict, out: Path) -> None:
     if bad:
         notes.append(f"{bad} bad-input record(s): why each could not be read is its `read_error` in documents/ "
                      "(and reason `bad_input: ...` in quarantine/).")
+    notes.append("Per-slice distributions of the quality signals, with the thresholds of the filter rules applied: "
+                 "![signal histograms](signal_histograms.png)")
     (out / "report.md").write_text("# Data report\n\n" + "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes))
 
     fig, ax = plt.subplots(figsize=(9, 4))
