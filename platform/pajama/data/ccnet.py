@@ -19,6 +19,8 @@ Follows cc_net exactly:
   in every document, each line whose hash is so marked. So a line that occurs two or more times
   (in one document or across documents) loses all its occurrences, the first one too; a line seen
   once stays. A document left with no line, or with an empty text, is dropped altogether.
+  (finalize_doc also keeps only the first of a hash repeated inside one document; under the
+  two-pass rule such a line is already marked, so that step changes nothing and is not repeated.)
   `dedup_paragraphs` is that rule over a list of documents, the reference for the Ray stage.
 - The four counts (RPv2's `ccnet_original_length`, `ccnet_original_nlines`, `ccnet_length`,
   `ccnet_nlines`), from dedup.finalize_doc: nlines = number of "\\n"-separated lines, length =
@@ -41,15 +43,20 @@ Follows cc_net exactly:
 
 Differs, and why:
 - Dedup scope: cc_net marks duplicates within groups of 50 shards of one snapshot (`hash_in_mem`,
-  memory bound); the platform's stage counts hashes over its whole corpus, which drops more.
+  memory bound); a stage that counts hashes over a whole corpus drops more.
 - `ccnet_original_length`: in mine.py it comes from the WET record's Content-Length header (UTF-8
   bytes of the record, title line included); without WET headers this is len(text) in characters,
-  which is what dedup.finalize_doc falls back to. cc_net also drops documents shorter than 300
-  characters before dedup (`min_len`); that filter is left to the caller.
+  which is what dedup.finalize_doc falls back to. cc_net's WET reader also strips every line and
+  drops documents shorter than 300 characters before dedup (`min_len`); both are left to the caller,
+  so lengths here count a line's surrounding whitespace.
 - KenLM's trainer `lmplz` is a C++ binary that the kenlm wheel does not ship, so `build_arpa`
   estimates the same model in Python and writes ARPA (cc_net's `{lang}.arpa.bin` is the binary
   form made by `build_binary`, also absent from the wheel; kenlm.Model loads either). Scoring stays
   on the real kenlm library. Meant for small reference corpora: counts live in Python dicts.
+- SentencePiece training (`train_sentencepiece`) is made deterministic (seed, one thread, no
+  sampling or shuffling, model bytes written without the output path) and tolerant of small
+  corpora (hard_vocab_limit off where cc_net retried with 40000 pieces; documents up to 1 MiB kept
+  where the 4192-byte default skips longer training sentences). It writes no .vocab file.
 - Platform-built models get their cutoffs from `perplexity_cutoffs` over a sample of their own
   perplexities (np.percentile, linear interpolation; cc_net's published values are rounded to
   multiples of 10). Recipes that score with cc_net's published Wikipedia models (GPU or not)
@@ -63,6 +70,7 @@ import hashlib
 import io
 import math
 import re
+import sys
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -80,22 +88,24 @@ UNICODE_PUNCT = {
     "━": "-", "〈": "<", "〉": ">", "【": "[", "】": "]", "％": "%", "►": "-",
 }
 _NON_PRINTING_CHARS = "".join(map(chr, [*range(0, 32), *range(127, 160)]))
-# One str.translate does cc_net's replace_unicode_punct then remove_non_printing_char: no replacement
-# holds a control character and no control character is a punctuation key, so the order is kept.
-_LM_TRANSLATION = str.maketrans({**UNICODE_PUNCT, **{c: None for c in _NON_PRINTING_CHARS}})
 _DEDUP_DELETION = str.maketrans("", "", "".join(UNICODE_PUNCT) + _NON_PRINTING_CHARS)
 # \d on str patterns is every Unicode decimal digit (category Nd), as in cc_net.
 _DIGIT_RE = re.compile(r"\d")
 
+
+@functools.cache
+def _lm_translation() -> dict[int, str | None]:
+    """One str.translate table for what cc_net's normalize does after NFD and digits: drop combining marks
+    (category Mn, strip_accents), replace_unicode_punct, remove_non_printing_char. The three act on
+    disjoint characters and no replacement holds a mark or a control character, so one pass equals the
+    three in cc_net's order; digits go first because "１" is both a digit and a punctuation key.
+    Built on first use (a scan of all code points, about 0.1 s)."""
+    marks = (chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Mn")
+    return str.maketrans({**dict.fromkeys(marks), **UNICODE_PUNCT, **dict.fromkeys(_NON_PRINTING_CHARS)})
+
+
 CCNET_HEAD_PERCENTILE = 30
 CCNET_TAIL_PERCENTILE = 60
-
-
-def _strip_accents(line: str) -> str:
-    # ASCII has no combining marks and NFD leaves it alone: skip the per-character pass.
-    if line.isascii():
-        return line
-    return "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
 
 
 def normalize_for_lm(line: str) -> str:
@@ -103,9 +113,11 @@ def normalize_for_lm(line: str) -> str:
     line = line.strip()
     if not line:
         return line
-    line = _strip_accents(line.lower())
-    line = _DIGIT_RE.sub("0", line)
-    return line.translate(_LM_TRANSLATION)
+    line = line.lower()
+    # ASCII is its own NFD: skip the decomposition.
+    if not line.isascii():
+        line = unicodedata.normalize("NFD", line)
+    return _DIGIT_RE.sub("0", line).translate(_lm_translation())
 
 
 def normalize_for_dedup(line: str) -> str:
