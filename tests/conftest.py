@@ -219,15 +219,17 @@ def stage_runs(client, parent_id: str) -> dict:
 
 
 def run_data_stages(cfg, out: Path, storage_root, out_uri: str = "") -> dict:
-    """The signals stage, then the data stage on its artifact, as the DAG runs them (outside a DAG run):
-    the signals go to `<out>.signals` (or `<out_uri>.signals`), the data artifact to `out` (or `out_uri`).
-    Returns the data stage's manifest."""
+    """The references, signals and data stages, as the DAG runs them (outside a DAG run): the first two
+    go to `<out>.references` and `<out>.signals` (or beside `out_uri`), the data artifact to `out` (or
+    `out_uri`). Returns the data stage's manifest."""
     from pajama.artifacts import Artifact, StageContext
-    from pajama.data import signal_stage, stage
+    from pajama.data import references, signal_stage, stage
 
-    signals_out = out.with_name(f"{out.name}.signals")
-    signals_out.mkdir(exist_ok=True)
-    signals_uri = f"{out_uri}.signals" if out_uri else str(signals_out)
-    manifest = signal_stage.run(cfg, StageContext(signals_out, storage_root, "test", out_uri=signals_uri), {})
-    signals = Artifact("signals", "test", signals_uri, manifest)
-    return stage.run(cfg, StageContext(out, storage_root, "test", out_uri=out_uri), {"signals": signals})
+    inputs = {}
+    for name, run in (("references", references.run), ("signals", signal_stage.run)):
+        local = out.with_name(f"{out.name}.{name}")
+        local.mkdir(exist_ok=True)
+        uri = f"{out_uri}.{name}" if out_uri else str(local)
+        manifest = run(cfg, StageContext(local, storage_root, "test", out_uri=uri), dict(inputs))
+        inputs[name] = Artifact(name, "test", uri, manifest)
+    return stage.run(cfg, StageContext(out, storage_root, "test", out_uri=out_uri), {"signals": inputs["signals"]})

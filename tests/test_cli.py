@@ -82,7 +82,7 @@ def test_plan_prints_fingerprints_without_running_anything(tmp_path):
     proc = _pajama(tmp_path, "plan", "--json")
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
-    assert list(plan) == ["signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve"]
+    assert list(plan) == ["references", "signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve"]
     assert all(not step["up_to_date"] and len(step["fingerprint"]) == 20 for step in plan.values())
     assert plan["serve"]["upstream"] == ["pretrain", "instruct", "chat"]
     assert not (tmp_path / "storage").exists(), "plan reads configs and manifests only"

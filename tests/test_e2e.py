@@ -18,7 +18,7 @@ from conftest import REPO, Project, dag_runs, free_port, stage_runs
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve"]
+STAGES = ["references", "signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve"]
 
 
 def test_dag_runs_every_stage_and_serves_a_chat_answer(tiny_project, tiny_dag):
@@ -90,8 +90,9 @@ def test_mlflow_holds_the_dag(client, tiny_project):
     assert children["data"].data.metrics["documents_in/total"] > children["data"].data.metrics["documents_out/total"]
     assert "eval_loss" in children["pretrain"].data.metrics
     # Inputs name the upstream run: dataset inputs (artifacts) and model inputs (logged models).
-    for stage, ups in {"data": ["signals"], "pretrain": ["data"], "instruct": ["pretrain"], "chat": ["pretrain"],
-                       "evaluate": ["pretrain", "instruct", "chat"], "serve": ["pretrain", "instruct", "chat"]}.items():
+    for stage, ups in {"signals": ["references"], "data": ["signals"], "pretrain": ["data"],
+                       "instruct": ["pretrain"], "chat": ["pretrain"], "evaluate": ["pretrain", "instruct", "chat"],
+                       "serve": ["pretrain", "instruct", "chat"]}.items():
         run = client.get_run(runs[stage])
         tags = [{t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs]
         inputs = {t["pajama.upstream_stage"]: t["pajama.upstream_run_id"] for t in tags}
@@ -130,7 +131,7 @@ def test_mlflow_is_browsable(client, tiny_project):
 
     parent = dag_runs(client)[0]
     assert re.fullmatch(r"tiny-\d{8}-\d{6}-[0-9a-f]{4}", parent.info.run_name), parent.info.run_name
-    assert "- ran: signals, data, pretrain, instruct, chat, evaluate, serve" in parent.data.tags["mlflow.note.content"]
+    assert "- ran: references, signals, data, pretrain, instruct, chat, evaluate, serve" in parent.data.tags["mlflow.note.content"]
     children = stage_runs(client, parent.info.run_id)
     raw = [i for i in client.get_run(children["signals"].info.run_id).inputs.dataset_inputs
            if {t.key: t.value for t in i.tags}.get("mlflow.data.context") == "raw"]
@@ -188,7 +189,7 @@ def test_rerun_without_change_reuses_every_stage(tiny_project, tiny_dag):
 def test_changing_chat_learning_rate_reruns_chat_evaluate_and_serve_only(tiny_project, tiny_dag, client):
     run = tiny_project.pajama("run", "--set", "chat.learning_rate=5e-4", "--set", f"serve.port={free_port()}")
     assert run.returncode == 0, run.output[-4000:]
-    for stage in ("signals", "data", "pretrain", "instruct"):
+    for stage in ("references", "signals", "data", "pretrain", "instruct"):
         assert f"[pajama] {stage}: up to date, reusing" in run.output
     for stage in ("chat", "evaluate", "serve"):
         assert f"[pajama] {stage}: running" in run.output
@@ -202,10 +203,13 @@ def test_changing_chat_learning_rate_reruns_chat_evaluate_and_serve_only(tiny_pr
 def test_a_retuned_filter_threshold_reuses_the_signals(tiny_project, tiny_dag, tmp_path):
     """One threshold of a recipe changed: selection, dedup and packing run again on the signals the tiny
     DAG computed, which are reused, not computed again. (A project of its own, holding a copy of the tiny
-    project's signals artifact, so the shared project's newest data artifact stays the tiny DAG's.)"""
-    signals_dir, _ = tiny_project.artifact("signals")
+    project's references and signals artifacts, so the shared project's newest data artifact stays the tiny
+    DAG's.)"""
     project = Project(tmp_path / "retuned")
-    shutil.copytree(signals_dir, project.storage / "artifacts" / "signals" / signals_dir.name)
+    for stage in ("references", "signals"):
+        path, _ = tiny_project.artifact(stage)
+        shutil.copytree(path, project.storage / "artifacts" / stage / path.name)
+    signals_dir, _ = tiny_project.artifact("signals")
     gopher = tmp_path / "gopher.yaml"
     gopher.write_text((REPO / "pipelines" / "filters" / "gopher.yaml").read_text().replace(
         "signal: gopher_stop_word_count, op: \">=\", value: 2", "signal: gopher_stop_word_count, op: \">=\", value: 3"))

@@ -9,7 +9,7 @@ from pajama.data.filters import RECIPES_DIR, FilterRule, apply_filters, load_rec
 from pajama.data.signals import compute_signals
 from pydantic import ValidationError
 
-RECIPES = ("gopher", "c4", "rpv1_github")
+RECIPES = ("gopher", "c4", "rpv1_github", "rpv1_common_crawl", "rpv2_gopher_example")
 RULES = {recipe: load_recipe(recipe) for recipe in RECIPES}
 
 # Real documents that pass every rule of every recipe; each rule test changes one input of one of them.
@@ -40,7 +40,9 @@ def passing_docs() -> pa.Table:
             "meta": [json.dumps({"url": "https://example.org/history"}), json.dumps({"path": "tools/files.py"})],
         }
     )
-    return compute_signals(batch)
+    # The model-based signals (pajama.data.references) of a web page RedPajama-1T kept.
+    return compute_signals(batch).append_column("ccnet_bucket", pa.array(["head", None])).append_column(
+        "rps_doc_ml_wikiref_score", pa.array([0.9, None], pa.float64()))
 
 
 ALL_RULES = [(recipe, rule) for recipe, rules in RULES.items() for rule in rules]
@@ -101,6 +103,17 @@ PUBLISHED = {
         "rps_doc_ldnoobw_words": [("==", 0)],
         "c4_num_lines_kept": [(">=", 1)],
         "c4_num_sentences": [(">=", 3)],
+    },
+    "rpv1_common_crawl": {  # RedPajama-Data, branch rp_v1, data_prep/cc/README.md
+        "ccnet_bucket": [("in", ["head", "middle"])],
+        "rps_doc_ml_wikiref_score": [(">=", 0.25)],
+    },
+    "rpv2_gopher_example": {  # RedPajama-Data-V2's dataset card, gopher_rules_pass
+        "rps_doc_word_count": [(">=", 50), ("<=", 10000)],
+        "rps_doc_mean_word_length": [(">=", 3), ("<=", 10)],
+        "rps_doc_symbol_to_word_ratio": [("<=", 0.1)],
+        "rps_lines_start_with_bulletpoint_frac": [("<=", 0.9)],
+        "rps_doc_frac_chars_top_2gram": [("<=", 0.2)],
     },
     "rpv1_github": {  # RedPajama-Data data_prep/github/github_run_filter.py
         "meta.path": [("endswith", 66)],

@@ -30,7 +30,7 @@ BUCKET = "pajama-e2e"
 # is where things are stored, which the local tiny DAG's tests cover for the rest.
 SHORTER = [f"{stage}.{key}={value}" for stage, steps in (("pretrain", 20), ("instruct", 10), ("chat", 10))
            for key, value in (("max_steps", steps), ("checkpoint_every", steps // 2), ("eval_every", steps // 2))]
-STAGES = ("signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve")
+STAGES = ("references", "signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve")
 
 
 def _env(**extra: str) -> dict:

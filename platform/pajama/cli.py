@@ -25,6 +25,7 @@ from pajama.config import ConfigError, load_config
 from pajama.kinds import KINDS, kind, kind_named
 
 STAGE_COMMANDS = {
+    "references": "build the models of the model-based quality signals (classifiers, DSIR, perplexity)",
     "signals": "read the sources and compute their quality signals (once: re-tuned filters reuse them)",
     "data": "prepare the data: quality signals, filters, dedup, tokenizer, packed shards",
     "pretrain": "train the GPT-NeoX base model on Ray Train and register it as pajama-base",

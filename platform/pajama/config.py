@@ -231,13 +231,83 @@ class DecontaminationConfig(Strict):
         return [check_local_path_exists(path) for path in paths]
 
 
+class ReferenceCorpusConfig(Strict):
+    """A reference corpus for the quality models: documents of slices of data.sources and/or other files."""
+
+    slices: list[str] = Field(default_factory=list)
+    """Documents of these slices of data.sources."""
+    sources: list[SourceConfig] = Field(default_factory=list)
+    """Other files (Wikipedia, books, OpenWebText dumps), read like data.sources."""
+    max_documents: int = Field(75_000, ge=1)
+    """At most this many documents, chosen by a hash of their doc_id (RPv2: 75,000 a classifier class)."""
+
+    @field_validator("slices")
+    @classmethod
+    def _known_slices(cls, names: list[str]) -> list[str]:
+        from pajama.data.slices import check_slice
+
+        return [check_slice(name) for name in names]
+
+
+class PerplexityModelConfig(Strict):
+    """cc_net's perplexity model: given files, local or in the object store (cc_net publishes `{lang}.sp.model`
+    and `{lang}.arpa.bin` per language under dl.fbaipublicfiles.com/cc_net/lm/, with the bucket cutoffs in
+    its cutoff.csv), or built from the wikipedia reference corpus."""
+
+    sentencepiece: str | None = None
+    kenlm: str | None = None
+    cutoffs: tuple[float, float] | None = None
+    """Perplexity at the 30th and 60th percentile (head below the first, middle below the second); None:
+    measured on the web reference corpus."""
+    order: int = Field(5, ge=2)
+    vocab_size: int = Field(65_536, ge=100)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "PerplexityModelConfig":
+        if (self.sentencepiece is None) != (self.kenlm is None):
+            raise ValueError("set both perplexity.sentencepiece and perplexity.kenlm, or neither (built here)")
+        return self
+
+
+class QualityModelsConfig(Strict):
+    """What RedPajama-V2's model-based signals are computed with (pajama.data.references): the fastText
+    classifiers (ccnet_*/rps_doc_ml_*), DSIR importance weights, cc_net's perplexity model and the UT1
+    blacklist. RPv2 took the targets from Wikipedia, books and OpenWebText and the source from CommonCrawl."""
+
+    web: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["common_crawl"]))
+    """The web slice: the classifiers' negatives (`__label__cc`) and the DSIR source distribution."""
+    wikipedia: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["wikipedia"]))
+    books: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["books"]))
+    openwebtext: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["c4"]))
+    """RPv2 used OpenWebText; by default C4, the data's other curated web text, stands in."""
+    wikiref: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["wikipedia"]))
+    """RedPajama-1T's classifier took web pages that Wikipedia cites as positives; point `sources` at such
+    pages. By default Wikipedia itself stands in."""
+    perplexity: PerplexityModelConfig = Field(default_factory=PerplexityModelConfig)
+    classifier_epochs: int = Field(5, ge=1)
+    """fastText's default, which RPv2 trained its classifiers with (75,000 texts a class); a small corpus
+    needs more passes."""
+    dsir_buckets: int = Field(10_000, ge=16)
+    ut1_blacklist: str | None = None
+    """The UT1 blacklist (its `blacklists/` folder or blacklists.tar.gz), for rps_doc_ut1_blacklist; None:
+    that signal is null."""
+
+
 # The fields of `data` the signals stage reads (and its fingerprint covers); the data stage reads the
 # rest, so re-tuned filters, dedup or packing reuse the computed signals (pajama.dag).
-SIGNAL_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes")
+SIGNAL_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes", "paragraph_dedup_slices", "quality_models")
+# The references stage builds its models from reference corpora that may be slices of the sources.
+REFERENCE_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes", "quality_models")
 
 
 class DataConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
+    paragraph_dedup_slices: list[str] = Field(default_factory=lambda: ["common_crawl"])
+    """cc_net's paragraph dedup across the documents of these slices (RedPajama-1T and -V2 ran cc_net on
+    CommonCrawl): every line found two or more times is removed (pajama.data.signal_stage)."""
+    quality_models: QualityModelsConfig | None = None
+    """The models of the model-based signals (pajama.data.references); None: those signals are null. The
+    recipes set it; its defaults take the reference corpora from the RedPajama slices of data.sources."""
     filters: list[str] = Field(default_factory=lambda: ["gopher", "c4", "rpv1_github"])
     """Filter recipes by name (pipelines/filters/<name>.yaml) or path, applied in order."""
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig,
@@ -276,6 +346,28 @@ class DataConfig(Strict):
     shuffle: on a laptop's small corpus that is ~0.5 s instead of ~10 s a shuffle. The shards are byte-
     identical under every strategy.
     """
+
+    @model_validator(mode="after")
+    def _models_for_model_signals(self) -> "DataConfig":
+        """A recipe reading a model-based signal needs the models: without them the signal is null and the
+        rule would drop every document it applies to."""
+        if self.quality_models is None:
+            from pajama.data.filters import load_recipe
+            from pajama.data.references import MODEL_SIGNAL_COLUMNS
+
+            for name in self.filters:
+                needed = sorted({rule.signal for rule in load_recipe(name)} & set(MODEL_SIGNAL_COLUMNS))
+                if needed:
+                    raise ValueError(f"filter recipe {name!r} reads {', '.join(needed)}: set data.quality_models "
+                                     "(the models of the model-based signals; `{}` takes the defaults)")
+        return self
+
+    @field_validator("paragraph_dedup_slices")
+    @classmethod
+    def _dedup_slices_known(cls, names: list[str]) -> list[str]:
+        from pajama.data.slices import check_slice
+
+        return [check_slice(name) for name in names]
 
     @field_validator("filters")
     @classmethod

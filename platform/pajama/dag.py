@@ -1,4 +1,4 @@
-"""The DAG: signals -> data -> pretrain -> {instruct, chat} -> evaluate, serve, with fingerprint-based reuse.
+"""The DAG: references -> signals -> data -> pretrain -> {instruct, chat} -> evaluate, serve, with fingerprint-based reuse.
 
 Each stage's fingerprint covers its own config sub-tree, the project seed and its upstream
 fingerprints, so an unchanged stage is reused (and says so) and a change re-runs that stage and
@@ -21,7 +21,7 @@ import mlflow
 
 from pajama import hub, kinds, lineage, storage, tracking
 from pajama.artifacts import Artifact, ArtifactStore, StageContext, Staging, fingerprint
-from pajama.config import SIGNAL_STAGE_FIELDS, PajamaConfig, fingerprinted_fields
+from pajama.config import REFERENCE_STAGE_FIELDS, SIGNAL_STAGE_FIELDS, PajamaConfig, fingerprinted_fields
 from pajama.redact import redact_uri
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ class Stage:
 
 TABLE = (
     # Signals are computed once per corpus; filters, dedup and packing can be re-tuned on top of them.
-    Stage("signals", (), "pajama.data.signal_stage:run", resumes=True, section="data", fields=SIGNAL_STAGE_FIELDS),
+    Stage("references", (), "pajama.data.references:run", section="data", fields=REFERENCE_STAGE_FIELDS),
+    Stage("signals", ("references",), "pajama.data.signal_stage:run", resumes=True, section="data",
+          fields=SIGNAL_STAGE_FIELDS),
     Stage("data", ("signals",), "pajama.data.stage:run", resumes=True,
           fingerprinted_inputs="pajama.data.filters:recipe_rules", omit=SIGNAL_STAGE_FIELDS),
     Stage("pretrain", ("data",), "pajama.train.pretrain:run"),

@@ -111,6 +111,11 @@ class FilterRule(BaseModel):
         return self.signal if self.signal is not None else f"meta.{self.meta_field}"
 
 
+# Applied before every recipe: a document that cc_net's paragraph dedup (pajama.data.signal_stage) left
+# without a line.
+DUPLICATE_PARAGRAPHS_RULE = FilterRule(name="duplicate_paragraphs", signal="ccnet_nlines", op=">", value=0)
+
+
 class FilterRecipe(BaseModel):
     """A recipe file: a description and its rules, in the order they are checked."""
 

@@ -6,14 +6,25 @@ config.SIGNAL_STAGE_FIELDS), so a changed threshold, filter recipe, dedup or pac
 the data stage (pajama.data.stage) on top of this artifact and reuses it.
 
 The artifact holds:
-- `documents/`  every input record with the columns of signals.SIGNAL_COLUMNS; bad input (non-null
+- `documents/`  every input record with the columns of ALL_SIGNAL_COLUMNS; bad input (non-null
                 `read_error`, see pajama.data.readers) with null signals. Columns a source already
                 carries (RedPajama-V2's published values) are kept as they are, not recomputed.
+                Documents of data.paragraph_dedup_slices hold their text after cc_net's paragraph
+                dedup (the signals are those of that text, as RPv2's are of cc_net's output); one left
+                with no line has an empty text and ccnet_nlines 0, which the data stage drops as
+                `duplicate_paragraphs`.
+- `duplicate_paragraphs/`  the hashes of the lines found two or more times across those slices
 - `stats.json`  per slice: records, bytes and bad input read (and bad input naming no slice)
 - `histograms.json`, `histograms.png`  per-slice distributions of the numeric signals
   (pajama.data.histograms); the data stage draws them again with its recipes' thresholds
-- `_phases/signals.json`  written once `documents/` is complete: an attempt killed before it clears
-                what it left and computes the signals again.
+- `_phases/`    a marker per finished phase (paragraphs, signals): an attempt killed midway resumes
+                after the last finished one, clearing what the unfinished one left.
+
+cc_net's paragraph dedup (pajama.data.ccnet): every "\n"-separated line of the documents of those
+slices is hashed; a hash found two or more times across them (one document or several) marks a
+duplicate, and every occurrence of it is dropped, the first one too. The hashes are counted with a Ray
+Data group-by over all lines, so the scope is the whole corpus where cc_net's was a group of 50 shards;
+the driver then holds the duplicate hashes (8 bytes each) and ships them to the scoring tasks.
 """
 
 from __future__ import annotations
@@ -23,37 +34,61 @@ import json
 import logging
 
 import pyarrow as pa
+import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
+from ray.data.expressions import col
 
 from pajama import storage
 from pajama.artifacts import StageContext
 from pajama.config import DataConfig, is_remote, resolve_path
-from pajama.data import histograms, readers, signals
+from pajama.data import ccnet, histograms, readers, references, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR
-from pajama.data.stage import Phases, read_parquet_dir, rewrite, totals
+from pajama.data.stage import (Phases, configured_shuffles, read_parquet_dir, rewrite, shuffle_partitions,
+                               totals)
 
 log = logging.getLogger(__name__)
+
+# cc_net's counts around its paragraph dedup, and its language score (RPv2's names).
+CCNET_COUNT_COLUMNS = {"ccnet_original_length": pa.int64(), "ccnet_original_nlines": pa.int64(),
+                       "ccnet_length": pa.int64(), "ccnet_nlines": pa.int64()}
+# Every signal: the rule-based ones (pajama.data.signals), cc_net's, and the model-based ones
+# (pajama.data.references).
+ALL_SIGNAL_COLUMNS = {**signals.SIGNAL_COLUMNS, **CCNET_COUNT_COLUMNS, "ccnet_language_score": pa.float64(),
+                      **references.MODEL_SIGNAL_COLUMNS}
 
 
 def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """Read the sources and write every record with its signals under `ctx.out_uri`; returns the manifest
     fields (per-slice counts) and logs them and the raw inputs to the stage's run."""
     phases = Phases(ctx.out_uri)
+    if phases.done:
+        log.info("signals: resuming: %s done in an earlier attempt", ", ".join(sorted(phases.done)))
     documents_uri = storage.join(ctx.out_uri, "documents")
-    if "signals" in phases.done:
-        log.info("signals: resuming: computed in an earlier attempt")
-    else:
-        log.info("signals: reading sources, computing quality signals")
-        rewrite(documents_uri, read_sources(cfg).map_batches(with_signals, batch_format="pyarrow").write_parquet)
-        phases.finish("signals")
+    duplicates_uri = storage.join(ctx.out_uri, "duplicate_paragraphs")
+    dedup_slices = cfg.paragraph_dedup_slices
+    if "paragraphs" not in phases.done:
+        log.info("signals: reading sources, counting the paragraphs of %s", ", ".join(dedup_slices) or "no slice")
+        with configured_shuffles(cfg):
+            rewrite(duplicates_uri, _duplicate_paragraphs(read_sources(cfg), dedup_slices,
+                                                          shuffle_partitions(cfg)).write_parquet)
+        phases.finish("paragraphs")
+    if "signals" not in phases.done:
+        log.info("signals: reading sources, removing duplicate paragraphs, computing quality signals")
+        duplicates = _read_hashes(duplicates_uri)
+        models = {"uri": inputs["references"].uri, "manifest": inputs["references"].manifest}
+        rewrite(documents_uri, read_sources(cfg).map_batches(
+            with_signals, fn_kwargs={"models": models, "dedup_slices": dedup_slices, "duplicates": duplicates},
+            batch_format="pyarrow").write_parquet)
+        phases.finish("signals", duplicate_paragraph_hashes=len(duplicates))
     documents = read_parquet_dir(documents_uri)
     stats = _read_stats(documents)
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     log.info("signals: histograms")
     distributions = histograms.compute(documents, histograms.numeric_signals(documents.schema().base_schema,
-                                                                             list(signals.SIGNAL_COLUMNS)))
+                                                                             list(ALL_SIGNAL_COLUMNS)))
     (ctx.out / "histograms.json").write_text(json.dumps(distributions))
     histograms.plot(distributions, ctx.out / "histograms.png")
     ctx.log_datasets(raw_inputs(cfg), context="raw")
@@ -77,18 +112,71 @@ def read_sources(cfg: DataConfig) -> ray.data.Dataset:
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
-def with_signals(batch: pa.Table) -> pa.Table:
-    """The batch with every signal column, in SIGNAL_COLUMNS order after the others; its bad-input rows
-    (non-null read_error) get null signals."""
+def _duplicate_paragraphs(documents: ray.data.Dataset, dedup_slices: list[str], partitions: int) -> ray.data.Dataset:
+    """The line hashes found two or more times among the readable documents of `dedup_slices`."""
+
+    def line_hashes(batch: pa.Table) -> pa.Table:
+        batch = batch.filter(pc.and_(pc.is_null(batch.column(READ_ERROR)),
+                                     pc.is_in(batch.column("slice"), pa.array(dedup_slices, pa.string()))))
+        hashes = [ccnet.paragraph_hashes(text) for text in batch.column("text").to_pylist()]
+        # As int64 (the same 64 bits): Ray's sort-based shuffle samples its boundaries as Python ints, which
+        # an unsigned column above 2**63 would not take back.
+        flat = np.concatenate(hashes).view(np.int64) if hashes else np.empty(0, np.int64)
+        return pa.table({"hash": pa.array(flat, pa.int64())})
+
+    counted = documents.map_batches(line_hashes, batch_format="pyarrow").groupby(
+        "hash", num_partitions=partitions).count()
+    return counted.filter(expr=col("count()") > 1).select_columns(["hash"])
+
+
+def _read_hashes(uri: str) -> np.ndarray:
+    """The sorted hashes of `duplicate_paragraphs/` (none when no line repeats), as int64."""
+    names = [name for name in storage.files(uri) if name.endswith(".parquet")]
+    if not names:
+        return np.empty(0, np.int64)
+    tables = [pq.read_table(storage.join(uri, name), filesystem=None) if storage.is_local(uri) else
+              pq.read_table(*reversed(storage.filesystem(storage.join(uri, name)))) for name in names]
+    return np.sort(pa.concat_tables(tables).column("hash").to_numpy())
+
+
+def _dedup_paragraphs(batch: pa.Table, dedup_slices: list[str], duplicates: np.ndarray) -> pa.Table:
+    """cc_net's counts (ccnet_original_length/_nlines, ccnet_length/_nlines) of every document, and the text of
+    those of `dedup_slices` without their duplicate lines."""
+    texts = batch.column("text").to_pylist()
+    in_scope = pc.is_in(batch.column("slice"), pa.array(dedup_slices, pa.string())).to_pylist()
+    counts: dict[str, list[int]] = {name: [] for name in CCNET_COUNT_COLUMNS}
+    for i, (text, deduplicated) in enumerate(zip(texts, in_scope)):
+        lines = text.count("\n") + 1
+        drop = np.isin(ccnet.paragraph_hashes(text).view(np.int64), duplicates) if deduplicated else np.zeros(lines, bool)
+        for name, value in ccnet.paragraph_counts(text, drop).items():
+            counts[name].append(value)
+        if drop.any():
+            texts[i] = "" if drop.all() else ccnet.drop_paragraphs(text, drop)
+    batch = batch.set_column(batch.column_names.index("text"), "text", pa.array(texts, pa.string()))
+    for name, kind in CCNET_COUNT_COLUMNS.items():
+        batch = batch.append_column(name, pa.array(counts[name], kind))
+    return batch
+
+
+def with_signals(batch: pa.Table, models: dict, dedup_slices: list[str], duplicates: np.ndarray) -> pa.Table:
+    """The batch after paragraph dedup (of `dedup_slices`, dropping the lines whose hash is in `duplicates`),
+    with every signal column (ALL_SIGNAL_COLUMNS order, after the others); its bad-input rows (non-null
+    read_error) get null signals. `models`: the references artifact's URI and manifest
+    (pajama.data.references.score)."""
     bad = pc.is_valid(batch.column(READ_ERROR))
-    documents = batch.filter(pc.invert(bad))
+    documents = _dedup_paragraphs(batch.filter(pc.invert(bad)), dedup_slices, duplicates)
     missing = [name for name in signals.SIGNAL_COLUMNS if name not in documents.column_names]
     if missing:
         documents = signals.compute_signals(documents, columns=missing)
+    if any(name not in documents.column_names for name in references.MODEL_SIGNAL_COLUMNS):
+        documents = references.score(documents.drop_columns(
+            [c for c in references.MODEL_SIGNAL_COLUMNS if c in documents.column_names]), models)
+    # cc_net's language score is the language id of the deduplicated text: RPv2's name for `language_score`.
+    documents = documents.append_column("ccnet_language_score", documents.column("language_score"))
     if pc.any(bad).as_py():
         documents = pa.concat_tables([documents, batch.filter(bad)], promote_options="default")
-    others = [c for c in documents.column_names if c not in signals.SIGNAL_COLUMNS]
-    return documents.select(others + list(signals.SIGNAL_COLUMNS))
+    others = [c for c in documents.column_names if c not in ALL_SIGNAL_COLUMNS]
+    return documents.select(others + list(ALL_SIGNAL_COLUMNS))
 
 
 def _read_stats(documents) -> dict:

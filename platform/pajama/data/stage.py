@@ -45,6 +45,7 @@ number. The tokenizer is trained on a doc_id-hash sample read in doc_id order, f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -247,14 +248,8 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """The data stage: build the data artifact (under `ctx.out_uri`, small files in `ctx.out`),
     resuming the phases an earlier attempt finished there; returns the manifest fields (stats,
     slices, sequences) and logs the per-slice counts and the report to the stage's run."""
-    context = ray.data.DataContext.get_current()
-    previous = context.shuffle_strategy
-    if cfg.shuffle_strategy:
-        context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
-    try:
+    with configured_shuffles(cfg):
         manifest = _build_data_artifact(cfg, ctx, inputs["signals"].join("documents"))
-    finally:
-        context.shuffle_strategy = previous
     ctx.log_metrics(_stats_metrics(manifest["stats"]))
     rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
     distributions = json.loads(storage.read_text(inputs["signals"].join("histograms.json")))
@@ -262,6 +257,25 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     for name in ("report.md", "report.png", "signal_histograms.png"):
         ctx.log_artifact(ctx.out / name)
     return manifest
+
+
+@contextlib.contextmanager
+def configured_shuffles(cfg: DataConfig):
+    """Ray Data's shuffle strategy set to data.shuffle_strategy (if set) while the block runs."""
+    context = ray.data.DataContext.get_current()
+    previous = context.shuffle_strategy
+    if cfg.shuffle_strategy:
+        context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
+    try:
+        yield
+    finally:
+        context.shuffle_strategy = previous
+
+
+def shuffle_partitions(cfg: DataConfig) -> int:
+    """Partitions of a group-by: data.shuffle_partitions, or twice the cluster's CPUs (at least 4): Ray's
+    default of 200 is for big clusters, a laptop wants a few."""
+    return cfg.shuffle_partitions or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _stats_metrics(stats: dict) -> dict[str, float]:
@@ -317,12 +331,11 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
     phases = Phases(out_uri)
     if phases.done:
         log.info("data: resuming: %s done in an earlier attempt", ", ".join(p for p in PHASES if p in phases.done))
-    # Ray's default of 200 shuffle partitions is for big clusters; a laptop wants a few.
-    partitions = cfg.shuffle_partitions or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    partitions = shuffle_partitions(cfg)
 
     if "selection" not in phases.done:
         log.info("data: applying filters to the documents' signals")
-        rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
+        rules = [filters.DUPLICATE_PARAGRAPHS_RULE] + [rule for name in cfg.filters for rule in filters.load_recipe(name)]
         contamination = None
         if cfg.decontamination.against:
             n = cfg.decontamination.ngram

@@ -1,0 +1,181 @@
+"""The references stage: the models behind RedPajama-V2's model-based signals, built once, and the signals.
+
+RPv2 computes some of its quality signals with models made from reference corpora (its prep_artifacts
+step): fastText classifiers of reference text against the web slice, DSIR word-feature distributions, and
+cc_net's perplexity model. This stage builds them from data.quality_models (pajama.config) — documents of
+slices of data.sources and/or other files, a doc_id-hash sample of at most max_documents each — or takes
+cc_net's published perplexity model from the given files, and keeps them as a fingerprinted artifact that
+the signals stage reads (`score`):
+
+- `classifiers/{wikiref,palm,wikipedia}.model.bin`  fastText, positives against `__label__cc` (the web
+  slice): wikiref (RedPajama-1T's classifier: pages Wikipedia cites), palm (books + OpenWebText +
+  Wikipedia, as RPv2's "palm" classifier), wikipedia (pajama.data.classifiers)
+- `dsir/{books,openwebtext,wikipedia,cc}.xx.<buckets>.counts.npy` / `.lambda.npy`  hashed unigram and
+  bigram distributions of the three targets and the web source (pajama.data.dsir)
+- `perplexity/lm.sp.model`, `perplexity/lm.arpa`  SentencePiece + KenLM 5-gram (pajama.data.ccnet), and
+  the head/middle/tail cutoffs (the 30th and 60th percentile of the web sample's perplexities) in the
+  manifest. Built here from the wikipedia corpus, as cc_net built its models from Wikipedia.
+
+The reference corpora are language-agnostic here (RPv2 builds one set per language: en, de, fr, es, it);
+the file names carry "xx" where RPv2's carry the language.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pajama import storage
+from pajama.artifacts import StageContext
+from pajama.config import DataConfig, QualityModelsConfig, ReferenceCorpusConfig
+from pajama.data import ccnet, classifiers, dsir
+from pajama.data.slices import READ_ERROR
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_TARGETS = {"wikiref": ("wikiref",), "palm": ("books", "openwebtext", "wikipedia"),
+                      "wikipedia": ("wikipedia",)}
+DSIR_TARGETS = ("books", "openwebtext", "wikipedia")
+_DSIR_SOURCE = "cc"
+_LANGUAGE = "xx"
+
+# The signals computed with these models (names and types as RPv2's).
+MODEL_SIGNAL_COLUMNS: dict[str, pa.DataType] = {
+    "ccnet_perplexity": pa.float64(),
+    "ccnet_bucket": pa.string(),
+    **{f"rps_doc_ml_{name}_score": pa.float64() for name in CLASSIFIER_TARGETS},
+    **{f"rps_doc_{target}_importance{suffix}": pa.float64()
+       for target in DSIR_TARGETS for suffix in ("", "_length_correction")},
+}
+
+
+def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
+    """Build the quality models under `ctx.out`; returns the manifest (corpus sizes, perplexity cutoffs)."""
+    from pajama.data.signal_stage import read_sources
+
+    models = cfg.quality_models
+    if models is None:
+        log.info("references: data.quality_models is not set; the model-based signals will be null")
+        return {"models": False}
+    corpora = _reference_texts(cfg, models, read_sources)
+    out = ctx.out
+    counts = {}
+    log.info("references: fastText classifiers")
+    for name, targets in CLASSIFIER_TARGETS.items():
+        positives = {target: corpora[target] for target in targets}
+        counts[f"classifier_{name}"] = classifiers.train_classifier(
+            positives, corpora["web"], name, out / "classifiers" / f"{name}.model.bin",
+            samples_per_class=max(getattr(models, t).max_documents for t in targets), seed=ctx.seed,
+            epoch=models.classifier_epochs)
+    log.info("references: DSIR distributions")
+    for dataset, corpus in ((*zip(DSIR_TARGETS, (corpora[t] for t in DSIR_TARGETS)), (_DSIR_SOURCE, corpora["web"]))):
+        dsir.build_distribution(corpus, models.dsir_buckets).save(out / "dsir", dataset, _LANGUAGE)
+    perplexity_dir = out / "perplexity"
+    if models.perplexity.kenlm:
+        log.info("references: perplexity model from %s", models.perplexity.kenlm)
+        perplexity_dir.mkdir(parents=True)
+        _copy_file(models.perplexity.sentencepiece, perplexity_dir / "lm.sp.model")
+        _copy_file(models.perplexity.kenlm, perplexity_dir / "lm.arpa")
+    else:
+        log.info("references: perplexity model (SentencePiece + KenLM %d-gram) from the wikipedia corpus",
+                 models.perplexity.order)
+        ccnet.build_perplexity_model(corpora["wikipedia"], perplexity_dir, order=models.perplexity.order,
+                                     vocab_size=models.perplexity.vocab_size, seed=ctx.seed)
+    cutoffs = models.perplexity.cutoffs or ccnet.perplexity_cutoffs(
+        ccnet.PerplexityModel(perplexity_dir / "lm.sp.model", perplexity_dir / "lm.arpa").perplexities(corpora["web"]))
+    manifest = {"models": True, "perplexity_cutoffs": list(cutoffs), "dsir_buckets": models.dsir_buckets,
+                "reference_documents": {name: len(texts) for name, texts in corpora.items()}, "training": counts}
+    (out / "references.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    ctx.log_metrics({f"reference_documents/{name}": len(texts) for name, texts in corpora.items()})
+    ctx.log_artifact(out / "references.json")
+    return manifest
+
+
+def _reference_texts(cfg: DataConfig, models: QualityModelsConfig, read_sources) -> dict[str, list[str]]:
+    """The text of each reference corpus: its doc_id-hash sample, in hash order (the same on every run)."""
+    from pajama.data.stage import hash_unit
+
+    corpora: dict[str, ReferenceCorpusConfig] = {name: getattr(models, name)
+                                                 for name in ("web", "wikipedia", "books", "openwebtext", "wikiref")}
+    wanted_slices = sorted({s for corpus in corpora.values() for s in corpus.slices})
+    by_slice: dict[str, list[tuple[float, str]]] = {s: [] for s in wanted_slices}
+    if wanted_slices:
+        log.info("references: reading slices %s of data.sources", ", ".join(wanted_slices))
+        wanted = pa.array(wanted_slices, pa.string())
+        rows = _readable(read_sources(cfg)).map_batches(
+            lambda b: b.filter(pc.is_in(b.column("slice"), wanted)).select(["doc_id", "slice", "text"]),
+            batch_format="pyarrow").take_all()
+        for row in rows:
+            by_slice[row["slice"]].append((hash_unit(row["doc_id"], "references"), row["text"]))
+    texts = {}
+    for name, corpus in corpora.items():
+        candidates = [item for s in corpus.slices for item in by_slice[s]]
+        if corpus.sources:
+            extra = DataConfig(sources=corpus.sources, on_bad_input=cfg.on_bad_input,
+                               max_document_bytes=cfg.max_document_bytes)
+            candidates += [(hash_unit(row["doc_id"], "references"), row["text"])
+                           for row in _readable(read_sources(extra)).select_columns(["doc_id", "text"]).take_all()]
+        texts[name] = [text for _, text in sorted(candidates)[: corpus.max_documents]]
+        if not texts[name]:
+            raise ValueError(f"data.quality_models.{name}: no document (slices {corpus.slices}, "
+                             f"{len(corpus.sources)} other source(s)); give a slice of data.sources or files")
+    return texts
+
+
+def _copy_file(uri: str, destination: Path) -> None:
+    """A file from a local path or the object store (cc_net's published models, downloaded there first)."""
+    filesystem, path = storage.filesystem(uri)
+    with filesystem.open_input_stream(path) as source, open(destination, "wb") as target:
+        shutil.copyfileobj(source, target)
+
+
+def _readable(ds):
+    return ds.map_batches(lambda b: b.filter(pc.is_null(b.column(READ_ERROR))), batch_format="pyarrow")
+
+
+@functools.cache
+def _models(uri: str, buckets: int):
+    root = storage.local_copy(uri)  # on each node that scores, once
+    perplexity = ccnet.PerplexityModel.load(root / "perplexity" / "lm.sp.model", root / "perplexity" / "lm.arpa")
+    scorers = {name: classifiers.load_classifier(root / "classifiers" / f"{name}.model.bin")
+               for name in CLASSIFIER_TARGETS}
+    source = dsir.Distribution.load(root / "dsir", _DSIR_SOURCE, _LANGUAGE, buckets)
+    targets = {t: dsir.Distribution.load(root / "dsir", t, _LANGUAGE, buckets) for t in DSIR_TARGETS}
+    return perplexity, scorers, source, targets
+
+
+def score(batch: pa.Table, references: dict) -> pa.Table:
+    """The batch with MODEL_SIGNAL_COLUMNS appended, from the models of the references artifact
+    (`references`: its URI and manifest); null columns when it holds none."""
+    if not references["manifest"]["models"]:
+        for name, kind in MODEL_SIGNAL_COLUMNS.items():
+            batch = batch.append_column(name, pa.nulls(batch.num_rows, kind))
+        return batch
+    cutoffs = tuple(references["manifest"]["perplexity_cutoffs"])
+    perplexity, scorers, source, targets = _models(references["uri"], references["manifest"]["dsir_buckets"])
+    texts = batch.column("text").to_pylist()
+    columns: dict[str, list] = {}
+    perplexities = perplexity.perplexities(texts)
+    columns["ccnet_perplexity"] = perplexities
+    columns["ccnet_bucket"] = [None if p is None else ccnet.perplexity_bucket(p, cutoffs) for p in perplexities]
+    for name, model in scorers.items():
+        columns[f"rps_doc_ml_{name}_score"] = classifiers.quality_scores(model, texts)
+    for target, distribution in targets.items():
+        plain, corrected = dsir.importance_weights(texts, distribution, source)
+        columns[f"rps_doc_{target}_importance"] = plain
+        columns[f"rps_doc_{target}_importance_length_correction"] = corrected
+    for name, kind in MODEL_SIGNAL_COLUMNS.items():
+        values = columns[name]
+        if kind == pa.float64():
+            values = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+            batch = batch.append_column(name, pa.array(values, kind, from_pandas=True))
+        else:
+            batch = batch.append_column(name, pa.array(values, kind))
+    return batch
