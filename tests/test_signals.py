@@ -1,11 +1,20 @@
 """Signal values against hand-computed ones on small texts (arithmetic in the comments)."""
 
+import json
 import math
+import re
+import tarfile
+from importlib import resources
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from pajama.data.signals import SIGNAL_COLUMNS, compute_signals
 from pajama.data.text import normalize_text
+
+# A UT1 blacklist tree in the distributed format: blacklists/<category>/domains (+ urls, usage),
+# global_usage, and porn -> adult as a link, as UT1 ships it
+UT1 = Path(__file__).parent / "data" / "ut1"
 
 
 def signals_of(*texts: str) -> list[dict]:
@@ -108,6 +117,86 @@ def test_content_signals():
 def test_ldnoobw_counts_each_entry_length():
     # normalised: "nude photos xxx see 2 girls 1 cup": unigrams "nude", "xxx" and the 4-word entry "2 girls 1 cup"
     assert signals_of("Nude photos? XXX! See 2 girls 1 cup.")[0]["rps_doc_ldnoobw_words"] == 3
+
+
+def test_word_lists_follow_the_document_language():
+    german = "Der Hund und die Katze schlafen im Garten, weil es heute sehr warm ist."
+    french = "Dans ce film, le voisin traite tout le monde de connard sans aucune raison valable."
+    russian = "Москва — столица России, and the city is big."
+    de, fr, ru = signals_of(german, french, russian)
+    assert (de["language"], fr["language"], ru["language"]) == ("de", "fr", "ru")
+    # raw words: Der Hund und die Katze schlafen im Garten , weil es heute sehr warm ist . -> 16;
+    # German stop words: und die im weil es heute sehr ist -> 8 (not "Der": matched case-sensitively);
+    # the English list holds none of them
+    assert de["rps_doc_stop_word_fraction"] == approx(8 / 16)
+    # 17 raw words; French stop words: ce le tout le de sans aucune -> 7; French LDNOOBW: "connard"
+    assert fr["rps_doc_stop_word_fraction"] == approx(7 / 17)
+    assert fr["rps_doc_ldnoobw_words"] == 1
+    # Russian has no RPv2 list: the English one counts "and", "the", "is" of 11 raw words
+    # (Москва — столица России , and the city is big .)
+    assert ru["rps_doc_stop_word_fraction"] == approx(3 / 11)
+    # entries are matched as LDNOOBW spells them (as RPv2): "möse" (NFC) never meets an NFD word
+    assert signals_of("Sie sagte möse und lachte laut über den ganzen Witz.")[0]["rps_doc_ldnoobw_words"] == 0
+
+
+def test_a_given_language_column_picks_the_lists():
+    batch = pa.table({"text": ["sehr gut und die Katze", "sehr gut und die Katze"], "language": ["de", "en"]})
+    out = compute_signals(batch, columns=["rps_doc_stop_word_fraction"])
+    # German: sehr gut und die -> 4 of 5; English: none
+    assert out.column("rps_doc_stop_word_fraction").to_pylist() == [approx(4 / 5), 0.0]
+    assert out.column_names == ["text", "language", "rps_doc_stop_word_fraction"]
+
+
+def test_stop_word_lists_hold_no_pure_punctuation_entry():
+    # compute_signals looks stop words up among word runs only
+    for language in ("en", "de", "fr", "es", "it"):
+        text = (resources.files("pajama") / "resources" / f"stopwords_{language}.txt").read_text(encoding="utf-8")
+        assert not [word for word in text.split() if re.fullmatch(r"[^\w\s]+", word)], language
+
+
+def ut1_rows(urls: list, ut1_blacklist) -> list:
+    meta = [None if url is None else json.dumps({"url": url} if url else {"title": "no url"}) for url in urls]
+    batch = pa.table({"text": ["Some page text."] * len(urls), "meta": pa.array(meta, pa.string())})
+    return compute_signals(batch, columns=["rps_doc_ut1_blacklist"], ut1_blacklist=ut1_blacklist).column(
+        "rps_doc_ut1_blacklist"
+    ).to_pylist()
+
+
+UT1_URLS = [
+    "https://www.casino-girls.example/page?id=1",  # parent domain in adult (so porn, its link) and gambling
+    "http://BET.example:8080/odds",  # gambling; also in shopping, which is no RPv2 category
+    "https://secure-login.example.evil.test/",  # a listed domain as a prefix is no match
+    "http://203.0.113.7/x",  # an IP address listed in adult
+    "https://docs-share.example/login.php",  # only in phishing/urls, which RPv2 does not read
+    "",  # meta without a url
+    None,  # no meta
+]
+UT1_CATEGORIES = [["adult", "gambling", "porn"], ["gambling"], None, ["adult", "porn"], None, None, None]
+
+
+def test_ut1_blacklist_categories_from_the_tree_and_the_archive(tmp_path):
+    assert ut1_rows(UT1_URLS, str(UT1)) == UT1_CATEGORIES
+    assert ut1_rows(UT1_URLS, str(UT1 / "blacklists")) == UT1_CATEGORIES
+    archive = tmp_path / "blacklists.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(UT1 / "blacklists", arcname="blacklists")
+    assert ut1_rows(UT1_URLS, str(archive)) == UT1_CATEGORIES
+    # without a blacklist, or without a meta column, the column is null
+    assert ut1_rows(UT1_URLS[:2], None) == [None, None]
+    out = compute_signals(pa.table({"text": ["x"]}), columns=["rps_doc_ut1_blacklist"], ut1_blacklist=str(UT1))
+    assert out.column("rps_doc_ut1_blacklist").to_pylist() == [None]
+    assert out.schema.field("rps_doc_ut1_blacklist").type == pa.list_(pa.string())
+
+
+def test_ut1_blacklist_that_is_not_one_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no/such/blacklists.tar.gz"):
+        ut1_rows(UT1_URLS[:1], str(tmp_path / "no" / "such" / "blacklists.tar.gz"))
+    with pytest.raises(ValueError, match="is not a UT1 blacklist"):
+        ut1_rows(UT1_URLS[:1], str(tmp_path))
+    text_file = tmp_path / "domains.txt"
+    text_file.write_text("casino.example\n")
+    with pytest.raises(ValueError, match="domains.txt.*is not a UT1 blacklist"):
+        ut1_rows(UT1_URLS[:1], str(text_file))
 
 
 def test_repeated_ngram_signals():
@@ -243,6 +332,7 @@ def test_selected_columns_match_the_full_computation():
         ["rps_lines_num_words", "rps_doc_lorem_ipsum", "gopher_frac_dupe_paragraphs", "c4_num_sentences"],
         ["rps_doc_frac_chars_dupe_7grams", "rps_doc_ldnoobw_words", "rpv1_alpha_chars_per_token"],
         ["language_score", "rps_doc_mean_word_length", "gopher_stop_word_count"],
+        ["rps_doc_stop_word_fraction", "rps_doc_ut1_blacklist"],
     ):
         out = compute_signals(pa.table({"text": texts}), columns=columns)
         ordered = [name for name in SIGNAL_COLUMNS if name in columns]

@@ -9,12 +9,46 @@ RedPajama-V2 signals (`rps_*`) follow RPv2's definitions (togethercomputer/RedPa
 app/src/core/quality_signals):
 - normalised text: ASCII punctuation removed, lowercased, stripped, whitespace runs made one space, then
   unicode NFD; normalised words are the normalised text split on whitespace;
-- raw words: NLTK WordPunctTokenizer's pattern `\\w+|[^\\w\\s]+` over the raw text;
+- raw words: NLTK WordPunctTokenizer's pattern `\\w+|[^\\w\\s]+` over the raw text, compiled with Python's
+  `re` as the NLTK RPv2 ran (3.8, 2023) did; NLTK 3.10.4 compiles it with the `regex` module, whose `\\w` also
+  takes combining marks and joiners, so it reads "cafe\\u0301" as one word where RPv2 read two;
 - lines: every "\\n"-terminated piece plus a final unterminated one (blank lines count);
 - fractions are rounded to 8 decimals as RPv2 stores them; a signal undefined for a document (mean word
   length of a document without words, ...) is null, and where RPv2 returns 0.0 instead, so do we.
-The stop-word and LDNOOBW lists are RPv2's English ones (stop words matched case-sensitively on raw words,
-as RPv2 does); RPv2 switches list per language, we apply the English lists to every document.
+- raw words and the signals over them follow RPv2 on any script: a raw word is all caps when str.isupper
+  holds (so "МОСКВА" is, and so is a punctuation run such as "🅰", which Unicode counts as an uppercase
+  letter); it has an alphabetic character when it holds an ASCII letter [a-zA-Z], as RPv2's regex
+  says, so a Russian, Greek or Chinese word counts as a word without one.
+
+Word lists per language, as RPv2: a document whose `language` (below) is en, de, fr, es or it uses that
+language's stop words (`rps_doc_stop_word_fraction`: matched case-sensitively on raw words) and LDNOOBW
+list (`rps_doc_ldnoobw_words`: entries matched against normalised words and word n-grams). Documents in
+any other language, and blank ones, use the English lists; RPv2 had no lists for them (it processed only
+these five languages); the English lists keep the earlier values for the code and short English texts
+that language id misreads (45 of the bundled corpus's 1,567 documents come out Latin, Serbo-Croatian,
+...). Entries are matched as the lists spell them, as in RPv2, so an entry with a capital, an accented
+letter (normalised words are NFD, the lists NFC) or ASCII punctuation never matches: 2 English, 6 German,
+20 French, 61 of the 68 (capitalised) Spanish and 2 Italian entries. Gopher's stop words stay English
+(Gopher's rule is English-only). Asking for either list signal computes the language too, unless the
+batch already has a `language` column (a source's own language id, e.g. RPv2's CCNet one), which is then
+used as given.
+The lists are plain files in pajama/resources: stopwords_<lang>.txt is RPv2's stop-word dict
+(app/src/core/quality_signals/utils/stop_words.py, taken from github.com/6/stopwords-json), one word a
+line; ldnoobw_<lang>.txt is the file <lang> of github.com/LDNOOBW/List-of-Dirty-Naughty-Obscene-and-
+Otherwise-Bad-Words at commit 5faf2ba, verbatim (RPv2 fetched master; no list has changed since 2020-07).
+
+`rps_doc_ut1_blacklist`: the UT1 blacklist categories (Université Toulouse Capitole, dsi.ut-capitole.fr/
+blacklists) under which the document's domain is listed, given `compute_signals(..., ut1_blacklist=path)`
+(the `blacklists.tar.gz` archive as distributed, or its extracted tree `blacklists/<category>/domains`).
+As RPv2 (app/src/artifacts/update_resources.py): only the categories RPv2 configured
+(configs/rp_v2.0.conf DOMAIN_BLACKLIST_CATEGORIES) and only their `domains` files count, a category
+directory that is a link to another (UT1's `porn` -> `adult`) counts under its own name too. Two
+differences, both deliberate: the value is the sorted list of category names (null when none, no URL, or
+no `ut1_blacklist`) where RPv2 stores an integer id of the category combination, opaque without its
+category_index.json, so that a recipe can name categories; and the domain is the host of `meta.url`
+matched with its parent domains (`www.casino.example` is listed when `casino.example` is, as UT1's
+filters read the lists), where RPv2 looked up CCNet's source_domain (the URL's netloc) exactly, which
+misses every `www.` or other subdomain of a listed domain. An IP-address host is matched exactly.
 
 Per-line RPv2 signals are list columns aligned with the document's lines. Each also has a document-level
 aggregate that filters can use: `<name>_frac`, the share of lines whose value is > 0 (flags and counts),
@@ -41,11 +75,17 @@ Language id: fastText's lid.176 model (the family CCNet and so RPv2 used), in th
 from __future__ import annotations
 
 import functools
+import glob
 import itertools
+import json
+import os
+import posixpath
 import re
+import tarfile
 from collections import defaultdict
 from collections.abc import Iterable
 from importlib import resources
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +122,27 @@ _C4_POLICY_PHRASES = (
     "use cookies",
 )
 
+# RPv2's per-language word lists (see the module docstring); other languages use the first
+_LIST_LANGUAGES = ("en", "de", "fr", "es", "it")
+# configs/rp_v2.0.conf DOMAIN_BLACKLIST_CATEGORIES ("agressive" is RPv2's spelling: no UT1 category has it)
+_UT1_CATEGORIES = frozenset(
+    {
+        "adult",
+        "agressive",
+        "agressif",
+        "arjel",
+        "chat",
+        "dating",
+        "ddos",
+        "filehosting",
+        "gambling",
+        "porn",
+        "mixed_adult",
+        "phishing",
+        "violence",
+    }
+)
+
 _TOP_NGRAM_SIZES = (2, 3, 4)
 _DUPE_NGRAM_SIZES = (5, 6, 7, 8, 9, 10)
 
@@ -109,6 +170,7 @@ SIGNAL_COLUMNS: dict[str, pa.DataType] = {
     "rps_doc_lorem_ipsum": pa.float64(),
     "rps_doc_curly_bracket": pa.float64(),
     "rps_doc_ldnoobw_words": pa.int64(),
+    "rps_doc_ut1_blacklist": pa.list_(pa.string()),
     **{f"rps_doc_frac_chars_top_{n}gram": pa.float64() for n in _TOP_NGRAM_SIZES},
     **{f"rps_doc_frac_chars_dupe_{n}grams": pa.float64() for n in _DUPE_NGRAM_SIZES},
     **{name: pa.list_(value_type) for name, (value_type, _) in LINE_SIGNALS.items()},
@@ -132,6 +194,7 @@ SIGNAL_COLUMNS: dict[str, pa.DataType] = {
 # Which signals need which intermediate values (compute_signals(columns=...) computes only those needed).
 _ALL_SIGNALS = frozenset(SIGNAL_COLUMNS)
 _LANGUAGE_SIGNALS = frozenset({"language", "language_score"})
+_WORD_LIST_SIGNALS = frozenset({"rps_doc_stop_word_fraction", "rps_doc_ldnoobw_words"})  # per language
 _GRAM_SIGNALS = frozenset(
     {"rps_doc_frac_unique_words", "rps_doc_unigram_entropy"}
     | {f"rps_doc_frac_chars_top_{n}gram" for n in _TOP_NGRAM_SIZES}
@@ -165,24 +228,40 @@ _RAW_WORD_CONSUMERS = frozenset(
 )
 
 
-def compute_signals(batch: pa.Table, columns: Iterable[str] | None = None) -> pa.Table:
+def compute_signals(
+    batch: pa.Table, columns: Iterable[str] | None = None, ut1_blacklist: str | None = None
+) -> pa.Table:
     """Append the columns of SIGNAL_COLUMNS to `batch` (which needs a non-null `text` column).
 
     `columns` (names from SIGNAL_COLUMNS) limits the work to those signals: only they are computed and
     appended, in SIGNAL_COLUMNS order, with the values a full computation gives. None computes all.
+    `ut1_blacklist`: a local path to the UT1 blacklist (`blacklists.tar.gz` or its extracted tree), read
+    once per process, for `rps_doc_ut1_blacklist` (which reads the URL from the `meta` column's JSON);
+    without it that column is null. With Ray: `ds.map_batches(compute_signals, batch_format="pyarrow",
+    fn_kwargs={"ut1_blacklist": path})`.
     """
     wanted = _wanted_signals(columns)
     _check_input(batch, wanted)
     texts = batch.column("text").to_pylist()
     out: dict[str, list] = defaultdict(list)
-    words_per_doc = [_add_document_signals(text, out, wanted) for text in texts]
-    if wanted & _WORD_SIGNALS:
-        out.update(_word_signals(words_per_doc, wanted))
-    if wanted & _LANGUAGE_SIGNALS:
+    given_language = "language" in batch.column_names
+    if wanted & _LANGUAGE_SIGNALS or (wanted & _WORD_LIST_SIGNALS and not given_language):
         for text in texts:
             language, score = _identify_language(text)
             out["language"].append(language)
             out["language_score"].append(score)
+    list_languages: list[str] = []
+    if wanted & _WORD_LIST_SIGNALS:
+        languages = batch.column("language").to_pylist() if given_language else out["language"]
+        list_languages = [language if language in _LIST_LANGUAGES else _LIST_LANGUAGES[0] for language in languages]
+    words_per_doc = [
+        _add_document_signals(text, out, wanted, language)
+        for text, language in zip(texts, list_languages or itertools.repeat(_LIST_LANGUAGES[0]))
+    ]
+    if wanted & _WORD_SIGNALS:
+        out.update(_word_signals(words_per_doc, wanted, list_languages))
+    if "rps_doc_ut1_blacklist" in wanted:
+        out["rps_doc_ut1_blacklist"] = _ut1_categories(batch, ut1_blacklist)
     for name, dtype in SIGNAL_COLUMNS.items():
         if name in wanted:
             batch = batch.append_column(pa.field(name, dtype), pa.array(out[name], dtype, from_pandas=True))
@@ -216,9 +295,9 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, PRECISION) if denominator else None
 
 
-def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> list[str]:
-    """Append the wanted per-document signals of `text` to `out`; return its normalised words
-    (an empty list when no wanted signal needs them)."""
+def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str], list_language: str) -> list[str]:
+    """Append the wanted per-document signals of `text` to `out`, with the word lists of `list_language`;
+    return its normalised words (an empty list when no wanted signal needs them)."""
     need_lines = bool(wanted & _RAW_LINE_CONSUMERS)
     need_normalized_lines = bool(wanted & _NORMALIZED_LINE_CONSUMERS)
     lines = _LINE.findall(text) if need_lines or need_normalized_lines else []
@@ -233,11 +312,12 @@ def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str
             normalized = normalize_text(text)
         words = normalized.split()
     word_runs: list[str] = []
-    num_raw_words = 0
+    punctuation_runs: list[str] = []
     if wanted & _RAW_WORD_CONSUMERS:
-        # punctuation runs are never stop words, all-caps or lettered: only their number matters
+        # the raw words, as two lists: the "\w+" runs and the "[^\w\s]+" runs between them
         word_runs = _WORD_RUN.findall(text)
-        num_raw_words = len(word_runs) + len(_PUNCTUATION_RUN.findall(text))
+        punctuation_runs = _PUNCTUATION_RUN.findall(text)
+    num_raw_words = len(word_runs) + len(punctuation_runs)
 
     if "rps_doc_word_count" in wanted:
         out["rps_doc_word_count"].append(len(words))
@@ -251,9 +331,12 @@ def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str
         with_letter = _ratio(len(word_runs) - len(_RUN_WITHOUT_ASCII_LETTER.findall(text)), num_raw_words)
         out["rps_doc_frac_no_alph_words"].append(None if with_letter is None else round(1.0 - with_letter, PRECISION))
     if "rps_doc_frac_all_caps_words" in wanted:
-        out["rps_doc_frac_all_caps_words"].append(_ratio(sum(map(str.isupper, word_runs)), num_raw_words))
+        # a punctuation run is upper case when it holds a symbol Unicode counts as a capital letter (Ⓐ, 🅰)
+        all_caps = sum(map(str.isupper, word_runs)) + sum(map(str.isupper, punctuation_runs))
+        out["rps_doc_frac_all_caps_words"].append(_ratio(all_caps, num_raw_words))
     if "rps_doc_stop_word_fraction" in wanted:
-        stop_words = _stop_words()
+        # no list holds a pure punctuation run (tests/test_signals.py checks), so word runs suffice
+        stop_words = _stop_words(list_language)
         out["rps_doc_stop_word_fraction"].append(
             _ratio(sum(map(stop_words.__contains__, word_runs)), num_raw_words) if words else 0.0
         )
@@ -370,11 +453,13 @@ def _add_rpv1_signals(text: str, num_tokens: int, out: dict[str, list], wanted: 
         out["rpv1_alpha_chars_per_token"].append(_ratio(sum(map(str.isalpha, text)), num_tokens))
 
 
-def _word_signals(words_per_doc: list[list[str]], wanted: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+def _word_signals(
+    words_per_doc: list[list[str]], wanted: frozenset[str], list_languages: list[str]
+) -> dict[str, np.ndarray]:
     """Signals over each document's normalised words, computed for the whole batch at once.
 
-    Returns the wanted ones of _WORD_SIGNALS (all when `wanted` is empty); the LDNOOBW count and the
-    n-gram rounds are skipped when none of theirs is wanted.
+    Returns the wanted ones of _WORD_SIGNALS; the LDNOOBW count (with the list of each document's
+    `list_languages` entry) and the n-gram rounds are skipped when none of theirs is wanted.
 
     Words get batch-wide integer ids; an n-gram's id is built from its (n-1)-gram prefix id and its last
     word id, so n-grams are compared exactly (no hashing) and never across documents. Ids are numbered in
@@ -395,10 +480,11 @@ def _word_signals(words_per_doc: list[list[str]], wanted: frozenset[str] = froze
     safe_len = np.maximum(doc_len, 1)
     safe_chars = np.maximum(total_chars, 1)
 
-    wanted = wanted or _WORD_SIGNALS
     out = {"rps_doc_mean_word_length": np.where(has_words, np.round(total_chars / safe_len, PRECISION), np.nan)}
     if "rps_doc_ldnoobw_words" in wanted:
-        out["rps_doc_ldnoobw_words"] = _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, num_docs)
+        out["rps_doc_ldnoobw_words"] = _ldnoobw_counts(
+            flat_words, vocab, word_id, doc_of_token, tokens_left, np.array(list_languages)
+        )
     if not wanted & _GRAM_SIGNALS:
         return out
 
@@ -474,21 +560,29 @@ def _top_ngram_chars(gram_id, counts, starts, n, doc_of_token, char_prefix, num_
     return result
 
 
-def _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, num_docs) -> np.ndarray:
-    """RPv2's rps_doc_ldnoobw_words: word n-grams (n = each list entry's length) that are list entries.
+def _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, doc_language) -> np.ndarray:
+    """RPv2's rps_doc_ldnoobw_words: word n-grams (n = each list entry's length) that are entries of the
+    list of the document's language (`doc_language`, one per document).
 
     Every length is counted separately, as in RPv2: a two-word entry that contains a one-word entry counts twice.
+    Each language present is one vectorized pass over the tokens of its documents.
     """
+    num_docs = len(doc_language)
     counts = np.zeros(num_docs, np.int64)
-    for n, phrases in _ldnoobw_by_length().items():
-        if n == 1:
-            bad = _in_vocab(vocab, phrases)[word_id]
-            counts += np.bincount(doc_of_token[bad], minlength=num_docs)
-            continue
-        # only positions whose word can start an n-word entry are joined and looked up
-        may_start = _in_vocab(vocab, {phrase.split(" ")[0] for phrase in phrases})[word_id] & (tokens_left >= n)
-        hits = [start for start in np.flatnonzero(may_start) if " ".join(flat_words[start : start + n]) in phrases]
-        counts += np.bincount(doc_of_token[np.array(hits, np.int64)], minlength=num_docs)
+    languages = np.unique(doc_language)
+    for language in languages:
+        # a batch in one language (the usual case) needs no mask
+        in_language = doc_language[doc_of_token] == language if len(languages) > 1 else True
+        for n, phrases in _ldnoobw_by_length(language).items():
+            if n == 1:
+                bad = _in_vocab(vocab, phrases)[word_id] & in_language
+                counts += np.bincount(doc_of_token[bad], minlength=num_docs)
+                continue
+            # only positions whose word can start an n-word entry are joined and looked up
+            first_words = {phrase.split(" ")[0] for phrase in phrases}
+            may_start = _in_vocab(vocab, first_words)[word_id] & (tokens_left >= n) & in_language
+            hits = [s for s in np.flatnonzero(may_start) if " ".join(flat_words[s : s + n]) in phrases]
+            counts += np.bincount(doc_of_token[np.array(hits, np.int64)], minlength=num_docs)
     return counts
 
 
@@ -497,21 +591,138 @@ def _in_vocab(vocab: pa.Array, words: set[str]) -> np.ndarray:
 
 
 @functools.cache
-def _ldnoobw_by_length() -> dict[int, frozenset[str]]:
+def _ldnoobw_by_length(language: str) -> dict[int, frozenset[str]]:
     by_length: dict[int, set[str]] = defaultdict(set)
-    for entry in _read_word_list("ldnoobw_en.txt"):
+    for entry in _read_word_list(f"ldnoobw_{language}.txt"):
         by_length[entry.count(" ") + 1].add(entry)
     return {n: frozenset(entries) for n, entries in sorted(by_length.items())}
 
 
 @functools.cache
-def _stop_words() -> frozenset[str]:
-    return frozenset(_read_word_list("stopwords_en.txt"))
+def _stop_words(language: str) -> frozenset[str]:
+    return frozenset(_read_word_list(f"stopwords_{language}.txt"))
 
 
 def _read_word_list(name: str) -> list[str]:
     text = (resources.files("pajama") / "resources" / name).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _ut1_categories(batch: pa.Table, path: str | None) -> list[list[str] | None]:
+    """rps_doc_ut1_blacklist per document: the categories listing its URL's host or a parent domain."""
+    if path is None or "meta" not in batch.column_names:
+        return [None] * batch.num_rows
+    listing = _ut1_listing(os.path.abspath(path))
+    return [_host_categories(_url_host(meta), listing) for meta in batch.column("meta").to_pylist()]
+
+
+def _url_host(meta: str | None) -> str | None:
+    """The lowercase host of the `url` in a document's meta (a JSON object as text); None without one."""
+    record = json.loads(meta) if meta else None
+    url = record.get("url") if isinstance(record, dict) else None
+    if not isinstance(url, str):
+        return None
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:  # a malformed URL (an unclosed "[" of an IPv6 host, ...)
+        return None
+    return host.rstrip(".") if host else None
+
+
+def _host_categories(host: str | None, listing: dict[str, tuple[str, ...]]) -> list[str] | None:
+    if not host:
+        return None
+    if ":" in host or host.replace(".", "").isdigit():  # an IP address: no parent domains
+        candidates = [host]
+    else:  # the host and its parent domains down to two labels: a.b.example.org, b.example.org, example.org
+        labels = host.split(".")
+        candidates = [".".join(labels[i:]) for i in range(max(len(labels) - 1, 1))]
+    found = [listing[candidate] for candidate in candidates if candidate in listing]
+    if not found:
+        return None
+    return sorted(set().union(*found)) if len(found) > 1 else list(found[0])
+
+
+@functools.cache
+def _ut1_listing(path: str) -> dict[str, tuple[str, ...]]:
+    """Each domain UT1 lists under one of RPv2's categories -> the sorted names of those categories."""
+    lines_of, links = _ut1_tree(path) if os.path.isdir(path) else _ut1_archive(path)
+    names_by_list: dict[str, list[str]] = defaultdict(list)
+    for name in _UT1_CATEGORIES:
+        target, hops = name, 0
+        while target in links and hops < len(links):  # a category linked to another (porn -> adult)
+            target, hops = links[target], hops + 1
+        if target in lines_of:
+            names_by_list[target].append(name)
+    listing: dict[str, tuple[str, ...]] = {}
+    unions: dict[tuple, tuple[str, ...]] = {}  # shared values: one tuple per combination of categories
+    for target, names in names_by_list.items():
+        categories = tuple(sorted(names))
+        for line in lines_of[target]():
+            domain = line.strip().lower()
+            if not domain or domain.startswith("#"):
+                continue
+            before = listing.get(domain)
+            if before is None or before == categories:
+                listing[domain] = categories
+            else:
+                key = (before, categories)
+                if key not in unions:
+                    unions[key] = tuple(sorted(set(before) | set(categories)))
+                listing[domain] = unions[key]
+    return listing
+
+
+def _not_ut1(path: str) -> ValueError:
+    return ValueError(
+        f"ut1_blacklist={path!r} is not a UT1 blacklist: expected the blacklists.tar.gz archive from "
+        "dsi.ut-capitole.fr/blacklists or its extracted tree blacklists/<category>/domains"
+    )
+
+
+def _ut1_tree(path: str):
+    """(list -> a callable giving its lines, category -> the list it reads) of an extracted tree;
+    lists are keyed by their real path, so a linked category and its target read one file."""
+    base = os.path.join(path, "blacklists") if os.path.isdir(os.path.join(path, "blacklists")) else path
+    files = glob.glob(os.path.join(glob.escape(base), "*", "domains"))
+    if not files:
+        raise _not_ut1(path)
+    lines_of = {os.path.realpath(file): functools.partial(_file_lines, file) for file in files}
+    links = {os.path.basename(os.path.dirname(file)): os.path.realpath(file) for file in files}
+    return lines_of, links
+
+
+def _ut1_archive(path: str):
+    """(category -> a callable giving its lines, category -> the category it links to) of the archive,
+    read in one pass: every category's domains file is kept as bytes, as links may come after it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ut1_blacklist={path!r}: no such file or directory")
+    contents: dict[str, bytes] = {}
+    links: dict[str, str] = {}
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                parts = member.name.removeprefix("./").split("/")
+                parts = parts[1:] if parts[0] == "blacklists" else parts
+                if len(parts) == 2 and parts[1] == "domains" and (member.isfile() or member.islnk()):
+                    contents[parts[0]] = archive.extractfile(member).read()
+                elif len(parts) == 1 and member.issym():
+                    links[parts[0]] = posixpath.basename(member.linkname.rstrip("/"))
+    except tarfile.TarError as error:
+        raise _not_ut1(path) from error
+    if not contents:
+        raise _not_ut1(path)
+    lines_of = {name: functools.partial(_decoded_lines, data) for name, data in contents.items()}
+    return lines_of, links
+
+
+def _file_lines(file: str):
+    with open(file, encoding="utf-8", errors="replace") as f:
+        yield from f
+
+
+def _decoded_lines(data: bytes) -> list[str]:
+    return data.decode("utf-8", errors="replace").splitlines()
 
 
 @functools.cache
