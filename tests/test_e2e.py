@@ -223,3 +223,44 @@ def test_a_retuned_filter_threshold_reuses_the_signals(tiny_project, tiny_dag, t
     _, tiny = tiny_project.artifact("data")
     assert retuned["inputs"] == tiny["inputs"] == {"signals": signals_dir.name}
     assert retuned["fingerprint"] != tiny["fingerprint"]
+
+
+# The quality signals of RedPajama-V2's dataset card (togethercomputer/RedPajama-Data README), by name.
+RPV2_SIGNALS = """
+ccnet_bucket ccnet_language_score ccnet_length ccnet_nlines ccnet_original_length ccnet_original_nlines
+ccnet_perplexity rps_doc_books_importance rps_doc_curly_bracket rps_doc_frac_all_caps_words
+rps_doc_frac_chars_dupe_10grams rps_doc_frac_chars_dupe_5grams rps_doc_frac_chars_dupe_6grams
+rps_doc_frac_chars_dupe_7grams rps_doc_frac_chars_dupe_8grams rps_doc_frac_chars_dupe_9grams
+rps_doc_frac_chars_top_2gram rps_doc_frac_chars_top_3gram rps_doc_frac_chars_top_4gram
+rps_doc_frac_lines_end_with_ellipsis rps_doc_frac_no_alph_words rps_doc_frac_unique_words rps_doc_ldnoobw_words
+rps_doc_lorem_ipsum rps_doc_mean_word_length rps_doc_ml_palm_score rps_doc_ml_wikipedia_score
+rps_doc_ml_wikiref_score rps_doc_num_sentences rps_doc_openwebtext_importance rps_doc_stop_word_fraction
+rps_doc_symbol_to_word_ratio rps_doc_unigram_entropy rps_doc_ut1_blacklist rps_doc_wikipedia_importance
+rps_doc_word_count rps_lines_ending_with_terminal_punctution_mark rps_lines_javascript_counts
+rps_lines_num_words rps_lines_numerical_chars_fraction rps_lines_start_with_bulletpoint
+rps_lines_uppercase_letter_fraction
+""".split()
+
+
+def test_the_tiny_dag_computes_every_rpv2_signal_and_draws_their_histograms(tiny_project):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pajama.data.signal_stage import ALL_SIGNAL_COLUMNS
+
+    assert len(RPV2_SIGNALS) == 42 and set(RPV2_SIGNALS) <= set(ALL_SIGNAL_COLUMNS)
+    path, manifest = tiny_project.artifact("signals")
+    documents = pq.read_table(path / "documents")
+    assert set(ALL_SIGNAL_COLUMNS) <= set(documents.column_names)
+    readable = documents.filter(pc.is_null(documents.column("read_error")))
+    # Every signal has values (the UT1 sample lists no domain of the bundled corpus: that one is null).
+    assert [name for name in ALL_SIGNAL_COLUMNS if readable.column(name).null_count == readable.num_rows] == \
+        ["rps_doc_ut1_blacklist"]
+    buckets = set(pc.unique(readable.column("ccnet_bucket")).to_pylist())
+    assert buckets == {"head", "middle", "tail"}
+    histograms = json.loads((path / "histograms.json").read_text())["signals"]
+    for name in ("ccnet_perplexity", "rps_doc_ml_wikiref_score", "rps_doc_books_importance", "rps_doc_word_count"):
+        assert set(histograms[name]["counts"]) == set(manifest["slices"]), name
+    data_path, _ = tiny_project.artifact("data")
+    assert (data_path / "signal_histograms.png").stat().st_size > 10_000
+    assert "signal_histograms.png" in (data_path / "report.md").read_text()

@@ -308,3 +308,14 @@ def test_the_data_fingerprint_covers_the_contents_of_its_filter_recipes(tmp_path
     after = fingerprints()
     assert after["signals"] == before["signals"]
     assert all(after[stage] != before[stage] for stage in after if stage != "signals")
+
+
+def test_the_ut1_recipe_drops_listed_domains_and_keeps_unlisted_ones():
+    """none_of: a list signal holding one of the values fails; a null list (a domain listed nowhere) passes."""
+    rules = load_recipe("ut1_blacklist")
+    batch = pa.table({"slice": ["common_crawl", "common_crawl", "c4", "books"],
+                      "rps_doc_ut1_blacklist": pa.array([["adult", "gambling"], None, ["shopping"], ["adult"]],
+                                                        pa.list_(pa.string()))})
+    out = apply_filters(batch, rules)
+    assert out.column("keep").to_pylist() == [False, True, True, True]
+    assert out.column("drop_reason").to_pylist() == ["ut1_blacklisted_domain", None, None, None]

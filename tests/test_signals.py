@@ -5,16 +5,16 @@ import math
 import re
 import tarfile
 from importlib import resources
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from pajama.config import RESOURCES_DIR
 from pajama.data.signals import SIGNAL_COLUMNS, compute_signals
 from pajama.data.text import normalize_text
 
 # A UT1 blacklist tree in the distributed format: blacklists/<category>/domains (+ urls, usage),
 # global_usage, and porn -> adult as a link, as UT1 ships it
-UT1 = Path(__file__).parent / "data" / "ut1"
+UT1 = RESOURCES_DIR / "ut1"
 
 
 def signals_of(*texts: str) -> list[dict]:

@@ -288,14 +288,12 @@ class QualityModelsConfig(Strict):
     """fastText's default, which RPv2 trained its classifiers with (75,000 texts a class); a small corpus
     needs more passes."""
     dsir_buckets: int = Field(10_000, ge=16)
-    ut1_blacklist: str | None = None
-    """The UT1 blacklist (its `blacklists/` folder or blacklists.tar.gz), for rps_doc_ut1_blacklist; None:
-    that signal is null."""
 
 
 # The fields of `data` the signals stage reads (and its fingerprint covers); the data stage reads the
 # rest, so re-tuned filters, dedup or packing reuse the computed signals (pajama.dag).
-SIGNAL_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes", "paragraph_dedup_slices", "quality_models")
+SIGNAL_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes", "paragraph_dedup_slices", "ut1_blacklist",
+                       "quality_models")
 # The references stage builds its models from reference corpora that may be slices of the sources.
 REFERENCE_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes", "quality_models")
 
@@ -305,6 +303,9 @@ class DataConfig(Strict):
     paragraph_dedup_slices: list[str] = Field(default_factory=lambda: ["common_crawl"])
     """cc_net's paragraph dedup across the documents of these slices (RedPajama-1T and -V2 ran cc_net on
     CommonCrawl): every line found two or more times is removed (pajama.data.signal_stage)."""
+    ut1_blacklist: str | None = None
+    """The UT1 blacklist (dsi.ut-capitole.fr/blacklists: its `blacklists/` folder or blacklists.tar.gz, a local
+    path) for rps_doc_ut1_blacklist, the categories listing a document's domain; None: that signal is null."""
     quality_models: QualityModelsConfig | None = None
     """The models of the model-based signals (pajama.data.references); None: those signals are null. The
     recipes set it; its defaults take the reference corpora from the RedPajama slices of data.sources."""
@@ -361,6 +362,11 @@ class DataConfig(Strict):
                     raise ValueError(f"filter recipe {name!r} reads {', '.join(needed)}: set data.quality_models "
                                      "(the models of the model-based signals; `{}` takes the defaults)")
         return self
+
+    @field_validator("ut1_blacklist")
+    @classmethod
+    def _blacklist_exists(cls, path: str | None) -> str | None:
+        return None if path is None else check_local_path_exists(path)
 
     @field_validator("paragraph_dedup_slices")
     @classmethod

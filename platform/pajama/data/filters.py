@@ -6,18 +6,23 @@ A recipe is a YAML file (`pipelines/filters/<name>.yaml`):
     rules:
       - name: gopher_word_count_min      # reported as drop_reason when this is the first rule a doc fails
         signal: rps_doc_word_count       # any column of the batch (see pajama.data.signals)
-        op: ">="                         # < <= > >= == != in not_in endswith
+        op: ">="                         # < <= > >= == != in not_in endswith none_of
         value: 50
         slices: [common_crawl, c4]       # optional: the rule applies only to documents of these slices
       - name: rpv1_github_extension
         meta_field: path                 # instead of a column: a top-level key of the JSON `meta` column
         op: endswith                     # value ends with any of the listed suffixes (str.endswith)
         value: [".py", "Makefile"]
+      - name: ut1_adult
+        signal: rps_doc_ut1_blacklist    # a list column: keep documents none of whose items is listed
+        op: none_of
+        value: [adult, phishing]
 
 `apply_filters(batch, rules)` appends `keep` (bool) and `drop_reason` (the name of the first rule the
 document fails, null when kept). A document fails a rule that applies to it when the comparison is false
-or its value is null (a signal undefined for it, a missing meta field or unreadable meta); rules for other
-slices are skipped. Use it as `ds.map_batches(apply_filters, fn_kwargs={"rules": rules},
+or its value is null (a signal undefined for it, a missing meta field or unreadable meta), except with
+`none_of`, whose null list holds nothing (a domain listed in no category); rules for other slices are
+skipped. Use it as `ds.map_batches(apply_filters, fn_kwargs={"rules": rules},
 batch_format="pyarrow")`. To apply several recipes, concatenate their rule lists. `signals_needed(rules)`
 names the signal columns the rules read: `compute_signals(batch, columns=signals_needed(rules))` computes
 only those.
@@ -57,7 +62,7 @@ RECIPES_DIR = PIPELINES_DIR / "filters"
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 _ORDERING_OPS = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}
 _EQUALITY_OPS = {"==": pc.equal, "!=": pc.not_equal}
-_LIST_OPS = ("in", "not_in", "endswith")
+_LIST_OPS = ("in", "not_in", "endswith", "none_of")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when PyYAML has it
 
 
@@ -69,7 +74,7 @@ class FilterRule(BaseModel):
     name: str = Field(min_length=1)
     signal: str | None = None
     meta_field: str | None = None
-    op: Literal["<", "<=", ">", ">=", "==", "!=", "in", "not_in", "endswith"]
+    op: Literal["<", "<=", ">", ">=", "==", "!=", "in", "not_in", "endswith", "none_of"]
     value: Scalar | list[Scalar]
     slices: list[str] | None = None
 
@@ -202,7 +207,7 @@ def _column(batch: pa.Table, rule: FilterRule) -> pa.ChunkedArray:
             "(pajama.data.signals.compute_signals) or fix the rule's 'signal'"
         )
     values = batch.column(rule.signal)
-    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+    if (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)) and rule.op != "none_of":
         raise ValueError(
             f"rule {rule.name!r}: {rule.signal!r} holds one value per line; filter on its document-level "
             f"aggregate ({rule.signal}_frac or {rule.signal}_mean) instead"
@@ -230,6 +235,15 @@ def _meta_values(parsed_meta: list, rule: FilterRule) -> pa.Array:
         raise ValueError(f"rule {rule.name!r}: meta field {rule.meta_field!r} mixes value types: {err}") from err
 
 
+def _holds_any(lists, items: list) -> np.ndarray:
+    """Whether each list of a list column holds one of `items` (a null list holds none)."""
+    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    held = np.zeros(len(lists), bool)
+    found = pc.is_in(pc.list_flatten(lists), value_set=pa.array(items)).to_numpy(zero_copy_only=False)
+    held[pc.list_parent_indices(lists).to_numpy()[found]] = True
+    return held
+
+
 def _passes(rule: FilterRule, values) -> np.ndarray:
     """Whether each value satisfies the rule; null never does."""
     try:
@@ -237,6 +251,8 @@ def _passes(rule: FilterRule, values) -> np.ndarray:
             result = _ORDERING_OPS[rule.op](values, rule.value)
         elif rule.op in _EQUALITY_OPS:
             result = _EQUALITY_OPS[rule.op](values, rule.value)
+        elif rule.op == "none_of":
+            return ~_holds_any(values, rule.value)
         elif rule.op == "endswith":
             result = reduce(pc.or_, (pc.ends_with(values, pattern=suffix) for suffix in rule.value))
         else:

@@ -79,9 +79,10 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
         log.info("signals: reading sources, removing duplicate paragraphs, computing quality signals")
         duplicates = _read_hashes(duplicates_uri)
         models = {"uri": inputs["references"].uri, "manifest": inputs["references"].manifest}
+        ut1 = resolve_path(cfg.ut1_blacklist) if cfg.ut1_blacklist else None
         rewrite(documents_uri, read_sources(cfg).map_batches(
-            with_signals, fn_kwargs={"models": models, "dedup_slices": dedup_slices, "duplicates": duplicates},
-            batch_format="pyarrow").write_parquet)
+            with_signals, fn_kwargs={"models": models, "dedup_slices": dedup_slices, "duplicates": duplicates,
+                                     "ut1_blacklist": ut1}, batch_format="pyarrow").write_parquet)
         phases.finish("signals", duplicate_paragraph_hashes=len(duplicates))
     documents = read_parquet_dir(documents_uri)
     stats = _read_stats(documents)
@@ -158,16 +159,17 @@ def _dedup_paragraphs(batch: pa.Table, dedup_slices: list[str], duplicates: np.n
     return batch
 
 
-def with_signals(batch: pa.Table, models: dict, dedup_slices: list[str], duplicates: np.ndarray) -> pa.Table:
+def with_signals(batch: pa.Table, models: dict, dedup_slices: list[str], duplicates: np.ndarray,
+                 ut1_blacklist: str | None = None) -> pa.Table:
     """The batch after paragraph dedup (of `dedup_slices`, dropping the lines whose hash is in `duplicates`),
     with every signal column (ALL_SIGNAL_COLUMNS order, after the others); its bad-input rows (non-null
     read_error) get null signals. `models`: the references artifact's URI and manifest
-    (pajama.data.references.score)."""
+    (pajama.data.references.score); `ut1_blacklist`: see signals.compute_signals."""
     bad = pc.is_valid(batch.column(READ_ERROR))
     documents = _dedup_paragraphs(batch.filter(pc.invert(bad)), dedup_slices, duplicates)
     missing = [name for name in signals.SIGNAL_COLUMNS if name not in documents.column_names]
     if missing:
-        documents = signals.compute_signals(documents, columns=missing)
+        documents = signals.compute_signals(documents, columns=missing, ut1_blacklist=ut1_blacklist)
     if any(name not in documents.column_names for name in references.MODEL_SIGNAL_COLUMNS):
         documents = references.score(documents.drop_columns(
             [c for c in references.MODEL_SIGNAL_COLUMNS if c in documents.column_names]), models)

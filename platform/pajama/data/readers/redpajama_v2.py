@@ -41,9 +41,11 @@ from pajama.data.readers.common import DOCUMENT_SCHEMA, BadInputPolicy, Rejected
 from pajama.data.readers.remote import BLOCK_SIZE, RETRIES, UnitsDatasource, filesystem_for, open_stream, read_listing
 from pajama.data.signals import LINE_SIGNALS, PRECISION, SIGNAL_COLUMNS
 
-_DOCUMENT_SIGNALS = [name for name in SIGNAL_COLUMNS if name.startswith("rps_doc_")]
-PUBLISHED_COLUMNS = [name for name in SIGNAL_COLUMNS
-                     if name.startswith("rps_") or name in ("language", "language_score")]
+# RPv2 publishes rps_doc_ut1_blacklist as an opaque id of a category combination, where Pajama's column holds
+# the category names: it stays in meta and Pajama computes its own from data.ut1_blacklist.
+_DOCUMENT_SIGNALS = [name for name in SIGNAL_COLUMNS if name.startswith("rps_doc_") and name != "rps_doc_ut1_blacklist"]
+PUBLISHED_COLUMNS = [name for name in SIGNAL_COLUMNS if name != "rps_doc_ut1_blacklist"
+                     and (name.startswith("rps_") or name in ("language", "language_score"))]
 SCHEMA = pa.schema([*DOCUMENT_SCHEMA, *[(name, SIGNAL_COLUMNS[name]) for name in PUBLISHED_COLUMNS]])
 _INTEGER = (pa.int32(), pa.int64())
 
