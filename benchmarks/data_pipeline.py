@@ -9,8 +9,10 @@ with Pajama and with datatrove (HF's pipeline library), each with `--workers` CP
 - Pajama: Ray Data on a local `ray.init(num_cpus=workers)`, `read_source("jsonl")` ->
   `map_batches(compute_signals + apply_filters, batch_format="pyarrow")` -> write the verdicts (doc_id,
   keep, drop_reason) as parquet. Two variants: computing only the signals the rules read
-  (`compute_signals(columns=signals_needed(rules))`) and computing every RPv2 signal (with fastText
-  language id), as `run_data_stage` does;
+  (`compute_signals(columns=signals_needed(rules))`) and computing every signal the signals stage computes
+  (`signal_stage.with_signals`: RedPajama-V2's 42 with fastText language id, the tiny recipe's quality
+  models — fastText classifiers, DSIR, KenLM perplexity, built from the bundled corpus before timing — and
+  the UT1 sample), whose per-document cost is printed too;
 - datatrove: `LocalPipelineExecutor(tasks=workers, workers=workers)` running JsonlReader ->
   GopherQualityFilter -> GopherRepetitionFilter -> C4QualityFilter -> JsonlWriter (the kept ids).
   Their thresholds are taken from Pajama's recipes (pipelines/filters/gopher.yaml, c4.yaml); C4 options
@@ -136,16 +138,42 @@ def _verdicts(batch: pa.Table, rules: list, columns: list[str] | None) -> pa.Tab
     return annotated.select(["doc_id", "keep", "drop_reason"])
 
 
-def run_pajama(corpus: Path, out: Path, rules: list, columns: list[str] | None) -> float:
-    """Seconds for one Ray Data run over the corpus, writing the verdicts as parquet under `out`."""
+def _verdicts_all_signals(batch: pa.Table, rules: list, models: dict, ut1_blacklist: str) -> pa.Table:
+    """Verdicts after every signal the signals stage computes: RedPajama-V2's 42 (with the quality models
+    and the UT1 blacklist) and the other recipes' (pajama.data.signal_stage.with_signals)."""
+    from pajama.data.signal_stage import with_signals
+
+    annotated = filters.apply_filters(with_signals(batch, models, ut1_blacklist=ut1_blacklist), rules)
+    return annotated.select(["doc_id", "keep", "drop_reason"])
+
+
+def run_pajama(corpus: Path, out: Path, rules: list, columns: list[str] | None, models: dict | None = None) -> float:
+    """Seconds for one Ray Data run over the corpus, writing the verdicts as parquet under `out`; with
+    `models` (the references artifact), every signal of the signals stage instead of `columns`."""
+    from pajama.config import RESOURCES_DIR
     from pajama.data import readers
 
     files = sorted(str(p) for p in corpus.glob("*.jsonl.gz"))
     start = time.perf_counter()
-    ds = readers.read_source("jsonl", files).map_batches(
-        _verdicts, fn_kwargs={"rules": rules, "columns": columns}, batch_format="pyarrow")
+    if models is None:
+        verdicts, kwargs = _verdicts, {"rules": rules, "columns": columns}
+    else:
+        verdicts = _verdicts_all_signals
+        kwargs = {"rules": rules, "models": models, "ut1_blacklist": str(RESOURCES_DIR / "ut1" / "blacklists")}
+    ds = readers.read_source("jsonl", files).map_batches(verdicts, fn_kwargs=kwargs, batch_format="pyarrow")
     ds.write_parquet(str(out))
     return time.perf_counter() - start
+
+
+def build_quality_models(out: Path) -> dict:
+    """The tiny recipe's quality models, built from the bundled corpus by the references stage (not timed)."""
+    from pajama.artifacts import StageContext
+    from pajama.config import load_config
+    from pajama.data import references
+
+    out.mkdir(parents=True)
+    cfg = load_config("tiny", [])
+    return {"uri": str(out), "manifest": references.run(cfg.data, StageContext(out, out, "bench", cfg.project.seed), {})}
 
 
 def pajama_verdicts(out: Path) -> dict[str, tuple[bool, str | None]]:
@@ -319,13 +347,14 @@ def filter_benchmark(args, work: Path) -> dict:
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        models = build_quality_models(work / "models")
         sides = {
             "pajama_needed": lambda corpus, out: run_pajama(corpus, out, rules, needed),
-            "pajama_all": lambda corpus, out: run_pajama(corpus, out, rules, None),
+            "pajama_all": lambda corpus, out: run_pajama(corpus, out, rules, None, models),
             "datatrove": lambda corpus, out: datatrove(corpus, out, work / f"logs-{out.name}", rules, args.workers),
         }
-        # warm-up (untimed): Ray's workers start and import Pajama, fastText loads
-        run_pajama(work / "tiny", work / "warm-p", rules, None)
+        # warm-up (untimed): Ray's workers start and import Pajama, fastText and the quality models load
+        run_pajama(work / "tiny", work / "warm-p", rules, None, models)
         print(f"[bench] startup (not timed): datatrove helper (spaCy loaded) + ray.init + warm-up run "
               f"{time.perf_counter() - t0:.1f}s")
         fixed = {name: run(work / "tiny", work / f"fixed-{name}") for name, run in sides.items()}  # 8 documents
@@ -358,6 +387,7 @@ def filter_benchmark(args, work: Path) -> dict:
             pairs[(reason or "kept", reason_of[i])] += 1
     return {
         "docs": args.docs,
+        "workers": args.workers,
         "seconds": seconds,
         "fixed_seconds": fixed,
         "docs_per_s": {n: args.docs / statistics.median(s) for n, s in seconds.items()},
@@ -436,7 +466,7 @@ def report(result: dict) -> None:
     f = result.get("filter")
     if f:
         dt = f["docs_per_s"]["datatrove"]
-        names = {"pajama_needed": "Pajama (signals the rules read)", "pajama_all": "Pajama (all RPv2 signals)",
+        names = {"pajama_needed": "Pajama (signals the rules read)", "pajama_all": "Pajama (all 42 RPv2 signals)",
                  "datatrove": "datatrove 0.9 (Gopher x2 + C4)"}
         print(f"\nFiltering {f['docs']} documents, median of {len(f['seconds']['datatrove'])} runs "
               f"(each side's fixed cost per run: its time for 8 documents)")
@@ -449,6 +479,9 @@ def report(result: dict) -> None:
         print(f"Pajama / datatrove documents per second: {ratio:.2f}x (target >= {FILTER_TARGET}x: "
               f"{'met' if ratio >= FILTER_TARGET else 'MISSED'}); computing all signals: "
               f"{f['docs_per_s']['pajama_all'] / dt:.2f}x")
+        per_doc = {name: 1e3 * f["workers"] / f["docs_per_s"][name] for name in ("pajama_needed", "pajama_all")}
+        print(f"Full 42-signal set: {per_doc['pajama_all']:.2f} ms per document per worker "
+              f"(the signals the rules read: {per_doc['pajama_needed']:.2f} ms)")
         print(f"Kept: Pajama {f['kept']['pajama']}, datatrove {f['kept']['datatrove']} of {f['docs']}; "
               f"agreement (same keep/drop verdict): {f['agreement']:.1%}")
         if f["disagreements"]:

@@ -1,6 +1,7 @@
 """The data stage under Ray Data's default shuffle and under the sort-based shuffle the tiny recipe
 picks (`data.shuffle_strategy`), side by side in one Ray session on the bundled corpus: the wall
-time of each whole stage, their ratio, and whether the two runs wrote byte-identical shards.
+time of each whole stage, their ratio, and whether the two runs wrote byte-identical shards. Both run
+on the same signals (the signals stage, run once first without the model-based signals, not timed).
 
     python benchmarks/data_shuffle.py                 # about 3 minutes on 2 cores
     python benchmarks/data_shuffle.py --recipe my.yaml
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import ray
 
+from pajama.artifacts import Artifact, StageContext
 from pajama.config import load_config
-from pajama.artifacts import StageContext
+from pajama.data import references, signal_stage
 from pajama.data.stage import run as run_data_stage
 
 STRATEGIES = ("shuffle_v2", "sort_shuffle_pull_based")
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="tiny", help="recipe whose data section is run (default: tiny)")
     args = parser.parse_args()
     cfg = load_config(args.recipe, [])
+    data_cfg = cfg.data.model_copy(update={"quality_models": None})
 
     ray.init(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -43,12 +46,18 @@ def main() -> None:
 
     seconds, shards = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        inputs = {}
+        for name, run in (("references", references.run), ("signals", signal_stage.run)):
+            out = Path(tmp) / name
+            out.mkdir()
+            inputs = {name: Artifact(name, "bench", str(out),
+                                     run(data_cfg, StageContext(out, Path(tmp), name, cfg.project.seed), inputs))}
         for strategy in STRATEGIES:
             out = Path(tmp) / strategy
             out.mkdir()
             started = time.perf_counter()
-            run_data_stage(cfg.data.model_copy(update={"shuffle_strategy": strategy}),
-                           StageContext(out, Path(tmp), strategy, cfg.project.seed), {})
+            run_data_stage(data_cfg.model_copy(update={"shuffle_strategy": strategy}),
+                           StageContext(out, Path(tmp), strategy, cfg.project.seed), inputs)
             seconds[strategy] = time.perf_counter() - started
             shards[strategy] = _files(out / "shards")
             print(f"[bench] {strategy}: {seconds[strategy]:.1f} s", flush=True)

@@ -29,7 +29,8 @@ from pajama.data import filters, signals
 from pajama.data.readers import read_source
 from pajama.data.readers.redpajama_v2 import PUBLISHED_COLUMNS
 from pajama.data.slices import READ_ERROR, SLICES
-from pajama.data.stage import _annotate
+from pajama.data.filters import apply_filters
+from pajama.data.signal_stage import with_signals
 
 from conftest import run_data_stages
 
@@ -326,8 +327,8 @@ def test_rpv2_filters_on_published_signals_as_on_recomputed_ones(ray_session, tm
     read = _table(read_source("redpajama_v2", str(tmp_path), listings=["en-2023-06-head_middle"]))
     assert sorted(read.column("doc_id").to_pylist()) == sorted(ids)
     assert read.column(READ_ERROR).null_count == read.num_rows
-    published = _verdicts(_annotate(read, rules))
-    recomputed = _verdicts(_annotate(read.select(["doc_id", "slice", "text", "meta", READ_ERROR]), rules))
+    published = _verdicts(apply_filters(with_signals(read), rules))
+    recomputed = _verdicts(apply_filters(with_signals(read.select(["doc_id", "slice", "text", "meta", READ_ERROR])), rules))
 
     assert {d: v for d, v in published.items() if d != changed} == {d: v for d, v in recomputed.items() if d != changed}
     assert {keep for keep, _ in published.values()} == {True, False}  # the recipe keeps some and drops some

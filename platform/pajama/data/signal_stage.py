@@ -32,6 +32,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+from collections.abc import Sequence
 
 import pyarrow as pa
 import numpy as np
@@ -140,11 +141,11 @@ def _read_hashes(uri: str) -> np.ndarray:
     return np.sort(pa.concat_tables(tables).column("hash").to_numpy())
 
 
-def _dedup_paragraphs(batch: pa.Table, dedup_slices: list[str], duplicates: np.ndarray) -> pa.Table:
+def _dedup_paragraphs(batch: pa.Table, dedup_slices: Sequence[str], duplicates: np.ndarray) -> pa.Table:
     """cc_net's counts (ccnet_original_length/_nlines, ccnet_length/_nlines) of every document, and the text of
     those of `dedup_slices` without their duplicate lines."""
     texts = batch.column("text").to_pylist()
-    in_scope = pc.is_in(batch.column("slice"), pa.array(dedup_slices, pa.string())).to_pylist()
+    in_scope = pc.is_in(batch.column("slice"), pa.array(list(dedup_slices), pa.string())).to_pylist()
     counts: dict[str, list[int]] = {name: [] for name in CCNET_COUNT_COLUMNS}
     for i, (text, deduplicated) in enumerate(zip(texts, in_scope)):
         lines = text.count("\n") + 1
@@ -159,12 +160,15 @@ def _dedup_paragraphs(batch: pa.Table, dedup_slices: list[str], duplicates: np.n
     return batch
 
 
-def with_signals(batch: pa.Table, models: dict, dedup_slices: list[str], duplicates: np.ndarray,
-                 ut1_blacklist: str | None = None) -> pa.Table:
+def with_signals(batch: pa.Table, models: dict | None = None, dedup_slices: Sequence[str] = (),
+                 duplicates: np.ndarray | None = None, ut1_blacklist: str | None = None) -> pa.Table:
     """The batch after paragraph dedup (of `dedup_slices`, dropping the lines whose hash is in `duplicates`),
     with every signal column (ALL_SIGNAL_COLUMNS order, after the others); its bad-input rows (non-null
     read_error) get null signals. `models`: the references artifact's URI and manifest
-    (pajama.data.references.score); `ut1_blacklist`: see signals.compute_signals."""
+    (pajama.data.references.score), None: no model (null model-based signals); `ut1_blacklist`: see
+    signals.compute_signals."""
+    models = models or {"uri": "", "manifest": {"models": False}}
+    duplicates = np.empty(0, np.int64) if duplicates is None else duplicates
     bad = pc.is_valid(batch.column(READ_ERROR))
     documents = _dedup_paragraphs(batch.filter(pc.invert(bad)), dedup_slices, duplicates)
     missing = [name for name in signals.SIGNAL_COLUMNS if name not in documents.column_names]
