@@ -80,9 +80,13 @@ class StageContext:
             for i in range(0, len(items), 1000):  # MLflow caps a batch at 1000 metrics
                 self._client().log_batch(self.run_id, metrics=items[i : i + 1000])
 
-    def log_artifact(self, path: Path) -> None:
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """A file, or a folder's files, among the run's artifacts (under `artifact_path`)."""
         if self.run_id:
-            self._client().log_artifact(self.run_id, str(path))
+            if path.is_dir():
+                self._client().log_artifacts(self.run_id, str(path), artifact_path or path.name)
+            else:
+                self._client().log_artifact(self.run_id, str(path), artifact_path)
 
     def log_datasets(self, entries: list[dict], context: str) -> None:
         """Record inputs as MLflow datasets: {uri, name, digest, source_type, tags} each."""

@@ -5,7 +5,7 @@ step): fastText classifiers of reference text against the web slice, DSIR word-f
 cc_net's perplexity model. This stage builds them from data.quality_models (pajama.config) — documents of
 slices of data.sources and/or other files, a doc_id-hash sample of at most max_documents each — or takes
 cc_net's published perplexity model from the given files, and keeps them as a fingerprinted artifact that
-the signals stage reads (`score`):
+the signals stage reads (`score`), and logs them to its MLflow run:
 
 - `classifiers/{wikiref,palm,wikipedia}.model.bin`  fastText, positives against `__label__cc` (the web
   slice): wikiref (RedPajama-1T's classifier: pages Wikipedia cites), palm (books + OpenWebText +
@@ -94,7 +94,8 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
                 "reference_documents": {name: len(texts) for name, texts in corpora.items()}, "training": counts}
     (out / "references.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     ctx.log_metrics({f"reference_documents/{name}": len(texts) for name, texts in corpora.items()})
-    ctx.log_artifact(out / "references.json")
+    for name in ("references.json", "classifiers", "dsir", "perplexity"):
+        ctx.log_artifact(out / name)
     return manifest
 
 
