@@ -4,15 +4,19 @@ quality models built from reference slices and the model-based signals they give
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pajama.artifacts import StageContext
-from pajama.config import DataConfig
+from pajama import hub
+from pajama.config import DataConfig, load_config
 from pajama.data import ccnet, references, signal_stage
 
 from conftest import run_data_stages
@@ -114,3 +118,36 @@ def test_without_quality_models_the_model_based_signals_are_null(tmp_path):
     assert all(scored.column(name).null_count == 1 for name in references.MODEL_SIGNAL_COLUMNS)
     assert set(signal_stage.ALL_SIGNAL_COLUMNS) >= set(references.MODEL_SIGNAL_COLUMNS)
     assert pc.sum(pc.is_null(scored.column("ccnet_bucket"))).as_py() == 1
+
+
+def test_a_published_perplexity_model_is_downloaded_over_http(ray_session, tmp_path):
+    """cc_net's published models are files over HTTP (dl.fbaipublicfiles.com/cc_net/lm/): a loopback server
+    serves a SentencePiece model and a KenLM model in those formats, the references stage takes them (and
+    the given cutoffs) instead of building its own, and the preflight check lists them."""
+    served = tmp_path / "served"
+    sp_model, arpa = ccnet.build_perplexity_model(_texts(random.Random(1), "the river city history kingdom", 30),
+                                                  served, order=3, vocab_size=60)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        rng = random.Random(2)
+        sources = [{"path": _write(tmp_path / f"{name}.jsonl", _texts(rng, "buy cheap river city offers today", 10)),
+                    "slice": name} for name in ("common_crawl", "wikipedia", "books", "c4")]
+        perplexity = {"sentencepiece": f"{base}/{sp_model.name}", "kenlm": f"{base}/{arpa.name}", "cutoffs": [30, 60]}
+        cfg = DataConfig(sources=sources, filters=[], quality_models={"perplexity": perplexity, "dsir_buckets": 64},
+                         **SMALL_DATA)
+        out = tmp_path / "references"
+        out.mkdir()
+        manifest = references.run(cfg, StageContext(out, tmp_path, "test"), {})
+        pajama_cfg = load_config("tiny", [f"data.quality_models.perplexity.{k}={v}" for k, v in perplexity.items()])
+        listed = hub.remote_datasets(pajama_cfg, ["references"])
+    finally:
+        server.shutdown()
+    assert manifest["perplexity_cutoffs"] == [30, 60] and manifest["kenlm_file"] == "lm.arpa"
+    assert (out / "perplexity" / "lm.sp.model").read_bytes() == sp_model.read_bytes()
+    assert (out / "perplexity" / "lm.arpa").read_bytes() == arpa.read_bytes()
+    assert listed == [("data.quality_models.perplexity.sentencepiece", perplexity["sentencepiece"]),
+                      ("data.quality_models.perplexity.kenlm", perplexity["kenlm"])]
+    scored = references.score(pa.table({"text": ["the river city"]}), {"uri": str(out), "manifest": manifest})
+    assert scored.column("ccnet_perplexity")[0].as_py() > 0

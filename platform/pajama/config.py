@@ -250,9 +250,9 @@ class ReferenceCorpusConfig(Strict):
 
 
 class PerplexityModelConfig(Strict):
-    """cc_net's perplexity model: given files, local or in the object store (cc_net publishes `{lang}.sp.model`
-    and `{lang}.arpa.bin` per language under dl.fbaipublicfiles.com/cc_net/lm/, with the bucket cutoffs in
-    its cutoff.csv), or built from the wikipedia reference corpus."""
+    """cc_net's perplexity model: given files (http(s) URLs, local paths or object-store URIs; cc_net publishes
+    `{lang}.sp.model` and `{lang}.arpa.bin` per language at dl.fbaipublicfiles.com/cc_net/lm/, with the bucket
+    cutoffs in its cutoff.csv), or built from the wikipedia reference corpus."""
 
     sentencepiece: str | None = None
     kenlm: str | None = None

@@ -94,6 +94,12 @@ def remote_datasets(cfg: PajamaConfig, stages: list[str]) -> list[tuple[str, str
                 named.append((f"data.sources.{i}.path", source.path))
             elif repo_id(source.path) or source.path.startswith(("http://", "https://")):
                 named.append((f"data.sources.{i}.path", repo_id(source.path) or source.path))
+    perplexity = cfg.data.quality_models.perplexity if cfg.data.quality_models else None
+    if "references" in stages and perplexity is not None:
+        for field in ("sentencepiece", "kenlm"):
+            uri = getattr(perplexity, field)
+            if uri and uri.startswith(("http://", "https://")):
+                named.append((f"data.quality_models.perplexity.{field}", uri))
     for stage in ("instruct", "chat"):
         if stage not in stages:
             continue

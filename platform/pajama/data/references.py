@@ -12,7 +12,8 @@ the signals stage reads (`score`), and logs them to its MLflow run:
   Wikipedia, as RPv2's "palm" classifier), wikipedia (pajama.data.classifiers)
 - `dsir/{books,openwebtext,wikipedia,cc}.xx.<buckets>.counts.npy` / `.lambda.npy`  hashed unigram and
   bigram distributions of the three targets and the web source (pajama.data.dsir)
-- `perplexity/lm.sp.model`, `perplexity/lm.arpa`  SentencePiece + KenLM 5-gram (pajama.data.ccnet), and
+- `perplexity/lm.sp.model`, `perplexity/lm.arpa` (or the given model's KenLM binary, `lm.arpa.bin`)
+  SentencePiece + KenLM 5-gram (pajama.data.ccnet), and
   the head/middle/tail cutoffs (the 30th and 60th percentile of the web sample's perplexities) in the
   manifest. Built here from the wikipedia corpus, as cc_net built its models from Wikipedia.
 
@@ -26,6 +27,7 @@ import functools
 import json
 import logging
 import shutil
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,7 @@ CLASSIFIER_TARGETS = {"wikiref": ("wikiref",), "palm": ("books", "openwebtext", 
 DSIR_TARGETS = ("books", "openwebtext", "wikipedia")
 _DSIR_SOURCE = "cc"
 _LANGUAGE = "xx"
+_DOWNLOAD_TIMEOUT_S = 60  # between bytes, not for the whole (multi-GB) file
 
 # The signals computed with these models (names and types as RPv2's).
 MODEL_SIGNAL_COLUMNS: dict[str, pa.DataType] = {
@@ -82,15 +85,17 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
         log.info("references: perplexity model from %s", models.perplexity.kenlm)
         perplexity_dir.mkdir(parents=True)
         _copy_file(models.perplexity.sentencepiece, perplexity_dir / "lm.sp.model")
-        _copy_file(models.perplexity.kenlm, perplexity_dir / "lm.arpa")
+        kenlm_file = "lm.arpa.bin" if models.perplexity.kenlm.endswith(".bin") else "lm.arpa"
+        _copy_file(models.perplexity.kenlm, perplexity_dir / kenlm_file)
     else:
         log.info("references: perplexity model (SentencePiece + KenLM %d-gram) from the wikipedia corpus",
                  models.perplexity.order)
-        ccnet.build_perplexity_model(corpora["wikipedia"], perplexity_dir, order=models.perplexity.order,
-                                     vocab_size=models.perplexity.vocab_size, seed=ctx.seed)
+        _, arpa = ccnet.build_perplexity_model(corpora["wikipedia"], perplexity_dir, order=models.perplexity.order,
+                                               vocab_size=models.perplexity.vocab_size, seed=ctx.seed)
+        kenlm_file = arpa.name
     cutoffs = models.perplexity.cutoffs or ccnet.perplexity_cutoffs(
-        ccnet.PerplexityModel(perplexity_dir / "lm.sp.model", perplexity_dir / "lm.arpa").perplexities(corpora["web"]))
-    manifest = {"models": True, "perplexity_cutoffs": list(cutoffs), "dsir_buckets": models.dsir_buckets,
+        ccnet.PerplexityModel(perplexity_dir / "lm.sp.model", perplexity_dir / kenlm_file).perplexities(corpora["web"]))
+    manifest = {"models": True, "perplexity_cutoffs": list(cutoffs), "kenlm_file": kenlm_file, "dsir_buckets": models.dsir_buckets,
                 "reference_documents": {name: len(texts) for name, texts in corpora.items()}, "training": counts}
     (out / "references.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     ctx.log_metrics({f"reference_documents/{name}": len(texts) for name, texts in corpora.items()})
@@ -131,7 +136,12 @@ def _reference_texts(cfg: DataConfig, models: QualityModelsConfig, read_sources)
 
 
 def _copy_file(uri: str, destination: Path) -> None:
-    """A file from a local path or the object store (cc_net's published models, downloaded there first)."""
+    """A file from an http(s) URL (cc_net publishes its models at dl.fbaipublicfiles.com), a local path or the
+    object store."""
+    if uri.startswith(("http://", "https://")):
+        with urllib.request.urlopen(uri, timeout=_DOWNLOAD_TIMEOUT_S) as source, open(destination, "wb") as target:
+            shutil.copyfileobj(source, target, length=1 << 20)
+        return
     filesystem, path = storage.filesystem(uri)
     with filesystem.open_input_stream(path) as source, open(destination, "wb") as target:
         shutil.copyfileobj(source, target)
@@ -142,9 +152,9 @@ def _readable(ds):
 
 
 @functools.cache
-def _models(uri: str, buckets: int):
+def _models(uri: str, kenlm_file: str, buckets: int):
     root = storage.local_copy(uri)  # on each node that scores, once
-    perplexity = ccnet.PerplexityModel.load(root / "perplexity" / "lm.sp.model", root / "perplexity" / "lm.arpa")
+    perplexity = ccnet.PerplexityModel.load(root / "perplexity" / "lm.sp.model", root / "perplexity" / kenlm_file)
     scorers = {name: classifiers.load_classifier(root / "classifiers" / f"{name}.model.bin")
                for name in CLASSIFIER_TARGETS}
     source = dsir.Distribution.load(root / "dsir", _DSIR_SOURCE, _LANGUAGE, buckets)
@@ -160,7 +170,8 @@ def score(batch: pa.Table, references: dict) -> pa.Table:
             batch = batch.append_column(name, pa.nulls(batch.num_rows, kind))
         return batch
     cutoffs = tuple(references["manifest"]["perplexity_cutoffs"])
-    perplexity, scorers, source, targets = _models(references["uri"], references["manifest"]["dsir_buckets"])
+    manifest = references["manifest"]
+    perplexity, scorers, source, targets = _models(references["uri"], manifest["kenlm_file"], manifest["dsir_buckets"])
     texts = batch.column("text").to_pylist()
     columns: dict[str, list] = {}
     perplexities = perplexity.perplexities(texts)
