@@ -255,12 +255,16 @@ class PerplexityModelConfig(Strict):
     cutoffs in its cutoff.csv), or built from the wikipedia reference corpus."""
 
     sentencepiece: str | None = None
+    """cc_net's `{lang}.sp.model`; None (with kenlm None): build both from the wikipedia corpus."""
     kenlm: str | None = None
+    """cc_net's `{lang}.arpa.bin` (a KenLM binary) or an ARPA file."""
     cutoffs: tuple[float, float] | None = None
     """Perplexity at the 30th and 60th percentile (head below the first, middle below the second); None:
     measured on the web reference corpus."""
     order: int = Field(5, ge=2)
+    """N-gram order of a KenLM model built here (cc_net: 5)."""
     vocab_size: int = Field(65_536, ge=100)
+    """SentencePiece pieces of a model built here (cc_net: 65,536; fewer when the corpus is small)."""
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> "PerplexityModelConfig":
@@ -277,17 +281,21 @@ class QualityModelsConfig(Strict):
     web: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["common_crawl"]))
     """The web slice: the classifiers' negatives (`__label__cc`) and the DSIR source distribution."""
     wikipedia: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["wikipedia"]))
+    """Wikipedia articles: a classifier, a DSIR target and the perplexity model's training text."""
     books: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["books"]))
+    """Books: a DSIR target and positives of the "palm" classifier."""
     openwebtext: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["c4"]))
     """RPv2 used OpenWebText; by default C4, the data's other curated web text, stands in."""
     wikiref: ReferenceCorpusConfig = Field(default_factory=lambda: ReferenceCorpusConfig(slices=["wikipedia"]))
     """RedPajama-1T's classifier took web pages that Wikipedia cites as positives; point `sources` at such
     pages. By default Wikipedia itself stands in."""
     perplexity: PerplexityModelConfig = Field(default_factory=PerplexityModelConfig)
+    """cc_net's perplexity model (ccnet_perplexity, ccnet_bucket)."""
     classifier_epochs: int = Field(5, ge=1)
     """fastText's default, which RPv2 trained its classifiers with (75,000 texts a class); a small corpus
     needs more passes."""
     dsir_buckets: int = Field(10_000, ge=16)
+    """Hashed unigram and bigram features of DSIR (RPv2: 10,000)."""
 
 
 # The fields of `data` the signals stage reads (and its fingerprint covers); the data stage reads the
