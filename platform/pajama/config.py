@@ -14,7 +14,8 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -623,9 +624,10 @@ def explain(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[str, 
             kind = "one of " + ", ".join(map(str, get_args(annotation)))
         else:
             kind = str(annotation).replace("typing.", "") if get_args(annotation) else annotation.__name__
-        if nested is not None:  # a list of sections (data.sources, ...): their fields under path.0
-            rows.append((path, kind, default, field.description or ""))
-            rows += explain(nested, f"{path}.0.")
+        if nested is not None:  # an optional section (data.quality_models) or a list of them (data.sources):
+            rows.append((path, kind, default, field.description or ""))  # fields under path. or path.0.
+            optional = get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
+            rows += explain(nested, f"{path}." if optional else f"{path}.0.")
             continue
         rows.append((path, kind, default if len(default) < 40 else default[:37] + "...", field.description or ""))
     return rows
