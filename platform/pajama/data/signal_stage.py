@@ -136,8 +136,10 @@ def _read_hashes(uri: str) -> np.ndarray:
     names = [name for name in storage.files(uri) if name.endswith(".parquet")]
     if not names:
         return np.empty(0, np.int64)
-    tables = [pq.read_table(storage.join(uri, name), filesystem=None) if storage.is_local(uri) else
-              pq.read_table(*reversed(storage.filesystem(storage.join(uri, name)))) for name in names]
+    tables = []
+    for name in names:
+        filesystem, path = storage.filesystem(storage.join(uri, name))
+        tables.append(pq.read_table(path, filesystem=filesystem))
     return np.sort(pa.concat_tables(tables).column("hash").to_numpy())
 
 
