@@ -222,6 +222,7 @@ def run_data_stages(cfg, out: Path, storage_root, out_uri: str = "") -> dict:
     """The references, signals and data stages, as the DAG runs them (outside a DAG run): the first two
     go to `<out>.references` and `<out>.signals` (or beside `out_uri`), the data artifact to `out` (or
     `out_uri`). Returns the data stage's manifest."""
+    from pajama import storage
     from pajama.artifacts import Artifact, StageContext
     from pajama.data import references, signal_stage, stage
 
@@ -231,5 +232,7 @@ def run_data_stages(cfg, out: Path, storage_root, out_uri: str = "") -> dict:
         local.mkdir(exist_ok=True)
         uri = f"{out_uri}.{name}" if out_uri else str(local)
         manifest = run(cfg, StageContext(local, storage_root, "test", out_uri=uri), dict(inputs))
+        if out_uri:  # what the DAG's commit does: the stage's small local files join its artifact
+            storage.upload_dir(local, uri)
         inputs[name] = Artifact(name, "test", uri, manifest)
     return stage.run(cfg, StageContext(out, storage_root, "test", out_uri=out_uri), {"signals": inputs["signals"]})
