@@ -153,12 +153,13 @@ def _readable(ds):
 
 @functools.cache
 def _models(uri: str, kenlm_file: str, buckets: int):
-    root = storage.local_copy(uri)  # on each node that scores, once
-    perplexity = ccnet.PerplexityModel.load(root / "perplexity" / "lm.sp.model", root / "perplexity" / kenlm_file)
-    scorers = {name: classifiers.load_classifier(root / "classifiers" / f"{name}.model.bin")
-               for name in CLASSIFIER_TARGETS}
-    source = dsir.Distribution.load(root / "dsir", _DSIR_SOURCE, _LANGUAGE, buckets)
-    targets = {t: dsir.Distribution.load(root / "dsir", t, _LANGUAGE, buckets) for t in DSIR_TARGETS}
+    # The model folders, on each node that scores (once: a cached copy where the artifact is remote).
+    perplexity_dir, classifiers_dir, dsir_dir = (storage.local_copy(storage.join(uri, name))
+                                                 for name in ("perplexity", "classifiers", "dsir"))
+    perplexity = ccnet.PerplexityModel.load(perplexity_dir / "lm.sp.model", perplexity_dir / kenlm_file)
+    scorers = {name: classifiers.load_classifier(classifiers_dir / f"{name}.model.bin") for name in CLASSIFIER_TARGETS}
+    source = dsir.Distribution.load(dsir_dir, _DSIR_SOURCE, _LANGUAGE, buckets)
+    targets = {t: dsir.Distribution.load(dsir_dir, t, _LANGUAGE, buckets) for t in DSIR_TARGETS}
     return perplexity, scorers, source, targets
 
 
