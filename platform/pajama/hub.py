@@ -88,7 +88,8 @@ def dataset_file_names(path: str, data_files: str, revision: str | None = None) 
 def remote_datasets(cfg: PajamaConfig, stages: list[str]) -> list[tuple[str, str]]:
     """(config field, hub dataset `org/name` or http(s) URL) of each remote dataset the stages read."""
     named = []
-    if "signals" in stages:  # the stage that reads the sources
+    # The stages that read the sources: signals, and references when it builds models from their slices.
+    if "signals" in stages or ("references" in stages and cfg.data.quality_models is not None):
         for i, source in enumerate(cfg.data.sources):
             if source.format == "hf_hub":
                 named.append((f"data.sources.{i}.path", source.path))
