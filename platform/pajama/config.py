@@ -15,10 +15,11 @@ import re
 import stat
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 import pajama
 from pajama import storage
@@ -232,22 +233,25 @@ class DecontaminationConfig(Strict):
         return [check_local_path_exists(path) for path in paths]
 
 
+def _known_slices(names: list[str]) -> list[str]:
+    from pajama.data.slices import check_slice
+
+    return [check_slice(name) for name in names]
+
+
+# Names of RedPajama slices, checked when the config is built.
+SliceNames = Annotated[list[str], AfterValidator(_known_slices)]
+
+
 class ReferenceCorpusConfig(Strict):
     """A reference corpus for the quality models: documents of slices of data.sources and/or other files."""
 
-    slices: list[str] = Field(default_factory=list)
+    slices: SliceNames = Field(default_factory=list)
     """Documents of these slices of data.sources."""
     sources: list[SourceConfig] = Field(default_factory=list)
     """Other files (Wikipedia, books, OpenWebText dumps), read like data.sources."""
     max_documents: int = Field(75_000, ge=1)
     """At most this many documents, chosen by a hash of their doc_id (RPv2: 75,000 a classifier class)."""
-
-    @field_validator("slices")
-    @classmethod
-    def _known_slices(cls, names: list[str]) -> list[str]:
-        from pajama.data.slices import check_slice
-
-        return [check_slice(name) for name in names]
 
 
 class PerplexityModelConfig(Strict):
@@ -309,7 +313,7 @@ REFERENCE_STAGE_FIELDS = ("sources", "on_bad_input", "max_document_bytes", "qual
 
 class DataConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
-    paragraph_dedup_slices: list[str] = Field(default_factory=lambda: ["common_crawl"])
+    paragraph_dedup_slices: SliceNames = Field(default_factory=lambda: ["common_crawl"])
     """cc_net's paragraph dedup across the documents of these slices (RedPajama-1T and -V2 ran cc_net on
     CommonCrawl): every line found two or more times is removed (pajama.data.signal_stage)."""
     ut1_blacklist: str | None = None
@@ -376,13 +380,6 @@ class DataConfig(Strict):
     @classmethod
     def _blacklist_exists(cls, path: str | None) -> str | None:
         return None if path is None else check_local_path_exists(path)
-
-    @field_validator("paragraph_dedup_slices")
-    @classmethod
-    def _dedup_slices_known(cls, names: list[str]) -> list[str]:
-        from pajama.data.slices import check_slice
-
-        return [check_slice(name) for name in names]
 
     @field_validator("filters")
     @classmethod
