@@ -19,6 +19,9 @@ import pyarrow.compute as pc
 BINS = 40
 # A non-negative signal whose maximum exceeds this is binned on a log1p scale.
 _LOG_SCALE_ABOVE = 1000
+# The per-batch partial counts, summed on the driver.
+_COUNTS_SCHEMA = pa.schema([("slice", pa.string()), ("signal", pa.string()), ("nulls", pa.int64()),
+                            ("counts", pa.list_(pa.int64()))])
 
 
 def numeric_signals(schema: pa.Schema, names: Sequence[str]) -> list[str]:
@@ -77,10 +80,6 @@ def compute(documents, columns: list[str]) -> dict:
                 np.add(previous, row["counts"]).tolist()
             entry["nulls"][row["slice"]] = entry["nulls"].get(row["slice"], 0) + row["nulls"]
     return {"bins": BINS, "signals": result}
-
-
-_COUNTS_SCHEMA = pa.schema([("slice", pa.string()), ("signal", pa.string()), ("nulls", pa.int64()),
-                            ("counts", pa.list_(pa.int64()))])
 
 
 def plot(histograms: dict, path: Path, rules: Sequence = (), title: str = "Quality signals per slice") -> None:

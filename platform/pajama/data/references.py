@@ -30,7 +30,6 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -78,7 +77,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
             samples_per_class=max(getattr(models, t).max_documents for t in targets), seed=ctx.seed,
             epoch=models.classifier_epochs)
     log.info("references: DSIR distributions")
-    for dataset, corpus in ((*zip(DSIR_TARGETS, (corpora[t] for t in DSIR_TARGETS)), (_DSIR_SOURCE, corpora["web"]))):
+    for dataset, corpus in {**{t: corpora[t] for t in DSIR_TARGETS}, _DSIR_SOURCE: corpora["web"]}.items():
         dsir.build_distribution(corpus, models.dsir_buckets).save(out / "dsir", dataset, _LANGUAGE)
     perplexity_dir = out / "perplexity"
     if models.perplexity.kenlm:
@@ -106,7 +105,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
 
 def _reference_texts(cfg: DataConfig, models: QualityModelsConfig, read_sources) -> dict[str, list[str]]:
     """The text of each reference corpus: its doc_id-hash sample, in hash order (the same on every run)."""
-    from pajama.data.stage import hash_unit
+    from pajama.data.stage import hash_unit, where
 
     corpora: dict[str, ReferenceCorpusConfig] = {name: getattr(models, name)
                                                  for name in ("web", "wikipedia", "books", "openwebtext", "wikiref")}
@@ -115,9 +114,8 @@ def _reference_texts(cfg: DataConfig, models: QualityModelsConfig, read_sources)
     if wanted_slices:
         log.info("references: reading slices %s of data.sources", ", ".join(wanted_slices))
         wanted = pa.array(wanted_slices, pa.string())
-        rows = _readable(read_sources(cfg)).map_batches(
-            lambda b: b.filter(pc.is_in(b.column("slice"), wanted)).select(["doc_id", "slice", "text"]),
-            batch_format="pyarrow").take_all()
+        readable_of_slices = lambda b: pc.and_(pc.is_null(b.column(READ_ERROR)), pc.is_in(b.column("slice"), wanted))
+        rows = where(read_sources(cfg), readable_of_slices).select_columns(["doc_id", "slice", "text"]).take_all()
         for row in rows:
             by_slice[row["slice"]].append((hash_unit(row["doc_id"], "references"), row["text"]))
     texts = {}
@@ -126,8 +124,9 @@ def _reference_texts(cfg: DataConfig, models: QualityModelsConfig, read_sources)
         if corpus.sources:
             extra = DataConfig(sources=corpus.sources, on_bad_input=cfg.on_bad_input,
                                max_document_bytes=cfg.max_document_bytes)
+            readable = where(read_sources(extra), lambda b: pc.is_null(b.column(READ_ERROR)))
             candidates += [(hash_unit(row["doc_id"], "references"), row["text"])
-                           for row in _readable(read_sources(extra)).select_columns(["doc_id", "text"]).take_all()]
+                           for row in readable.select_columns(["doc_id", "text"]).take_all()]
         texts[name] = [text for _, text in sorted(candidates)[: corpus.max_documents]]
         if not texts[name]:
             raise ValueError(f"data.quality_models.{name}: no document (slices {corpus.slices}, "
@@ -145,10 +144,6 @@ def _copy_file(uri: str, destination: Path) -> None:
     filesystem, path = storage.filesystem(uri)
     with filesystem.open_input_stream(path) as source, open(destination, "wb") as target:
         shutil.copyfileobj(source, target)
-
-
-def _readable(ds):
-    return ds.map_batches(lambda b: b.filter(pc.is_null(b.column(READ_ERROR))), batch_format="pyarrow")
 
 
 @functools.cache
@@ -170,8 +165,8 @@ def score(batch: pa.Table, references: dict) -> pa.Table:
         for name, kind in MODEL_SIGNAL_COLUMNS.items():
             batch = batch.append_column(name, pa.nulls(batch.num_rows, kind))
         return batch
-    cutoffs = tuple(references["manifest"]["perplexity_cutoffs"])
     manifest = references["manifest"]
+    cutoffs = tuple(manifest["perplexity_cutoffs"])
     perplexity, scorers, source, targets = _models(references["uri"], manifest["kenlm_file"], manifest["dsir_buckets"])
     texts = batch.column("text").to_pylist()
     columns: dict[str, list] = {}
@@ -185,10 +180,5 @@ def score(batch: pa.Table, references: dict) -> pa.Table:
         columns[f"rps_doc_{target}_importance"] = plain
         columns[f"rps_doc_{target}_importance_length_correction"] = corrected
     for name, kind in MODEL_SIGNAL_COLUMNS.items():
-        values = columns[name]
-        if kind == pa.float64():
-            values = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-            batch = batch.append_column(name, pa.array(values, kind, from_pandas=True))
-        else:
-            batch = batch.append_column(name, pa.array(values, kind))
+        batch = batch.append_column(name, pa.array(columns[name], kind))
     return batch

@@ -84,7 +84,7 @@ def hash_unit(key: str, salt: str) -> float:
     return int.from_bytes(hashlib.sha1(f"{salt}:{key}".encode()).digest()[:8], "big") / 2**64
 
 
-def _where(ds: ray.data.Dataset, mask) -> ray.data.Dataset:
+def where(ds: ray.data.Dataset, mask) -> ray.data.Dataset:
     """Rows for which `mask(batch)` (a boolean pyarrow array) is true, in Arrow batches."""
     return ds.map_batches(lambda b: b.filter(mask(b)), batch_format="pyarrow")
 
@@ -114,6 +114,11 @@ def read_parquet_dir(uri: str | Path) -> ray.data.Dataset:
         return ray.data.read_parquet(files)
     finally:
         context.use_datasource_v2 = use_v2
+
+
+def _rules(cfg: DataConfig) -> list:
+    """The rules the stage applies: the paragraph-dedup one, then those of data.filters in order."""
+    return [filters.DUPLICATE_PARAGRAPHS_RULE, *(rule for name in cfg.filters for rule in filters.load_recipe(name))]
 
 
 def _select(batch: pa.Table, rules: list, contamination: tuple | None = None) -> pa.Table:
@@ -251,9 +256,8 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     with configured_shuffles(cfg):
         manifest = _build_data_artifact(cfg, ctx, inputs["signals"].join("documents"))
     ctx.log_metrics(_stats_metrics(manifest["stats"]))
-    rules = [rule for name in cfg.filters for rule in filters.load_recipe(name)]
     distributions = json.loads(storage.read_text(inputs["signals"].join("histograms.json")))
-    histograms.plot(distributions, ctx.out / "signal_histograms.png", rules)
+    histograms.plot(distributions, ctx.out / "signal_histograms.png", _rules(cfg))
     for name in ("report.md", "report.png", "signal_histograms.png"):
         ctx.log_artifact(ctx.out / name)
     return manifest
@@ -335,7 +339,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
 
     if "selection" not in phases.done:
         log.info("data: applying filters to the documents' signals")
-        rules = [filters.DUPLICATE_PARAGRAPHS_RULE] + [rule for name in cfg.filters for rule in filters.load_recipe(name)]
+        rules = _rules(cfg)
         contamination = None
         if cfg.decontamination.against:
             n = cfg.decontamination.ngram
@@ -348,7 +352,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
     documents = read_parquet_dir(storage.join(out_uri, "documents"))
 
     if "dedup" not in phases.done:
-        kept = _where(documents, lambda b: b.column("keep"))
+        kept = where(documents, lambda b: b.column("keep"))
         if cfg.exact_dedup:
             log.info("data: exact dedup")
             kept = dedup.exact_dedup(kept, num_partitions=partitions)
@@ -366,7 +370,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
     deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
     dup_columns = phases.done["dedup"]["dup_columns"]
     stats = phases.done["dedup"]["stats"]
-    final = _where(deduped, lambda b: pc.invert(_is_duplicate(b)))
+    final = where(deduped, lambda b: pc.invert(_is_duplicate(b)))
 
     if cfg.quarantine and "quarantine" not in phases.done:
         rewrite(storage.join(out_uri, "quarantine"),
@@ -535,8 +539,8 @@ def _duplicate_of(batch: pa.Table, column: str) -> pa.Array:
 
 def _write_quarantine(documents, deduped, dup_columns: list[str], uri: str) -> None:
     keep_cols = ["doc_id", "slice", "text", "meta"]
-    dropped = _where(documents, lambda b: pc.and_(pc.invert(b.column("keep")), pc.is_null(b.column(READ_ERROR))))
-    unreadable = _where(documents, lambda b: pc.is_valid(b.column(READ_ERROR)))
+    dropped = where(documents, lambda b: pc.and_(pc.invert(b.column("keep")), pc.is_null(b.column(READ_ERROR))))
+    unreadable = where(documents, lambda b: pc.is_valid(b.column(READ_ERROR)))
     parts = [
         dropped.map_batches(lambda b: b.select(keep_cols).append_column("reason", b.column("drop_reason")),
                             batch_format="pyarrow"),
@@ -547,7 +551,7 @@ def _write_quarantine(documents, deduped, dup_columns: list[str], uri: str) -> N
     ]
     for column, reason in (("exact_dup_of", "exact_duplicate"), ("fuzzy_dup_of", "near_duplicate")):
         if column in dup_columns:
-            parts.append(_where(deduped, lambda b, c=column: _duplicate_of(b, c)).map_batches(
+            parts.append(where(deduped, lambda b, c=column: _duplicate_of(b, c)).map_batches(
                 lambda b, c=column, r=reason: b.select(keep_cols).append_column(
                     "reason", pa.array([f"{r} of {d}" for d in b.column(c).to_pylist()], type=pa.string())),
                 batch_format="pyarrow"))
