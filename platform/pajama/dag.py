@@ -1,4 +1,5 @@
-"""The DAG: references -> signals -> data -> pretrain -> {instruct, chat} -> evaluate, serve, with fingerprint-based reuse.
+"""The DAG: references -> signals -> data -> pretrain -> {instruct, chat} -> evaluate, serve, with
+fingerprint-based reuse.
 
 Each stage's fingerprint covers its own config sub-tree, the project seed and its upstream
 fingerprints, so an unchanged stage is reused (and says so) and a change re-runs that stage and

@@ -94,7 +94,8 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
         kenlm_file = arpa.name
     cutoffs = models.perplexity.cutoffs or ccnet.perplexity_cutoffs(
         ccnet.PerplexityModel(perplexity_dir / "lm.sp.model", perplexity_dir / kenlm_file).perplexities(corpora["web"]))
-    manifest = {"models": True, "perplexity_cutoffs": list(cutoffs), "kenlm_file": kenlm_file, "dsir_buckets": models.dsir_buckets,
+    manifest = {"models": True, "perplexity_cutoffs": list(cutoffs), "kenlm_file": kenlm_file,
+                "dsir_buckets": models.dsir_buckets,
                 "reference_documents": {name: len(texts) for name, texts in corpora.items()}, "training": counts}
     (out / "references.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     ctx.log_metrics({f"reference_documents/{name}": len(texts) for name, texts in corpora.items()})

@@ -150,8 +150,10 @@ def _dedup_paragraphs(batch: pa.Table, dedup_slices: Sequence[str], duplicates: 
     in_scope = pc.is_in(batch.column("slice"), pa.array(list(dedup_slices), pa.string())).to_pylist()
     counts: dict[str, list[int]] = {name: [] for name in CCNET_COUNT_COLUMNS}
     for i, (text, deduplicated) in enumerate(zip(texts, in_scope)):
-        lines = text.count("\n") + 1
-        drop = np.isin(ccnet.paragraph_hashes(text).view(np.int64), duplicates) if deduplicated else np.zeros(lines, bool)
+        if deduplicated:
+            drop = np.isin(ccnet.paragraph_hashes(text).view(np.int64), duplicates)
+        else:
+            drop = np.zeros(text.count("\n") + 1, bool)
         for name, value in ccnet.paragraph_counts(text, drop).items():
             counts[name].append(value)
         if drop.any():

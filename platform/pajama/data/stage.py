@@ -307,7 +307,8 @@ PHASES = ("selection", "dedup", "quarantine", "tokenizer", "packing")
 
 
 class Phases:
-    """The phases of a stage (the data stage's, the signals stage's) that finished in this or an earlier attempt at its artifact.
+    """The phases of a stage (the data stage's, the signals stage's) that finished in this or an earlier
+    attempt at its artifact.
 
     A phase first clears what a killed attempt may have left of its output, writes the output, then
     its marker `_phases/<phase>.json` under the artifact: the values later phases need of it (JSON).
