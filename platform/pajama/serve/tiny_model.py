@@ -28,6 +28,8 @@ def make_tiny_model(
     num_heads: int = 4,
     context_length: int = 256,
     vocab_size: int = 512,
+    model_vocab_size: int | None = None,
+    intermediate_size: int | None = None,
     chat_template: str | None = None,
     suppress_eos: bool = False,
     seed: int = 0,
@@ -36,7 +38,10 @@ def make_tiny_model(
 
     `suppress_eos` zeroes the EOS row of the output layer: its logit is then 0 while the max of the
     other (random, zero-mean) logits is almost surely positive, so greedy decoding never ends early
-    and outputs have a predictable length (tests, throughput benchmarks).
+    and outputs have a predictable length (tests, throughput benchmarks). `model_vocab_size` gives
+    the model a larger vocabulary than the tokenizer's (a real output layer's cost, for benchmarks
+    of a preset's shape); the rows past the tokenizer's are zeroed the same way, so greedy decoding
+    never picks a token the tokenizer cannot decode.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,12 +63,14 @@ def make_tiny_model(
     )
     if chat_template is not None:
         tokenizer.chat_template = chat_template
+    if model_vocab_size is not None and model_vocab_size < len(tokenizer):
+        raise ValueError(f"model_vocab_size {model_vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
     config = GPTNeoXConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=model_vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        intermediate_size=4 * hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
         max_position_embeddings=context_length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -71,9 +78,10 @@ def make_tiny_model(
     )
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(config)
-    if suppress_eos:
-        with torch.no_grad():
+    with torch.no_grad():
+        if suppress_eos:
             model.embed_out.weight[tokenizer.eos_token_id] = 0.0
+        model.embed_out.weight[len(tokenizer):] = 0.0
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out

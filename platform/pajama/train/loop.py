@@ -210,9 +210,9 @@ def _build_model(spec: TrainSpec, training: TrainingConfig, device: torch.device
 
 
 def _parallelize(model, strategy: str, precision: str, world: int):
-    if world == 1:
-        return model
-    if strategy == "fsdp":
+    # FSDP wraps a single worker too: its bf16 parameters and fp32 reduction are part of the
+    # numerics, which should not change with the world size (Ray Train starts a process group of 1).
+    if strategy == "fsdp" and dist.is_initialized():
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
 
@@ -221,6 +221,8 @@ def _parallelize(model, strategy: str, precision: str, world: int):
             if isinstance(module, GPTNeoXLayer):
                 fully_shard(module, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        return model
+    if world == 1:
         return model
     device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() and next(model.parameters()).is_cuda else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -244,7 +246,9 @@ def _optimizer(model, training: TrainingConfig) -> torch.optim.Optimizer:
         (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": training.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=training.learning_rate, betas=tuple(training.adam_betas), fused=False,
+        lr=training.learning_rate, betas=tuple(training.adam_betas),
+        # One kernel for the whole update on GPUs (FSDP2's DTensors included); CPUs keep foreach.
+        fused=next(model.parameters()).is_cuda,
     )
 
 
@@ -463,17 +467,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model.train()
     metrics: dict[str, float] = {}
 
-    while state["step"] < max_steps:
-        started = time.perf_counter()
+    def next_step_batches() -> tuple[list[dict[str, torch.Tensor]], list[int], int]:
         micro_batches = [_to_tensors(next(stream)) for _ in range(accum)]
         seq_index = [i for b in micro_batches for i in b.pop("seq_index", torch.empty(0)).tolist()]
         for b in micro_batches:
             b.pop("slice_id", None)
+        return micro_batches, seq_index, sum(_n_targets(b) for b in micro_batches)
+
+    upcoming = next_step_batches() if state["step"] < max_steps else None
+    while state["step"] < max_steps:
+        started = time.perf_counter()
+        micro_batches, seq_index, n_targets = upcoming
         # Normalise by the step's target tokens across all ranks, so that grad accumulation and
         # world size do not change the loss (fine-tuning batches have uneven response lengths).
         # DDP and FSDP average gradients over ranks, hence the factor `world`.
-        n_targets = _all_reduce(torch.tensor(sum(_n_targets(b) for b in micro_batches),
-                                             dtype=torch.float64, device=device)).item()
+        if world > 1:
+            n_targets = _all_reduce(torch.tensor(n_targets, dtype=torch.float64, device=device)).item()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, batch in enumerate(micro_batches):
             with _gradient_sync(model, enabled=i == accum - 1):
@@ -491,6 +500,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         state["consumed"] += global_rows * accum
+        # Read the next step's rows while the device works through this one's queued kernels:
+        # the loss read below waits for them, and the device would idle during the reading after.
+        upcoming = next_step_batches() if state["step"] < max_steps else None
 
         step_loss = _all_reduce(loss_sum).item() / max(n_targets, 1)
         elapsed = time.perf_counter() - started
