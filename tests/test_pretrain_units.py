@@ -6,10 +6,12 @@ model sizes."""
 from __future__ import annotations
 
 import pickle
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from pajama.config import TrainingConfig, load_config
 from pajama.train import progress as progress_module
@@ -18,6 +20,7 @@ from pajama.train.loop import (
     TrainSpec,
     _build_model,
     _optimizer,
+    _parallelize,
     lr_at,
     read_checkpoint,
     row_losses,
@@ -100,6 +103,40 @@ def test_a_checkpoint_restores_weights_optimiser_and_rng_so_the_next_step_is_the
     model, optimizer = _model_and_optimizer(1)  # other initial weights, a fresh optimiser
     assert read_checkpoint(model, optimizer, rank=0, world=1, directory=directory) == {"step": 2, "consumed": 8}
     assert _step(model, optimizer) == next_loss
+
+
+@pytest.fixture
+def process_group_of_one():
+    """What Ray Train gives a single worker: a process group of world size 1 (gloo on CPU)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_fsdp_wraps_a_single_worker_and_its_checkpoint_restores_the_next_step(process_group_of_one, tmp_path):
+    """strategy fsdp shards one worker too (FSDP2 DTensors), so the numerics of a 1-GPU run are
+    those of the cluster run; the checkpoint round trip works on the sharded tensors."""
+    model, _ = _model_and_optimizer(0)
+    model = _parallelize(model, "fsdp", "fp32", world=1)
+    optimizer = _optimizer(model, TRAINING)
+    assert all(type(p).__name__ == "DTensor" for p in model.parameters())
+    _step(model, optimizer), _step(model, optimizer)
+    write_checkpoint(model, optimizer, {"step": 2, "consumed": 8}, rank=0, world=1, directory=tmp_path)
+    next_loss = _step(model, optimizer)
+
+    restored, _ = _model_and_optimizer(1)
+    restored = _parallelize(restored, "fsdp", "fp32", world=1)
+    restored_optimizer = _optimizer(restored, TRAINING)
+    assert read_checkpoint(restored, restored_optimizer, rank=0, world=1, directory=tmp_path)["step"] == 2
+    assert _step(restored, restored_optimizer) == next_loss
+
+
+def test_ddp_leaves_a_single_worker_unwrapped(process_group_of_one):
+    model, _ = _model_and_optimizer(0)
+    assert _parallelize(model, "ddp", "fp32", world=1) is model
 
 
 class _WritesMarker:

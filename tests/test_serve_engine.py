@@ -291,3 +291,35 @@ def test_a_hung_generation_thread_is_reported_and_its_requests_fail_retryably(mo
 
     failed = asyncio.run(main())
     assert isinstance(failed, Failed) and failed.retryable and failed.message == "stuck"
+
+
+@pytest.mark.parametrize("strip_leading_space", [False, True])
+def test_a_row_decodes_each_token_once_and_streams_exactly_the_whole_text(engine, strip_leading_space):
+    """Incremental decoding: the streamed deltas add up to the decode of all the tokens (characters
+    split across byte tokens are held back, never sent as U+FFFD), and the whole output is decoded
+    once, at the end, rather than at every step (which made long outputs quadratic)."""
+    tokenizer = engine.tokenizer
+    text = "  héllo wörld ✓ 日本語 — the capital of France is Paris."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text.split())  # multi-byte characters span several tokens
+    calls = []
+    decode = tokenizer.decode
+
+    class CountingTokenizer:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def decode(self, *args, **kwargs):
+            calls.append(args)
+            return decode(*args, **kwargs)
+
+    job = Job([0], Sampling(len(ids), temperature=0), (), strip_leading_space=strip_leading_space)
+    row = Row(job, CountingTokenizer(), engine.eos_ids, torch.device("cpu"))
+    assert row.stream is not None
+    events = [row.advance(token) for token in ids]
+    assert all(e is None or isinstance(e, Delta) for e in events[:-1]) and isinstance(events[-1], Finished)
+    streamed = "".join(e.text for e in events if e is not None)
+    expected = decode(ids, skip_special_tokens=True)
+    assert streamed == (expected.lstrip() if strip_leading_space else expected)
+    assert not any("\ufffd" in e.text for e in events if e is not None)
+    assert len(calls) == 1  # the final text only

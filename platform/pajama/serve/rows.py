@@ -5,7 +5,10 @@ its own temperature/top-k/top-p and seed, so rows with different parameters shar
 pass. A row whose sampling fails (a parameter the ingress let through that torch cannot execute)
 ends with a `Failed` event of its own while the other rows go on. Stop sequences are matched
 incrementally (`StopMatcher`): each generated character is read once per stop sequence, so the
-cost is linear in the new text, whatever the length of the stop sequences.
+cost is linear in the new text, whatever the length of the stop sequences. Text is decoded
+incrementally too (`tokenizers`' DecodeStream: each token is decoded once with a few tokens of
+context, not the whole output at every step, which made a row's cost per token grow with its
+length); the finished text is the tokenizer's decode of all the tokens, as before.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from tokenizers.decoders import DecodeStream
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from pajama.serve.events import Delta, Failed, Finished, TokenLogprob
@@ -66,6 +70,9 @@ class Row:
         self.prefix = ""  # the echoed prompt, until the first event carries it
         self.warpers = []
         self.generator = None
+        # Incremental decoding needs a fast tokenizer and no whole-text clean-up after decoding.
+        incremental = hasattr(tokenizer, "backend_tokenizer") and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        self.stream = DecodeStream(skip_special_tokens=True) if incremental else None
         try:
             self._setup_sampling(job.sampling, device)
         except Exception as error:  # noqa: BLE001 - this row fails, not the batch
@@ -97,6 +104,25 @@ class Row:
             return self._finish("length")
         return None
 
+    def _decode(self, token: int) -> tuple[str, int]:
+        """The text so far with `token` added, and how much of it later tokens cannot change."""
+        if self.stream is None:
+            text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            if self.job.strip_leading_space:
+                text = text.lstrip()
+            # Text up to an incomplete UTF-8 character at the end will not change with later tokens.
+            return text, len(text.rstrip("\ufffd"))
+        # DecodeStream holds back an incomplete character until the tokens that complete it arrive.
+        chunk = self.stream.step(self.tokenizer.backend_tokenizer, token) or ""
+        if self.job.strip_leading_space and not self.text:
+            chunk = chunk.lstrip()
+        text = self.text + chunk
+        return text, len(text)
+
+    def _full_text(self) -> str:
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        return text.lstrip() if self.job.strip_leading_space else text
+
     def sample(self, scores: torch.FloatTensor) -> int | None:
         """This row's next token from its scores (1 x vocab), or None to take the greedy choice."""
         if self.finished or self.error is not None or not self.warpers:
@@ -123,22 +149,18 @@ class Row:
             return None
         self.generated += 1
         if token in self.eos_ids:
-            return self._finish("stop")
+            return self._finish("stop", whole=True)
         self.token_ids.append(token)
         if logprob is not None:
             self.logprobs.append(logprob)
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        if self.job.strip_leading_space:
-            text = text.lstrip()
-        # Text up to an incomplete UTF-8 character at the end will not change with later tokens.
-        complete = len(text.rstrip("\ufffd"))
+        text, complete = self._decode(token)
         stop_at = self.stops.feed(text, complete)
         if stop_at is not None:
             self.text = text[:stop_at]
             return self._finish("stop")
         self.text = text
         if self.generated >= self.job.sampling.max_tokens:
-            return self._finish("length")
+            return self._finish("length", whole=True)
         if not self.job.stream:
             return None
         # Hold back an incomplete UTF-8 character and anything that may be the start of a stop sequence.
@@ -148,8 +170,12 @@ class Row:
         delta, self.sent = text[self.sent:safe], safe
         return Delta(self._take_prefix() + delta, self.job.index, self._take_logprobs())
 
-    def _finish(self, reason: str) -> Finished:
+    def _finish(self, reason: str, whole: bool = False) -> Finished:
+        """`whole`: the output ends with the last token (not at a stop sequence), so its text is the
+        decode of all its tokens, an incomplete character held back by the stream included."""
         self.finished = True
+        if whole and self.stream is not None and self.token_ids:
+            self.text = self._full_text()
         text = self._take_prefix() + self.text[self.sent:]
         return Finished(text, reason, self.generated, self.job.index, self._take_logprobs())
 

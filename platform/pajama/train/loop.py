@@ -446,8 +446,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     vocab_size = model.config.vocab_size
     model = _parallelize(model, training.strategy, training.precision, world)
     # One compiled graph from tokens to summed loss: the fp32 cast and the cross-entropy over the
-    # vocabulary fuse instead of materialising fp32 logits (benchmarks/gpu_step_mfu.py, 1B on an
-    # H100: 42.8% MFU at 36 GiB against 41.0% at 42 GiB for compiling the model alone).
+    # vocabulary fuse instead of materialising fp32 logits (1B on an H100: 42.8% MFU at 36 GiB
+    # against 41.0% at 42 GiB for compiling the model alone; benchmarks/gpu_suite.sh measures it).
     train_row_losses = torch.compile(row_losses) if training.compile else row_losses
     optimizer = _optimizer(model, training)
     torch.manual_seed(spec.seed + rank)
