@@ -6,6 +6,7 @@ shards/eval, with the same bytes."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,10 @@ def test_killed_and_rerun_data_stage_writes_the_shards_of_an_uninterrupted_run(t
     expected_path, _ = tiny_project.artifact("data")
 
     resumed = Project(tmp_path / "resumed")
+    # The tiny DAG's models and signals, so that the killed run goes straight to the data stage.
+    for stage in ("references", "signals"):
+        path, _ = tiny_project.artifact(stage)
+        shutil.copytree(path, resumed.storage / "artifacts" / stage / path.name)
     output = _kill_midway(resumed)
     assert MIDWAY in output, output[-4000:]
     data_dir = resumed.storage / "artifacts" / "data"

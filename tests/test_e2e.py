@@ -187,7 +187,10 @@ def test_rerun_without_change_reuses_every_stage(tiny_project, tiny_dag):
 
 
 def test_changing_chat_learning_rate_reruns_chat_evaluate_and_serve_only(tiny_project, tiny_dag, client):
-    run = tiny_project.pajama("run", "--set", "chat.learning_rate=5e-4", "--set", f"serve.port={free_port()}")
+    # Fewer chat steps too (still two checkpoints): what is under test is which stages run again.
+    run = tiny_project.pajama("run", "--set", "chat.learning_rate=5e-4", "--set", "chat.max_steps=10",
+                              "--set", "chat.checkpoint_every=5", "--set", "chat.eval_every=5",
+                              "--set", f"serve.port={free_port()}")
     assert run.returncode == 0, run.output[-4000:]
     for stage in ("references", "signals", "data", "pretrain", "instruct"):
         assert f"[pajama] {stage}: up to date, reusing" in run.output
