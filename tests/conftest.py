@@ -180,6 +180,12 @@ def ray_session():
         ray.shutdown()
 
 
+# The chat-only change that test_e2e.py and test_evaluate.py both make (a new learning rate and fewer
+# steps, still two checkpoints): whichever runs second reuses the chat model the first trained.
+CHAT_ONLY_CHANGE = ("--set", "chat.learning_rate=5e-4", "--set", "chat.max_steps=10",
+                    "--set", "chat.checkpoint_every=5", "--set", "chat.eval_every=5")
+
+
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Project:
     return Project(tmp_path_factory.mktemp("pajama-tiny"))

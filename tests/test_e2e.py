@@ -14,7 +14,7 @@ import shutil
 import mlflow
 import pytest
 
-from conftest import REPO, Project, dag_runs, free_port, stage_runs
+from conftest import CHAT_ONLY_CHANGE, REPO, Project, dag_runs, free_port, stage_runs
 
 pytestmark = pytest.mark.slow
 
@@ -187,10 +187,7 @@ def test_rerun_without_change_reuses_every_stage(tiny_project, tiny_dag):
 
 
 def test_changing_chat_learning_rate_reruns_chat_evaluate_and_serve_only(tiny_project, tiny_dag, client):
-    # Fewer chat steps too (still two checkpoints): what is under test is which stages run again.
-    run = tiny_project.pajama("run", "--set", "chat.learning_rate=5e-4", "--set", "chat.max_steps=10",
-                              "--set", "chat.checkpoint_every=5", "--set", "chat.eval_every=5",
-                              "--set", f"serve.port={free_port()}")
+    run = tiny_project.pajama("run", *CHAT_ONLY_CHANGE, "--set", f"serve.port={free_port()}")
     assert run.returncode == 0, run.output[-4000:]
     for stage in ("references", "signals", "data", "pretrain", "instruct"):
         assert f"[pajama] {stage}: up to date, reusing" in run.output

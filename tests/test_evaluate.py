@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, dag_runs, stage_runs
+from conftest import CHAT_ONLY_CHANGE, REPO, dag_runs, stage_runs
 
 BUNDLED = {"pajama_stdlib_mc": ["acc", "acc_norm"], "pajama_stdlib_lambada": ["perplexity", "acc"]}
 KINDS = {"base": "pretrain", "instruct": "instruct", "chat": "chat"}
@@ -116,8 +116,8 @@ def test_evaluate_rerun_reuses_the_stage_and_reports_again(tiny_project, tiny_da
 
 @pytest.mark.slow
 def test_changing_chat_reevaluates_chat_only(tiny_project, tiny_dag):
-    # test_e2e.py's chat-only re-run uses the same override: when it ran first, this reuses its chat model.
-    override = ["--set", "chat.learning_rate=5e-4"]
+    # test_e2e.py's chat-only re-run makes the same change: when it ran first, this reuses its chat model.
+    override = CHAT_ONLY_CHANGE
     run = tiny_project.pajama("evaluate", *override)
     assert run.returncode == 0, run.output[-4000:]
     plan = tiny_project.pajama("plan", "--json", *override, "evaluate")
