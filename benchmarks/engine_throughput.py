@@ -32,7 +32,8 @@ from pajama.serve.tiny_model import make_tiny_model
 PROMPT = "The capital of France is Paris. " * 8
 
 
-def _percentile(values: list[float], q: int) -> float:
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (1..99), inclusive method; a single value is every percentile."""
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
@@ -61,7 +62,7 @@ async def measure(engine: HFEngine, concurrency: int, requests: int, max_tokens:
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     return {"concurrency": concurrency, "requests": requests, "tokens_per_s": tokens / wall,
-            "ttft_p50_ms": _percentile(ttfts, 50) * 1000, "ttft_p99_ms": _percentile(ttfts, 99) * 1000}
+            "ttft_p50_ms": percentile(ttfts, 50) * 1000, "ttft_p99_ms": percentile(ttfts, 99) * 1000}
 
 
 def main() -> None:

@@ -41,9 +41,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from pajama.config import load_config
-from pajama.train.loop import PEAK_BF16_FLOPS, peak_flops, row_losses
+from pajama.config import PretrainConfig, load_config
+from pajama.train.loop import PEAK_BF16_FLOPS, TrainSpec, _build_model, _optimizer, peak_flops, row_losses
 from pajama.train.pretrain import gpt_neox_config
 
 
@@ -102,8 +103,10 @@ def setup(args, micro: int | None) -> dict:
     ckpt = pre.activation_checkpointing if args.activation_checkpointing is None else args.activation_checkpointing == "on"
     model = pre.model.model_copy(update={"max_position_embeddings": max(pre.model.max_position_embeddings, seq_len)})
     model_config = gpt_neox_config(model, _VocabOnly(model.vocab_size or cfg.data.tokenizer.vocab_size))
-    return {"model_config": model_config, "seq_len": seq_len, "micro": micro, "activation_checkpointing": ckpt,
-            "steps": args.warmup + args.steps}
+    with torch.device("meta"):  # the parameter count for MFU, without allocating the model
+        params = sum(p.numel() for p in GPTNeoXForCausalLM(GPTNeoXConfig(**model_config)).parameters())
+    return {"model_config": model_config, "params": params, "seq_len": seq_len, "micro": micro,
+            "activation_checkpointing": ckpt, "steps": args.warmup + args.steps}
 
 
 def write_rows(out: Path, n_rows: int, seq_len: int, vocab: int) -> Path:
@@ -136,25 +139,18 @@ def run_bare(args, setup_: dict, shard_dir: Path) -> dict:
 
 
 def bare_loop(args, setup_: dict, shard_dir: Path, queue) -> None:
-    """The baseline: one process, no Ray, the loop's arithmetic and nothing else."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
+    """The baseline: one process, no Ray, the loop's model, optimiser and arithmetic and nothing else."""
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.cpus)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
     rows = np.stack(pq.read_table(shard_dir / "part-00000.parquet").column("input_ids").to_numpy(zero_copy_only=False))
+    training, spec = loop_config(args, setup_, "ddp")
     torch.manual_seed(0)
-    with device:
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**setup_["model_config"]))
-    if setup_["activation_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _build_model(spec, training, device)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
+    optimizer = _optimizer(model, training)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     losses_of = torch.compile(row_losses) if args.compile else row_losses
     micro, ends, cpu = setup_["micro"], [], []
@@ -169,19 +165,14 @@ def bare_loop(args, setup_: dict, shard_dir: Path, queue) -> None:
         loss.item()
         ends.append(time.time())
         cpu.append(time.process_time())
-    queue.put({"step_ends": ends, "step_cpu": cpu, "params": sum(p.numel() for p in model.parameters()),
+    queue.put({"step_ends": ends, "step_cpu": cpu,
                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "max_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
                "threads": torch.get_num_threads()})
 
 
-def ray_loop(args, setup_: dict, strategy: str, shard_dir: Path, work: Path) -> tuple[list[dict], float]:
-    """Pajama's Ray Train loop (1 worker) through `fit`, as the pretrain stage calls it. Returns
-    the trace and the seconds from the last step's end to `fit`'s return."""
-    from pajama.config import PretrainConfig
-    from pajama.train.loop import TrainSpec
-    from pajama.train.trainer import fit
-
+def loop_config(args, setup_: dict, strategy: str) -> tuple[PretrainConfig, TrainSpec]:
+    """The training section and spec of one run, for the Ray loop and the bare loop alike."""
     gpu = args.device == "cuda"
     steps = setup_["steps"]
     training = PretrainConfig.model_validate({
@@ -197,6 +188,15 @@ def ray_loop(args, setup_: dict, strategy: str, shard_dir: Path, work: Path) -> 
     })
     spec = TrainSpec(init="scratch", model_config=setup_["model_config"], seed=0, seq_len=setup_["seq_len"],
                      eval_slices=("all",))
+    return training, spec
+
+
+def ray_loop(args, setup_: dict, strategy: str, shard_dir: Path, work: Path) -> tuple[list[dict], float]:
+    """Pajama's Ray Train loop (1 worker) through `fit`, as the pretrain stage calls it. Returns
+    the trace and the seconds from the last step's end to `fit`'s return."""
+    from pajama.train.trainer import fit
+
+    training, spec = loop_config(args, setup_, strategy)
     run = work / f"{strategy}-{setup_['micro']}"
     os.environ["PAJAMA_TRACE_DIR"] = str(run / "trace")
     try:
@@ -210,19 +210,12 @@ def ray_loop(args, setup_: dict, strategy: str, shard_dir: Path, work: Path) -> 
     return trace, finished - trace[-1]["ended"]
 
 
-def n_params(model_config: dict) -> int:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in GPTNeoXForCausalLM(GPTNeoXConfig(**model_config)).parameters())
-
-
 def report(args, s: dict, strategy: str, bare_runs: list[dict], trace: list[dict], final_s: float) -> dict:
     """Print one run's figures (the Ray loop's, against the bare runs when there are any)."""
     tokens_per_step = s["micro"] * s["seq_len"]
     device = torch.device(args.device)
     peak = peak_flops(None, device) if device.type == "cuda" else None
-    params = n_params(s["model_config"])
+    params = s["params"]
     ray_window, ray_median = throughput([r["ended"] for r in trace], args.warmup, tokens_per_step)
     ray_cpu = throughput([r["process_cpu_s"] for r in trace], args.warmup, tokens_per_step)[0]
     result = {

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import tempfile
 import time
 
@@ -34,11 +33,9 @@ from pajama.models import resolve_source
 from pajama.serve.engine import HFEngine
 from pajama.serve.tiny_model import make_tiny_model
 
+from engine_throughput import percentile  # benchmarks/, this script's folder
+
 PROMPT = "The capital of France is"
-
-
-def _percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def _free_port() -> int:
@@ -154,10 +151,10 @@ def _mixed_summary(results: list[tuple], short_max: int) -> dict:
     for low, high in ((16, 64), (65, 128), (129, 192), (193, 256)):
         per_token = [(e - s) / t for t, s, e in results if low <= t <= high]
         if len(per_token) > 1:
-            ms_per_token[f"{low}-{high}"] = _percentile(per_token, 50) * 1000
+            ms_per_token[f"{low}-{high}"] = percentile(per_token, 50) * 1000
     return {
-        "short": len(short), "short_p50": _percentile(latency, 50), "short_p99": _percentile(latency, 99),
-        "longest_beside_p50": _percentile(longest_beside, 50), "ms_per_token": ms_per_token,
+        "short": len(short), "short_p50": percentile(latency, 50), "short_p99": percentile(latency, 99),
+        "longest_beside_p50": percentile(longest_beside, 50), "ms_per_token": ms_per_token,
     }
 
 
@@ -207,19 +204,19 @@ def main() -> None:
         direct = single["direct"]
 
     ratio = batched["tokens_per_s"] / single["tokens_per_s"]
-    added = {q: _percentile(single["latencies"], q) - _percentile(direct, q) for q in (50, 99)}
+    added = {q: percentile(single["latencies"], q) - percentile(direct, q) for q in (50, 99)}
     print(f"model: {args.model_dir or 'tiny random GPT-NeoX'}, max_tokens {args.max_tokens}, greedy")
     print(f"Serve, concurrency 1:  {single['tokens_per_s']:9.1f} generated tokens/s ({single['requests']} requests)")
     print(f"Serve, concurrency {args.concurrency}: {batched['tokens_per_s']:9.1f} generated tokens/s ({batched['requests']} requests)")
     print(f"batching gain: {ratio:.1f}x (target >= 8x)")
     print(
-        f"latency at concurrency 1: direct p50 {_percentile(direct, 50) * 1000:.1f} ms p99 {_percentile(direct, 99) * 1000:.1f} ms; "
-        f"Serve p50 {_percentile(single['latencies'], 50) * 1000:.1f} ms p99 {_percentile(single['latencies'], 99) * 1000:.1f} ms"
+        f"latency at concurrency 1: direct p50 {percentile(direct, 50) * 1000:.1f} ms p99 {percentile(direct, 99) * 1000:.1f} ms; "
+        f"Serve p50 {percentile(single['latencies'], 50) * 1000:.1f} ms p99 {percentile(single['latencies'], 99) * 1000:.1f} ms"
     )
     print(f"Serve adds: p50 {added[50] * 1000:.1f} ms, p99 {added[99] * 1000:.1f} ms")
     print(
-        f"time to first token at concurrency {args.concurrency}: p50 {_percentile(ttfts, 50) * 1000:.1f} ms, "
-        f"p99 {_percentile(ttfts, 99) * 1000:.1f} ms ({len(ttfts)} streamed requests)"
+        f"time to first token at concurrency {args.concurrency}: p50 {percentile(ttfts, 50) * 1000:.1f} ms, "
+        f"p99 {percentile(ttfts, 99) * 1000:.1f} ms ({len(ttfts)} streamed requests)"
     )
     print(
         f"mixed workload (max_tokens 16-256, concurrency {args.concurrency}): {mix['short']} short requests "
@@ -234,8 +231,8 @@ def main() -> None:
         "batching_gain": round(ratio, 2),
         "serve_added_p50_ms": round(added[50] * 1000, 1),
         "serve_added_p99_ms": round(added[99] * 1000, 1),
-        f"ttft_p50_ms_c{args.concurrency}": round(_percentile(ttfts, 50) * 1000, 1),
-        f"ttft_p99_ms_c{args.concurrency}": round(_percentile(ttfts, 99) * 1000, 1),
+        f"ttft_p50_ms_c{args.concurrency}": round(percentile(ttfts, 50) * 1000, 1),
+        f"ttft_p99_ms_c{args.concurrency}": round(percentile(ttfts, 99) * 1000, 1),
         "mixed_short_p50_ms": round(mix["short_p50"] * 1000, 1),
         "mixed_longest_beside_p50_ms": round(mix["longest_beside_p50"] * 1000, 1),
         "mixed_ms_per_token_p50": {band: round(ms, 3) for band, ms in mix["ms_per_token"].items()},

@@ -6,13 +6,13 @@ model sizes."""
 from __future__ import annotations
 
 import pickle
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import free_port
 from pajama.config import TrainingConfig, load_config
 from pajama.train import progress as progress_module
 from pajama.train.loop import (
@@ -108,10 +108,7 @@ def test_a_checkpoint_restores_weights_optimiser_and_rng_so_the_next_step_is_the
 @pytest.fixture
 def process_group_of_one():
     """What Ray Train gives a single worker: a process group of world size 1 (gloo on CPU)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 

@@ -107,9 +107,7 @@ class Row:
     def _decode(self, token: int) -> tuple[str, int]:
         """The text so far with `token` added, and how much of it later tokens cannot change."""
         if self.stream is None:
-            text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-            if self.job.strip_leading_space:
-                text = text.lstrip()
+            text = self._full_text()
             # Text up to an incomplete UTF-8 character at the end will not change with later tokens.
             return text, len(text.rstrip("\ufffd"))
         # DecodeStream holds back an incomplete character until the tokens that complete it arrive.

@@ -140,6 +140,13 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _sum_over_ranks(value: float, device) -> float:
+    """A host number summed over all ranks; a single worker keeps it on the host (no device sync)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    return _all_reduce(torch.tensor(value, dtype=torch.float64, device=device)).item()
+
+
 def _to_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
     """A micro-batch's columns as tensors; list columns (sequences of one length) become 2-D."""
     tensors = {}
@@ -481,8 +488,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Normalise by the step's target tokens across all ranks, so that grad accumulation and
         # world size do not change the loss (fine-tuning batches have uneven response lengths).
         # DDP and FSDP average gradients over ranks, hence the factor `world`.
-        if world > 1:
-            n_targets = _all_reduce(torch.tensor(n_targets, dtype=torch.float64, device=device)).item()
+        n_targets = _sum_over_ranks(n_targets, device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, batch in enumerate(micro_batches):
             with _gradient_sync(model, enabled=i == accum - 1):
