@@ -10,6 +10,11 @@ Prints, for the same model and the same greedy requests:
     a request's latency follows its own length (ms per generated token is about the same for short
     and long requests), not the length of the longest request it shares the batch with.
 
+The app runs as a one-model app does (the model decodes in the ingress replica) behind Ray Serve's
+high-throughput ingress, HAProxy, as the KubeRay RayService deploys it
+(`pajama.serve.options.HIGH_THROUGHPUT_ENV`); `--ingress ray-proxy` measures Ray's default
+Python proxy instead.
+
     python benchmarks/serve_throughput.py                      # a tiny random model built locally
     python benchmarks/serve_throughput.py --model-dir /ckpt    # any local HF checkpoint
 
@@ -31,6 +36,7 @@ import torch
 from pajama.serve import app as serve_app
 from pajama.models import resolve_source
 from pajama.serve.engine import HFEngine
+from pajama.serve.options import HIGH_THROUGHPUT_ENV
 from pajama.serve.tiny_model import make_tiny_model
 
 from engine_throughput import percentile  # benchmarks/, this script's folder
@@ -168,11 +174,13 @@ def main() -> None:
     parser.add_argument("--model-dir", help="a local HF model directory (default: build a tiny random model)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=32, help="requests at concurrency 1 (and as many directly)")
-    parser.add_argument("--concurrent-requests", type=int, default=128, help="requests at concurrency 16")
+    parser.add_argument("--concurrent-requests", type=int, default=512, help="requests at concurrency 16")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--ttft-requests", type=int, default=64, help="streamed requests for time to first token")
     parser.add_argument("--mixed-requests", type=int, default=96, help="requests of the mixed workload")
     parser.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for ray.init (default: all)")
+    parser.add_argument("--ingress", choices=["haproxy", "ray-proxy"], default="haproxy",
+                        help="Serve's HTTP ingress: HAProxy (Ray's high-throughput mode, as on KubeRay) or Ray's proxy actor")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="pajama-bench-") as scratch:
@@ -182,6 +190,8 @@ def main() -> None:
         # gives the 1-CPU model replica (OMP_NUM_THREADS).
         torch.set_num_threads(1)
         engine = HFEngine(resolve_source(model_dir))
+        if args.ingress == "haproxy":
+            os.environ.update(HIGH_THROUGHPUT_ENV)  # before ray.init: the local Ray's processes inherit it
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
         try:
             base_url = serve_app.deploy(
@@ -205,7 +215,7 @@ def main() -> None:
 
     ratio = batched["tokens_per_s"] / single["tokens_per_s"]
     added = {q: percentile(single["latencies"], q) - percentile(direct, q) for q in (50, 99)}
-    print(f"model: {args.model_dir or 'tiny random GPT-NeoX'}, max_tokens {args.max_tokens}, greedy")
+    print(f"model: {args.model_dir or 'tiny random GPT-NeoX'}, max_tokens {args.max_tokens}, greedy, ingress {args.ingress}")
     print(f"Serve, concurrency 1:  {single['tokens_per_s']:9.1f} generated tokens/s ({single['requests']} requests)")
     print(f"Serve, concurrency {args.concurrency}: {batched['tokens_per_s']:9.1f} generated tokens/s ({batched['requests']} requests)")
     print(f"batching gain: {ratio:.1f}x (target >= 8x)")

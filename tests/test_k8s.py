@@ -33,6 +33,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pajama.serve.options import HIGH_THROUGHPUT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -718,7 +719,9 @@ def test_rayservice_serves_the_serve_config_on_the_shared_cluster_spec(docs):
     assert cluster["headGroupSpec"]["template"].pop("metadata") == {"labels": REDIS_CLIENT_LABEL}
     for _, template in ray_node_templates({"kind": "RayCluster", "spec": cluster}):
         for container in template["spec"]["containers"]:
-            assert [env["name"] for env in container.pop("env")] == [api_key_env()]
+            env = container.pop("env")
+            assert [variable["name"] for variable in env] == [api_key_env(), *HIGH_THROUGHPUT_ENV]
+            assert {v["name"]: v["value"] for v in env[1:]} == HIGH_THROUGHPUT_ENV
     assert cluster == one(docs, "RayCluster", "pajama")["spec"]
     # KubeRay's Serve Service sends traffic to port 8000 of the pod IP: a proxy bound to loopback
     # (or moved off 8000) would be unreachable. Unset, Serve's deploy schema binds 0.0.0.0:8000.

@@ -30,12 +30,12 @@ HELLO = [{"role": "user", "content": "Hello, who are you?"}]
 HANG_MARKER = "please hang the generation thread"  # the engine's test hook (PAJAMA_TEST_HANG_ON)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def running_server(tmp_path_factory, ray_env: dict[str, str]):
+    """Serve the tiny chat model on loopback; `ray_env`: more of the local Ray's environment."""
     model_dir = make_tiny_model(tmp_path_factory.mktemp("serve-model"), suppress_eos=True)
     # Set before ray.init so the replicas (children of the raylet) inherit them.
-    os.environ[KEY_ENV] = API_KEY
-    os.environ[HANG_ON_ENV] = HANG_MARKER
+    env = {KEY_ENV: API_KEY, HANG_ON_ENV: HANG_MARKER, **ray_env}
+    os.environ.update(env)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         base_url = serve_app.deploy(
@@ -44,7 +44,6 @@ def server(tmp_path_factory):
                 "api_key_env": KEY_ENV,
                 "num_cpus": 1,
                 "num_gpus": 0,
-                "ingress_num_cpus": 0.5,
                 "stall_timeout_s": 3,
                 "default_max_tokens": 16,
                 "health_check_period_s": 1,
@@ -55,7 +54,14 @@ def server(tmp_path_factory):
     finally:
         serve_app.shutdown()
         ray.shutdown()
-        del os.environ[KEY_ENV], os.environ[HANG_ON_ENV]
+        for name in env:
+            del os.environ[name]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Behind Ray's proxy actor, as `pajama serve` runs locally (test_serve_haproxy.py: HAProxy)."""
+    yield from running_server(tmp_path_factory, {})
 
 
 @pytest.fixture(scope="module")

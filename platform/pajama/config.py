@@ -544,6 +544,8 @@ class ServeAppOptions(ReplicaOptions):
     """Longer prompts are refused before they are tokenized (400)."""
     ingress_num_cpus: float = Field(0.5, ge=0)
     ingress_max_ongoing_requests: int = Field(256, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    """The ingress deployment of an app of several models; an app of one model decodes in its ingress
+    replicas, which take the model's replica options instead."""
     log_interval_s: float = Field(60.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
     """How often the ingress logs a traffic summary."""
     sse_keepalive_s: float = Field(15.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)

@@ -3,7 +3,8 @@
 Topology: one FastAPI ingress deployment (`pajama.serve.ingress.OpenAIIngress`: auth, request
 limits and validation, OpenAI response shapes, server-sent events, provenance headers, metrics,
 the playground page) in front of one `pajama.serve.model_server.ModelServer` deployment per model
-(its own replicas, GPUs and autoscaling). The app's arguments are `pajama.serve.options.ServeArgs`.
+(its own replicas, GPUs and autoscaling). An app of one model is one deployment: the model decodes
+in the ingress replica itself. The app's arguments are `pajama.serve.options.ServeArgs`.
 
 Entry points:
   serve run pipelines/serve.yaml                       (also a KubeRay RayService serveConfigV2)
@@ -38,7 +39,7 @@ from pajama.config import ConfigError
 from pajama.redact import redact_uri
 from pajama.serve.ingress import OpenAIIngress
 from pajama.serve.model_server import ModelServer
-from pajama.serve.options import REPLICA_ENV, ServeArgs, cluster_has_gpu, deployment_options
+from pajama.serve.options import REPLICA_ENV, ModelSpec, ServeArgs, cluster_has_gpu, deployment_options
 
 logger = logging.getLogger("ray.serve")
 
@@ -91,28 +92,40 @@ def build_app(args: dict) -> serve.Application:
             return _build_vllm_app(config)
         logger.warning("engine 'vllm' needs vLLM installed and a GPU; serving with the HF engine instead")
     tracking_uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    storage_uri = config.storage_uri or os.environ.get("PAJAMA_STORAGE_URI")
+
+    def server_args(spec: ModelSpec) -> dict:
+        return {
+            "spec": spec.model_dump(include={"name", "source", "kind"}),
+            "tracking_uri": tracking_uri,
+            "storage_uri": storage_uri,
+            "cache_dir": config.model_cache_dir,
+            "options": config.replica_options(spec).model_dump(include={"max_batch_size", "stall_timeout_s"}),
+            "default_max_tokens": config.default_max_tokens,
+        }
+
+    kinds = {spec.name: spec.kind for spec in config.models}
+    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
+    ingress_args = (kinds, limits, config.api_key_env, config.log_interval_s)
+    if len(config.models) == 1:
+        # One model: it decodes in the ingress replica, which takes the model's replicas, resources
+        # and autoscaling; every request saves a handle call and its return stream.
+        (spec,) = config.models
+        ingress = OpenAIIngress.options(**deployment_options(f"model-{spec.name}", config.replica_options(spec)))
+        return ingress.bind({spec.name: server_args(spec)}, *ingress_args)
     handles = {}
     for spec in config.models:
-        options = config.replica_options(spec)
         # No access log line per handle call: the proxy logs each HTTP request already.
         deployment = ModelServer.options(
-            **deployment_options(f"model-{spec.name}", options), logging_config={"enable_access_log": False}
+            **deployment_options(f"model-{spec.name}", config.replica_options(spec)),
+            logging_config={"enable_access_log": False},
         )
-        handles[spec.name] = deployment.bind(
-            spec.model_dump(include={"name", "source", "kind"}),
-            tracking_uri,
-            config.storage_uri or os.environ.get("PAJAMA_STORAGE_URI"),
-            config.model_cache_dir,
-            options.model_dump(include={"max_batch_size", "stall_timeout_s"}),
-            config.default_max_tokens,
-        )
+        handles[spec.name] = deployment.bind(**server_args(spec))
     ingress = OpenAIIngress.options(
         max_ongoing_requests=config.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": config.ingress_num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
     )
-    kinds = {spec.name: spec.kind for spec in config.models}
-    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
-    return ingress.bind(handles, kinds, limits, config.api_key_env, config.log_interval_s)
+    return ingress.bind(handles, *ingress_args)
 
 
 def is_loopback(host: str) -> bool:

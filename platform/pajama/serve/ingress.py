@@ -13,9 +13,14 @@ records metrics, and serves the playground page. Its rules for what a client get
 
 A stream writes everything the replica had ready in one go (a chunk per choice with news), and an
 SSE comment whenever nothing came for `sse_keepalive_s`, so proxies keep a slow stream open.
+
+A model is reached either through the handle of its own deployment (`RemoteModel`) or, in an app of
+one model, loaded in the ingress replica itself (`InProcessModel`): one actor hop less per request,
+as Ray Serve LLM makes its single-model server the HTTP ingress.
 """
 
 import asyncio
+import contextlib
 import hmac
 import importlib.resources
 import json
@@ -38,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pajama.cluster import keep_serve_replica_on_node_ip
 from pajama.serve import openai_schema as oai
 from pajama.serve.events import Failed, Finished, Rejected, Started
+from pajama.serve.model_server import ModelServer
 from pajama.serve.openai_schema import APIError
 
 logger = logging.getLogger("ray.serve")
@@ -244,13 +250,79 @@ async def read_json_body(request: Request, max_bytes: int) -> dict:
     return payload
 
 
+class RemoteModel:
+    """A model in a deployment of its own, reached through its Serve handle."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+
+    def stream(self, request: dict):
+        return self.handle.options(stream=True).generate.remote(request)
+
+    async def complete(self, request: dict) -> list:
+        return await self.handle.complete.remote(request)
+
+    async def info(self) -> dict:
+        return await self.handle.info.remote()
+
+    def check_health(self) -> None:
+        pass  # its own replicas report their health
+
+
+class InProcessModel:
+    """A model loaded in this replica (`ModelServer`'s class, not its deployment): no handle hop."""
+
+    def __init__(self, server_args: dict):
+        self.server = ModelServer.func_or_class(**server_args)
+
+    def stream(self, request: dict) -> "_LocalStream":
+        return _LocalStream(self.server.generate(request))
+
+    async def complete(self, request: dict) -> list:
+        return await self.server.complete(request)
+
+    async def info(self) -> dict:
+        return self.server.info()
+
+    def check_health(self) -> None:
+        self.server.check_health()
+
+
+class _LocalStream:
+    """An in-process generation stream with the `cancel()` of a Serve response stream."""
+
+    def __init__(self, events):
+        self._events = events
+        self._closing = None
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        return self._events.__anext__()
+
+    def cancel(self) -> None:
+        # Closing cancels the request's jobs. A generator still running is being cancelled by its
+        # pending step (see _with_keepalive), which closes it as well.
+        async def close():
+            with contextlib.suppress(RuntimeError):
+                await self._events.aclose()
+
+        self._closing = asyncio.ensure_future(close())
+
+
 @serve.deployment
 @serve.ingress(api)
 class OpenAIIngress:
-    def __init__(self, models: dict[str, DeploymentHandle], kinds: dict[str, str], limits: dict,
+    def __init__(self, models: dict[str, DeploymentHandle | dict], kinds: dict[str, str], limits: dict,
                  api_key_env: str, log_interval_s: float):
+        """`models`: each model's deployment handle, or the `ModelServer` arguments of a model to
+        load in this replica."""
         keep_serve_replica_on_node_ip()
-        self.models = models
+        self.models = {
+            name: InProcessModel(model) if isinstance(model, dict) else RemoteModel(model)
+            for name, model in models.items()
+        }
         self.kinds = kinds
         self.max_request_bytes = limits["max_request_bytes"]
         self.max_prompt_chars = limits["max_prompt_chars"]
@@ -287,6 +359,11 @@ class OpenAIIngress:
     async def playground_page(self) -> HTMLResponse:
         return HTMLResponse(self.playground)
 
+    def check_health(self) -> None:
+        """Serve's replica health check: fails while a model loaded here is stuck."""
+        for model in self.models.values():
+            model.check_health()
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "models": sorted(self.models)}
@@ -295,10 +372,10 @@ class OpenAIIngress:
     async def list_models(self, request: Request) -> JSONResponse:
         self._authorize(request)
         data = []
-        for name, handle in self.models.items():
+        for name, served in self.models.items():
             if name not in self.model_info:
                 try:
-                    self.model_info[name] = await handle.info.remote()
+                    self.model_info[name] = await served.info()
                 except Exception as error:
                     raise _replica_error(error) from error
             info = self.model_info[name]
@@ -360,13 +437,13 @@ class OpenAIIngress:
                 engine_request["logprobs"] = body.logprobs_count()
             else:
                 engine_request.update(prompts=body.prompts(), logprobs=body.logprobs, echo=body.echo)
-            handle = self.models[model]
+            served = self.models[model]
             try:
                 if body.stream:
-                    stream = handle.options(stream=True).generate.remote(engine_request)
+                    stream = served.stream(engine_request)
                     first = await stream.__anext__()
                 else:
-                    first, *rest = await handle.complete.remote(engine_request)
+                    first, *rest = await served.complete(engine_request)
             except Exception as error:
                 raise _replica_error(error) from error
             if isinstance(first, Rejected):

@@ -2,8 +2,8 @@
 
 A replica loads the model (a local HF directory or an MLflow registry version) into an `HFEngine`,
 which decodes all the requests it holds together and lets new ones join at the next step (see
-`pajama.serve.engine`); Serve's own batching would only add a wait. A request is prepared (chat
-template, tokenizer) in a worker thread, so a long prompt never stalls the replica's event loop,
+`pajama.serve.engine`); Serve's own batching would only add a wait. A request with a long prompt is
+prepared (chat template, tokenizer) in a worker thread, so it never stalls the replica's event loop,
 and whatever goes wrong with one request is reported on that request's stream alone. Events go
 back to the ingress in lists, everything that was ready at once, not one message per token.
 
@@ -26,6 +26,16 @@ from pajama.cluster import keep_serve_replica_on_node_ip
 from pajama.serve.events import Failed, Rejected, Started
 
 logger = logging.getLogger("ray.serve")
+
+
+# Prompts up to this many characters are tokenized on the event loop: that takes less time than
+# handing the request to a worker thread and back. Longer ones go to a thread, never stalling the loop.
+INLINE_PREPARE_CHARS = 4096
+
+
+def _prompt_chars(request: dict) -> int:
+    texts = [m["content"] for m in request.get("messages") or ()] + [p for p in request.get("prompts") or () if isinstance(p, str)]
+    return sum(map(len, texts))
 
 
 @serve.deployment
@@ -92,7 +102,10 @@ class ModelServer:
             yield Failed(self._retry_message(), retryable=True)
             return
         try:
-            jobs = await asyncio.to_thread(self.engine.prepare_request, request, self.default_max_tokens)
+            if _prompt_chars(request) <= INLINE_PREPARE_CHARS:
+                jobs = self.engine.prepare_request(request, self.default_max_tokens)
+            else:
+                jobs = await asyncio.to_thread(self.engine.prepare_request, request, self.default_max_tokens)
         except RequestError as error:
             yield Rejected(str(error), error.param, error.code)
             return
