@@ -69,6 +69,62 @@ def test_vllm_without_vllm_or_gpu_falls_back_to_hf(caplog):
     assert any("HF engine instead" in record.getMessage() for record in caplog.records)
 
 
+def test_vllm_llm_configs_build_from_the_serve_config(tmp_path):
+    """engine: vllm turns pipelines/serve.yaml's models into Ray Serve LLM configs with the same
+    replica options (the LLMServer deployments themselves need vLLM, which CI lacks)."""
+    from pajama.models import ResolvedModel
+    from pajama.serve.vllm_backend import llm_config
+
+    args = {**yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"], "engine": "vllm"}
+    parsed = ServeArgs.model_validate(args)
+    resolved = ResolvedModel(tmp_path / "weights", tmp_path / "tokenizer", "pajama-chat/3", "run-1")
+    configs = {spec.name: llm_config(spec.name, resolved, parsed.replica_options(spec)) for spec in parsed.models}
+    assert sorted(configs) == ["pajama-base", "pajama-chat", "pajama-instruct"]
+    chat = configs["pajama-chat"]
+    assert chat.model_id == "pajama-chat"
+    assert chat.model_loading_config.model_source == str(tmp_path / "weights")
+    assert chat.engine_kwargs == {"tokenizer": str(tmp_path / "tokenizer"), "max_num_seqs": 16, "trust_remote_code": False}
+    assert chat.deployment_config["autoscaling_config"]["max_replicas"] == 4
+    assert chat.deployment_config["max_ongoing_requests"] == 64
+    assert "ray_actor_options" not in chat.deployment_config  # vLLM places its own GPU workers
+    assert configs["pajama-base"].deployment_config["num_replicas"] == 1
+
+
+def test_vllm_streams_pass_through_with_one_done_and_errors_in_band():
+    import asyncio
+
+    from pajama.serve.vllm_backend import _sse_stream
+
+    class Response:  # what Ray Serve LLM streams besides ready `data:` strings (e.g. an ErrorResponse)
+        def model_dump(self):
+            return {"error": {"message": "out of memory", "code": 500}}
+
+    async def rest():
+        yield ['data: {"id": "2"}\n\n']
+        yield Response()
+
+    class Stream:  # a Serve response stream: async iteration and cancel()
+        def __init__(self):
+            self.items, self.cancelled = rest(), False
+
+        def __anext__(self):
+            return self.items.__anext__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    async def collect(stream):
+        return [packet async for packet in _sse_stream(['data: {"id": "1"}\n\n'], stream)]
+
+    stream = Stream()
+    packets = asyncio.run(collect(stream))
+    assert packets == [
+        'data: {"id": "1"}\n\n', 'data: {"id": "2"}\n\n',
+        'data: {"error": {"message": "out of memory", "code": 500}}\n\n', "data: [DONE]\n\n",
+    ]
+    assert stream.cancelled
+
+
 def test_summary_line_reports_counts_rates_and_latency(caplog):
     summary = Summary(interval_s=3600)
     logging.getLogger("ray.serve").addHandler(caplog.handler)

@@ -146,14 +146,6 @@ def test_serving_beyond_loopback_without_a_key_is_refused(model_dir, monkeypatch
     assert not ray.is_initialized()  # refused before anything started
 
 
-def test_vllm_is_refused_while_an_api_key_is_set(monkeypatch):
-    from pajama.serve.app import build_app
-
-    monkeypatch.setenv("PAJAMA_API_KEY", "sk-x")
-    with pytest.raises(ValueError, match="cannot enforce the API key"):
-        build_app({"models": [{"name": MODEL, "source": "/m", "kind": "chat"}], "engine": "vllm"})
-
-
 # ----------------------------------------------------------------------------------------------
 # Against a running `pajama serve`
 

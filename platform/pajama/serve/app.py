@@ -15,10 +15,8 @@ Entry points:
 `deploy` starts Ray through `pajama.cluster.init_ray` (loopback only when it starts a local
 instance) and refuses to listen beyond loopback without an API key unless `allow_insecure`.
 
-With `engine: vllm` (and vLLM installed and a GPU present) the app is `ray.serve.llm`'s OpenAI app
-instead: same endpoints, vLLM's continuous batching, but without Pajama's request limits,
-provenance headers and playground, and without an API key check, so it is refused while the API
-key variable is set (the key would silently not be enforced).
+With `engine: vllm` (and vLLM installed and a GPU present) each model is a Ray Serve LLM
+`LLMServer` deployment instead (`pajama.serve.vllm_backend`), behind the same ingress.
 """
 
 from __future__ import annotations
@@ -53,46 +51,22 @@ def parse_args(args: dict) -> ServeArgs:
         raise ValueError(f"invalid pajama serve args:\n{error}") from None
 
 
-def _vllm_usable() -> bool:
-    return importlib.util.find_spec("vllm") is not None and cluster_has_gpu()
-
-
-def _build_vllm_app(config: ServeArgs) -> serve.Application:
-    from ray.serve.llm import LLMConfig, build_openai_app
-
-    from pajama.models import resolve_source
-
-    llm_configs = []
-    for spec in config.models:
-        # Resolved where build_app runs: the directory must be visible to the vLLM replicas.
-        resolved = resolve_source(spec.source, config.tracking_uri, config.model_cache_dir, config.storage_uri)
-        deployment = deployment_options(f"vllm-{spec.name}", config.replica_options(spec))
-        deployment.pop("ray_actor_options")  # vLLM places its own GPU workers
-        llm_configs.append(
-            LLMConfig(
-                model_loading_config={"model_id": spec.name, "model_source": str(resolved.weights_dir)},
-                engine_kwargs={"tokenizer": str(resolved.tokenizer_dir), "trust_remote_code": False},
-                deployment_config=deployment,
-            )
-        )
-    return build_openai_app({"llm_configs": llm_configs})
-
-
 def build_app(args: dict) -> serve.Application:
     """The Serve application builder: `import_path: pajama.serve.app:build_app` with these `args`."""
     config = parse_args(args)
-    if config.engine == "vllm":
-        if os.environ.get(config.api_key_env):
-            raise ValueError(
-                f"engine 'vllm' cannot enforce the API key in {config.api_key_env}; "
-                "use engine 'hf', or unset the variable to serve without a key"
-            )
-        if _vllm_usable():
-            logger.warning("engine 'vllm': the app serves without an API key check")
-            return _build_vllm_app(config)
-        logger.warning("engine 'vllm' needs vLLM installed and a GPU; serving with the HF engine instead")
     tracking_uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     storage_uri = config.storage_uri or os.environ.get("PAJAMA_STORAGE_URI")
+    kinds = {spec.name: spec.kind for spec in config.models}
+    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
+    ingress_args = (kinds, limits, config.api_key_env, config.log_interval_s)
+    ingress = OpenAIIngress.options(
+        max_ongoing_requests=config.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.ingress_num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
+    )
+    if config.engine == "vllm":
+        if _vllm_usable():
+            return ingress.bind(_vllm_models(config, tracking_uri, storage_uri), *ingress_args)
+        logger.warning("engine 'vllm' needs vLLM installed and a GPU; serving with the HF engine instead")
 
     def server_args(spec: ModelSpec) -> dict:
         return {
@@ -104,15 +78,12 @@ def build_app(args: dict) -> serve.Application:
             "default_max_tokens": config.default_max_tokens,
         }
 
-    kinds = {spec.name: spec.kind for spec in config.models}
-    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
-    ingress_args = (kinds, limits, config.api_key_env, config.log_interval_s)
     if len(config.models) == 1:
         # One model: it decodes in the ingress replica, which takes the model's replicas, resources
         # and autoscaling; every request saves a handle call and its return stream.
         (spec,) = config.models
-        ingress = OpenAIIngress.options(**deployment_options(f"model-{spec.name}", config.replica_options(spec)))
-        return ingress.bind({spec.name: server_args(spec)}, *ingress_args)
+        colocated = OpenAIIngress.options(**deployment_options(f"model-{spec.name}", config.replica_options(spec)))
+        return colocated.bind({spec.name: server_args(spec)}, *ingress_args)
     handles = {}
     for spec in config.models:
         # No access log line per handle call: the proxy logs each HTTP request already.
@@ -121,11 +92,25 @@ def build_app(args: dict) -> serve.Application:
             logging_config={"enable_access_log": False},
         )
         handles[spec.name] = deployment.bind(**server_args(spec))
-    ingress = OpenAIIngress.options(
-        max_ongoing_requests=config.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.ingress_num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
-    )
     return ingress.bind(handles, *ingress_args)
+
+
+def _vllm_usable() -> bool:
+    return importlib.util.find_spec("vllm") is not None and cluster_has_gpu()
+
+
+def _vllm_models(config: ServeArgs, tracking_uri: str | None, storage_uri: str | None) -> dict:
+    """Each model's `LLMServer` deployment, with what /v1/models and the provenance headers say of it."""
+    from pajama.models import resolve_source
+    from pajama.serve import vllm_backend
+
+    models = {}
+    for spec in config.models:
+        resolved = resolve_source(spec.source, tracking_uri, config.model_cache_dir, storage_uri)
+        llm_config = vllm_backend.llm_config(spec.name, resolved, config.replica_options(spec))
+        info = {"kind": spec.kind, "version": resolved.version, "run_id": resolved.run_id, "engine": "vllm"}
+        models[spec.name] = {"vllm": vllm_backend.build_deployment(llm_config), "info": info}
+    return models
 
 
 def is_loopback(host: str) -> bool:

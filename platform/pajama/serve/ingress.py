@@ -14,9 +14,11 @@ records metrics, and serves the playground page. Its rules for what a client get
 A stream writes everything the replica had ready in one go (a chunk per choice with news), and an
 SSE comment whenever nothing came for `sse_keepalive_s`, so proxies keep a slow stream open.
 
-A model is reached either through the handle of its own deployment (`RemoteModel`) or, in an app of
-one model, loaded in the ingress replica itself (`InProcessModel`): one actor hop less per request,
-as Ray Serve LLM makes its single-model server the HTTP ingress.
+A model is reached through the handle of its own deployment (`RemoteModel`) or, in an app of one
+model, loaded in the ingress replica itself (`InProcessModel`): one actor hop less per request, as
+Ray Serve LLM makes its single-model server the HTTP ingress. Both speak the HF engine's events,
+which the ingress shapes into OpenAI responses; a vLLM model (`pajama.serve.vllm_backend.VLLMModel`)
+answers in OpenAI's format itself, and the ingress passes that through.
 """
 
 import asyncio
@@ -253,6 +255,8 @@ async def read_json_body(request: Request, max_bytes: int) -> dict:
 class RemoteModel:
     """A model in a deployment of its own, reached through its Serve handle."""
 
+    openai_responses = False
+
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
@@ -271,6 +275,8 @@ class RemoteModel:
 
 class InProcessModel:
     """A model loaded in this replica (`ModelServer`'s class, not its deployment): no handle hop."""
+
+    openai_responses = False
 
     def __init__(self, server_args: dict):
         self.server = ModelServer.func_or_class(**server_args)
@@ -311,18 +317,25 @@ class _LocalStream:
         self._closing = asyncio.ensure_future(close())
 
 
+def _served(model: DeploymentHandle | dict):
+    if isinstance(model, DeploymentHandle):
+        return RemoteModel(model)
+    if "vllm" in model:
+        from pajama.serve.vllm_backend import VLLMModel  # Ray Serve LLM's modules: seconds to import
+
+        return VLLMModel(model["vllm"], model["info"])
+    return InProcessModel(model)
+
+
 @serve.deployment
 @serve.ingress(api)
 class OpenAIIngress:
     def __init__(self, models: dict[str, DeploymentHandle | dict], kinds: dict[str, str], limits: dict,
                  api_key_env: str, log_interval_s: float):
-        """`models`: each model's deployment handle, or the `ModelServer` arguments of a model to
-        load in this replica."""
+        """`models`: each model's deployment handle, `{"vllm": handle, "info": ...}` for a vLLM
+        deployment, or the `ModelServer` arguments of a model to load in this replica."""
         keep_serve_replica_on_node_ip()
-        self.models = {
-            name: InProcessModel(model) if isinstance(model, dict) else RemoteModel(model)
-            for name, model in models.items()
-        }
+        self.models = {name: _served(model) for name, model in models.items()}
         self.kinds = kinds
         self.max_request_bytes = limits["max_request_bytes"]
         self.max_prompt_chars = limits["max_prompt_chars"]
@@ -423,6 +436,9 @@ class OpenAIIngress:
             if body.prompt_chars() > self.max_prompt_chars:
                 raise APIError(400, f"The prompt is longer than {self.max_prompt_chars} characters.",
                                param="messages" if is_chat else "prompt", code="context_length_exceeded")
+            served = self.models[model]
+            if served.openai_responses:
+                return await self._pass_through(served, body, is_chat, route, started_at)
             engine_request = {
                 "max_tokens": body.token_budget() if is_chat else body.max_tokens,
                 "temperature": body.temperature,
@@ -437,7 +453,6 @@ class OpenAIIngress:
                 engine_request["logprobs"] = body.logprobs_count()
             else:
                 engine_request.update(prompts=body.prompts(), logprobs=body.logprobs, echo=body.echo)
-            served = self.models[model]
             try:
                 if body.stream:
                     stream = served.stream(engine_request)
@@ -474,6 +489,29 @@ class OpenAIIngress:
             api_error = _replica_error(error)
             self._record(model, route, api_error.status, started_at, 0)
             raise api_error from error
+
+    async def _pass_through(self, served, body: BaseModel, is_chat: bool, route: str, started_at: float):
+        """A model that answers in OpenAI's format (vLLM): its response as it is, with provenance."""
+        model = body.model
+        try:
+            whole, stream, status = await served.respond(body, is_chat)
+        except Exception as error:
+            raise _replica_error(error) from error
+        info = await served.info()
+        headers = {"x-pajama-model-version": info["version"], "x-pajama-run-id": info["run_id"] or "none"}
+        if stream is None:
+            tokens = (whole.get("usage") or {}).get("completion_tokens", 0) if status == 200 else 0
+            self._record(model, route, status, started_at, tokens)
+            return JSONResponse(whole, status_code=status, headers=headers)
+
+        async def recorded():
+            try:
+                async for packet in stream:
+                    yield packet
+            finally:
+                self._record(model, route, 200, started_at, 0)
+
+        return StreamingResponse(recorded(), media_type="text/event-stream", headers=headers)
 
     def _complete(self, items: list, first: Started, reply: "_Reply", headers: dict, route: str, started_at: float):
         failed = next((item for item in items if isinstance(item, Failed)), None)
