@@ -2,9 +2,10 @@
 
 Prints, for the same model and the same greedy requests:
   * generated tokens/s through Serve at concurrency 1 and at concurrency 16, and their ratio
-    (the batching gain; the target is >= 8x at 16);
+    (the batching gain; the target is >= 8x at 16), measured in alternating rounds so that both
+    concurrencies see the same machine load;
   * the p50/p99 latency Serve adds over calling the model directly (the same `HFEngine`, in process,
-    one request at a time), i.e. HTTP + ingress + handle routing (target: <= 5 ms p50);
+    one request at a time), i.e. HTTP, the ingress and Serve's routing (target: <= 5 ms p50);
   * time to first token p50/p99 of streamed requests at concurrency 16;
   * a mixed workload (max_tokens drawn from 16 to 256) at concurrency 16: with in-flight batching
     a request's latency follows its own length (ms per generated token is about the same for short
@@ -76,7 +77,7 @@ async def one_by_one(base_url: str, model: str, engine: HFEngine, requests: int,
             response.raise_for_status()
             served.append(time.perf_counter() - started)
             tokens += response.json()["usage"]["completion_tokens"]
-    return {"direct": direct, "latencies": served, "tokens_per_s": tokens / sum(served), "requests": requests}
+    return {"direct": direct, "latencies": served, "tokens": tokens, "seconds": sum(served), "requests": requests}
 
 
 async def concurrent(base_url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> dict:
@@ -98,7 +99,7 @@ async def concurrent(base_url: str, model: str, requests: int, concurrency: int,
         started = time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return {"tokens_per_s": tokens / wall, "requests": requests}
+    return {"tokens": tokens, "seconds": wall, "requests": requests}
 
 
 async def time_to_first_token(base_url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> list[float]:
@@ -146,6 +147,16 @@ async def mixed(base_url: str, model: str, requests: int, concurrency: int, low:
     return results
 
 
+def _pooled(runs: list[dict]) -> dict:
+    """Several runs as one: their tokens over their seconds, their requests and latencies together."""
+    pooled = {key: sum(run[key] for run in runs) for key in ("tokens", "seconds", "requests")}
+    pooled["tokens_per_s"] = pooled["tokens"] / pooled["seconds"]
+    for key in ("direct", "latencies"):
+        if key in runs[0]:
+            pooled[key] = [value for run in runs for value in run[key]]
+    return pooled
+
+
 def _mixed_summary(results: list[tuple], short_max: int) -> dict:
     """Short requests' latency next to that of the longest request each one overlapped."""
     short = [r for r in results if r[0] <= short_max]
@@ -173,9 +184,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", help="a local HF model directory (default: build a tiny random model)")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=32, help="requests at concurrency 1 (and as many directly)")
+    parser.add_argument("--requests", type=int, default=48, help="requests at concurrency 1 (and as many directly)")
     parser.add_argument("--concurrent-requests", type=int, default=512, help="requests at concurrency 16")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4, help="alternate the two concurrencies this many times")
     parser.add_argument("--ttft-requests", type=int, default=64, help="streamed requests for time to first token")
     parser.add_argument("--mixed-requests", type=int, default=96, help="requests of the mixed workload")
     parser.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for ray.init (default: all)")
@@ -202,10 +214,17 @@ def main() -> None:
                 },
                 port=_free_port(),
             )
-            single = asyncio.run(one_by_one(base_url, "bench", engine, args.requests, args.max_tokens))
-            batched = asyncio.run(
-                concurrent(base_url, "bench", args.concurrent_requests, args.concurrency, args.max_tokens)
-            )
+            # Rounds of concurrency 1 and 16 in turn, so both see the same (changing) machine load.
+            rounds = [
+                (
+                    asyncio.run(one_by_one(base_url, "bench", engine, args.requests // args.rounds, args.max_tokens)),
+                    asyncio.run(concurrent(
+                        base_url, "bench", args.concurrent_requests // args.rounds, args.concurrency, args.max_tokens
+                    )),
+                )
+                for _ in range(args.rounds)
+            ]
+            single, batched = (_pooled([r[i] for r in rounds]) for i in (0, 1))
             ttfts = asyncio.run(time_to_first_token(base_url, "bench", args.ttft_requests, args.concurrency, args.max_tokens))
             mix = _mixed_summary(asyncio.run(mixed(base_url, "bench", args.mixed_requests, args.concurrency, 16, 256)), 64)
         finally:
