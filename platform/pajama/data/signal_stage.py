@@ -39,7 +39,6 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col
 
 from pajama import storage
 from pajama.artifacts import StageContext
@@ -115,7 +114,10 @@ def read_sources(cfg: DataConfig) -> ray.data.Dataset:
 
 
 def _duplicate_paragraphs(documents: ray.data.Dataset, dedup_slices: list[str], partitions: int) -> ray.data.Dataset:
-    """The line hashes found two or more times among the readable documents of `dedup_slices`."""
+    """The line hashes found two or more times among the readable documents of `dedup_slices`.
+
+    The hashes go to `partitions` shuffle partitions by value and each partition is counted at once with
+    numpy: nearly every line is distinct, and Ray Data's group-by count would pay Python per line."""
 
     def line_hashes(batch: pa.Table) -> pa.Table:
         batch = batch.filter(pc.and_(pc.is_null(batch.column(READ_ERROR)),
@@ -123,12 +125,16 @@ def _duplicate_paragraphs(documents: ray.data.Dataset, dedup_slices: list[str], 
         hashes = [ccnet.paragraph_hashes(text) for text in batch.column("text").to_pylist()]
         # As int64 (the same 64 bits): Ray's sort-based shuffle samples its boundaries as Python ints, which
         # an unsigned column above 2**63 would not take back.
-        flat = np.concatenate(hashes).view(np.int64) if hashes else np.empty(0, np.int64)
-        return pa.table({"hash": pa.array(flat, pa.int64())})
+        flat = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+        return pa.table({"hash": pa.array(flat.view(np.int64), pa.int64()),
+                         "_partition": pa.array((flat % np.uint64(partitions)).astype(np.int32))})
 
-    counted = documents.map_batches(line_hashes, batch_format="pyarrow").groupby(
-        "hash", num_partitions=partitions).count()
-    return counted.filter(expr=col("count()") > 1).select_columns(["hash"])
+    def repeated(partition: pa.Table) -> pa.Table:
+        hashes, counts = np.unique(partition.column("hash").to_numpy(), return_counts=True)
+        return pa.table({"hash": pa.array(hashes[counts > 1], pa.int64())})
+
+    return documents.map_batches(line_hashes, batch_format="pyarrow").groupby(
+        "_partition", num_partitions=partitions).map_groups(repeated, batch_format="pyarrow")
 
 
 def _read_hashes(uri: str) -> np.ndarray:
