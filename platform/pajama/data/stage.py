@@ -97,8 +97,9 @@ def _is_duplicate(batch: pa.Table) -> pa.Array:
     return mask
 
 
-def read_parquet_dir(uri: str | Path) -> ray.data.Dataset:
-    """The parquet files under a folder of an artifact (local or in object storage), in file-name order.
+def read_parquet_dir(uri: str | Path, drop_columns: frozenset[str] = frozenset()) -> ray.data.Dataset:
+    """The parquet files under a folder of an artifact (local or in object storage), in file-name order;
+    without `drop_columns`, which are then never read.
 
     Read with Ray Data's V1 parquet datasource: these are files Pajama wrote itself, and the V2
     datasource starts a pool of footer-reader actors per execution (seconds on a small cluster,
@@ -108,10 +109,14 @@ def read_parquet_dir(uri: str | Path) -> ray.data.Dataset:
     files = [storage.join(uri, name) for name in storage.files(uri) if name.endswith(".parquet")]
     if not files:
         raise FileNotFoundError(f"no parquet files under {uri}")
+    columns = None
+    if drop_columns:
+        filesystem, path = storage.filesystem(files[0])
+        columns = [name for name in pq.read_schema(path, filesystem=filesystem).names if name not in drop_columns]
     context = ray.data.DataContext.get_current()
     use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(files)
+        return ray.data.read_parquet(files, columns=columns)
     finally:
         context.use_datasource_v2 = use_v2
 
@@ -174,7 +179,7 @@ def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
                                        zip(batch.column("doc_id").to_pylist(), batch.column("slice").to_pylist())],
                                       pa.bool_()))
         texts = batch.column("text").to_pylist()
-        encoded = _rust_tokenizer(tokenizer_json).encode_batch(texts, add_special_tokens=False)
+        encoded = _rust_tokenizer(tokenizer_json).encode_batch_fast(texts, add_special_tokens=False)
         return pa.table({"slice": batch.column("slice"),
                          "bytes": pa.array([len(t.encode("utf-8")) for t in texts], pa.int64()),
                          "tokens": pa.array([len(e.ids) for e in encoded], pa.int64())})
@@ -212,7 +217,9 @@ def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len:
     tokens per slice."""
     shard = docs.column("_shard")[0].as_py()
     docs = docs.sort_by("doc_id")
-    encoded = _rust_tokenizer(tokenizer_json).encode_batch(docs.column("text").to_pylist(), add_special_tokens=False)
+    # encode_batch_fast: the same ids without the character offsets, which packing never reads
+    encoded = _rust_tokenizer(tokenizer_json).encode_batch_fast(docs.column("text").to_pylist(),
+                                                                add_special_tokens=False)
     streams: dict[str, list[int]] = defaultdict(list)
     for enc, slice_name in zip(encoded, docs.column("slice").to_pylist()):
         streams[slice_name].extend(enc.ids + [eos_token_id])
@@ -346,7 +353,10 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
             n = cfg.decontamination.ngram
             contamination = (decontam.eval_ngram_hashes(cfg.decontamination.against, n), n)
             log.info("data: decontamination against %d evaluation %d-grams", len(contamination[0]), n)
-        selected = read_parquet_dir(signal_documents_uri).map_batches(
+        # _select drops the signal columns, so only those the rules read are read (the per-line lists of
+        # the others are most of the artifact's bytes)
+        unread = frozenset(signals.SIGNAL_COLUMNS) - set(filters.signals_needed(rules))
+        selected = read_parquet_dir(signal_documents_uri, unread).map_batches(
             _select, fn_kwargs={"rules": rules, "contamination": contamination}, batch_format="pyarrow")
         rewrite(storage.join(out_uri, "documents"), selected.write_parquet)
         phases.finish("selection")
