@@ -46,8 +46,8 @@ from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import ccnet, histograms, readers, references, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR
-from pajama.data.stage import (Phases, configured_shuffles, read_parquet_dir, rewrite, shuffle_partitions,
-                               totals)
+from pajama.data.stage import (Phases, configured_shuffles, parquet_schema, read_parquet_dir, rewrite,
+                               shuffle_partitions, totals)
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,11 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
             with_signals, fn_kwargs={"models": models, "dedup_slices": dedup_slices, "duplicates": duplicates,
                                      "ut1_blacklist": ut1}, batch_format="pyarrow").write_parquet)
         phases.finish("signals", duplicate_paragraph_hashes=len(duplicates))
-    documents = read_parquet_dir(documents_uri)
-    stats = _read_stats(documents)
+    stats = _read_stats(read_parquet_dir(documents_uri, ["slice", READ_ERROR, "text"]))
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     log.info("signals: histograms")
-    distributions = histograms.compute(documents, histograms.numeric_signals(documents.schema().base_schema,
-                                                                             list(ALL_SIGNAL_COLUMNS)))
+    numeric = histograms.numeric_signals(parquet_schema(documents_uri), list(ALL_SIGNAL_COLUMNS))
+    distributions = histograms.compute(read_parquet_dir(documents_uri, ["slice", *numeric]), numeric)
     (ctx.out / "histograms.json").write_text(json.dumps(distributions))
     histograms.plot(distributions, ctx.out / "histograms.png")
     ctx.log_datasets(raw_inputs(cfg), context="raw")
