@@ -8,7 +8,10 @@ unchanged (a hash join may widen string to large_string); rows may come back in 
 - exact_dedup: sha1 of the RPv2-normalised text; one document per hash is kept, the one with
   the smallest doc_id, across the whole corpus (all slices together).
 - fuzzy_dedup: MinHash signatures over 13-word shingles of the normalised words, LSH bands,
-  candidate pairs from identical band keys, clusters = connected components of the candidate
+  candidate pairs from identical band keys (the band rows are shuffled into partitions by a
+  band value and each partition is grouped by key at once with Arrow: nearly every key is
+  unique, and Ray Data's group-by aggregate pays Python per group), clusters = connected
+  components of the candidate
   graph (distributed large-star/small-star iteration, Kiveris et al. 2014), one document kept
   per cluster (the smallest doc_id). As in RPv2, documents shorter than one shingle get no
   signature and are left to exact dedup.
@@ -36,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.aggregate import AsList, Count, Min, Sum, Unique
+from ray.data.aggregate import Min, Sum, Unique
 
 from pajama.data.text import normalize_text
 
@@ -56,6 +59,7 @@ _BROADCAST_MAX_ROWS = 200_000
 _EXACT_HASH = "_exact_hash"
 _EXACT_KEEP = "_exact_keep"
 _BAND_KEY = "_band_key"
+_BAND_PARTITION = "_band_partition"
 _FUZZY_ROOT = "_fuzzy_root"
 
 
@@ -87,8 +91,19 @@ def _add_exact_hash(batch: pa.Table) -> pa.Table:
     return batch.append_column(_EXACT_HASH, pa.array(digests, pa.binary()))
 
 
-def _duplicated_hashes(groups: pa.Table) -> pa.Table:
-    return groups.filter(pc.greater(groups["_count"], 1)).select([_EXACT_HASH, _EXACT_KEEP])
+def _with_hash_partition(batch: pa.Table, *, partitions: int) -> pa.Table:
+    """`_partition`: the hash's first 4 bytes modulo `partitions`, so equal hashes share one."""
+    heads = pc.binary_slice(batch[_EXACT_HASH], 0, 4).combine_chunks().cast(pa.binary(4))
+    values = np.frombuffer(heads.buffers()[1], np.uint32)[heads.offset : heads.offset + len(heads)]
+    return batch.append_column("_partition", pa.array((values % np.uint32(partitions)).astype(np.int32)))
+
+
+def _duplicated_hashes(hashes: pa.Table) -> pa.Table:
+    """The hashes of one partition (every row of each of its hashes) that occur more than once, with
+    their smallest doc_id: one Arrow group-by where Ray's aggregate would pay Python per hash."""
+    groups = hashes.group_by(_EXACT_HASH, use_threads=False).aggregate([([], "count_all"), ("doc_id", "min")])
+    repeated = groups.filter(pc.greater(groups["count_all"], 1))
+    return pa.table({_EXACT_HASH: repeated[_EXACT_HASH], _EXACT_KEEP: repeated["doc_id_min"]})
 
 
 def _mark_exact(batch: pa.Table) -> pa.Table:
@@ -107,9 +122,9 @@ def exact_dedup(ds: ray.data.Dataset, *, num_partitions: int | None = None) -> r
     hashed = ds.map_batches(_add_exact_hash, batch_format="pyarrow")
     duplicated = (
         hashed.select_columns([_EXACT_HASH, "doc_id"])
-        .groupby(_EXACT_HASH, num_partitions=partitions)
-        .aggregate(Count(alias_name="_count"), Min("doc_id", alias_name=_EXACT_KEEP))
-        .map_batches(_duplicated_hashes, batch_format="pyarrow")
+        .map_batches(_with_hash_partition, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
+        .groupby("_partition", num_partitions=partitions)
+        .map_groups(_duplicated_hashes, batch_format="pyarrow")
         .materialize()
     )
     return _left_join_unique(hashed, duplicated, _EXACT_HASH, [_EXACT_KEEP], partitions).map_batches(
@@ -270,12 +285,15 @@ def _band_keys(
     ngram: int,
     bands: int,
     rows: int,
+    partitions: int,
     perm_a: np.ndarray,
     perm_b: np.ndarray,
     shingle_coef: np.ndarray,
 ) -> pa.Table:
-    """One (band key, doc_id) row per band of each signed document; the key is the band index
-    followed by its `rows` minhash values, so equal keys mean an identical band."""
+    """One (band key, doc_id, partition) row per band of each signed document; the key is the
+    band index followed by its `rows` minhash values, so equal keys mean an identical band, and
+    the partition (of `partitions`) is the band's first minhash value modulo `partitions`, so
+    equal keys share a partition."""
     docs_words = [normalize_text(t).split() for t in _texts(batch)]
     signatures, signed = minhash_signatures(docs_words, ngram, perm_a, perm_b, shingle_coef)
     keys = np.empty((signed.size, bands, rows + 1), dtype=np.uint32)
@@ -286,7 +304,16 @@ def _band_keys(
         pa.binary(width), signed.size * bands, [None, pa.py_buffer(keys.tobytes())]
     ).cast(pa.binary())
     doc_ids = batch.column("doc_id").take(pa.array(np.repeat(signed, bands)))
-    return pa.table({_BAND_KEY: key_array, "doc_id": doc_ids})
+    partition = (keys[:, :, 1] % np.uint32(partitions)).reshape(-1).astype(np.int32)
+    return pa.table({_BAND_KEY: key_array, "doc_id": doc_ids, _BAND_PARTITION: partition})
+
+
+def _partition_edges(band_rows: pa.Table) -> pa.Table:
+    """The candidate edges of one band partition, which holds every row of each of its keys."""
+    buckets = band_rows.group_by(_BAND_KEY, use_threads=False).aggregate([("doc_id", "list"), ("doc_id", "min")])
+    # one chunk: _bucket_edges takes list parent indices as row numbers
+    return _bucket_edges(pa.table({"_members": buckets["doc_id_list"],
+                                   "_smallest": buckets["doc_id_min"]}).combine_chunks())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,13 +508,12 @@ def fuzzy_dedup(
         _band_keys,
         batch_format="pyarrow",
         batch_size=_SIGNATURE_BATCH,
-        fn_kwargs={"ngram": ngram, "bands": bands, "rows": rows}
+        fn_kwargs={"ngram": ngram, "bands": bands, "rows": rows, "partitions": partitions}
         | _minhash_constants(num_perm, seed),
     )
     edges = (
-        band_rows.groupby(_BAND_KEY, num_partitions=partitions)
-        .aggregate(AsList("doc_id", alias_name="_members"), Min("doc_id", alias_name="_smallest"))
-        .map_batches(_bucket_edges, batch_format="pyarrow")
+        band_rows.groupby(_BAND_PARTITION, num_partitions=partitions)
+        .map_groups(_partition_edges, batch_format="pyarrow")
         .materialize()
     )
     num_edges = edges.count()

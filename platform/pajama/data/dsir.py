@@ -111,12 +111,27 @@ def importance_weights(
 ) -> tuple[list[float | None], list[float | None]]:
     """Per text, log p_target(text) / p_source(text) under the hashed bag-of-{1,2}-grams models, and the
     same plus RPv2's Poisson length correction; None for an empty text."""
-    if target.buckets != source.buckets:
-        raise ValueError(f"target has {target.buckets} buckets, source {source.buckets}")
+    return importance_weights_of_targets(texts, {"target": target}, source)["target"]
+
+
+def importance_weights_of_targets(
+    texts: list[str], targets: dict[str, Distribution], source: Distribution
+) -> dict[str, tuple[list[float | None], list[float | None]]]:
+    """importance_weights for each of `targets` (name -> distribution), from one featurisation of `texts`."""
+    for target in targets.values():
+        if target.buckets != source.buckets:
+            raise ValueError(f"target has {target.buckets} buckets, source {source.buckets}")
+    features = _features(texts, source.buckets)
+    return {name: _importance_weights(texts, features, target, source) for name, target in targets.items()}
+
+
+def _importance_weights(
+    texts: list[str], features: tuple[np.ndarray, np.ndarray, np.ndarray], target: Distribution, source: Distribution
+) -> tuple[list[float | None], list[float | None]]:
     log_ratio = np.log(target.counts / target.counts.sum() + _SMOOTHING) - np.log(
         source.counts / source.counts.sum() + _SMOOTHING
     )
-    _, feature_doc, feature_bucket = _features(texts, target.buckets)
+    _, feature_doc, feature_bucket = features
     scores = np.bincount(feature_doc, weights=log_ratio[feature_bucket], minlength=len(texts))
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
     length_correction = np.log(poisson.pmf(lengths, target.mean_words) + _SMOOTHING) - np.log(

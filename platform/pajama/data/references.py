@@ -176,8 +176,7 @@ def score(batch: pa.Table, references: dict) -> pa.Table:
     columns["ccnet_bucket"] = [None if p is None else ccnet.perplexity_bucket(p, cutoffs) for p in perplexities]
     for name, model in scorers.items():
         columns[f"rps_doc_ml_{name}_score"] = classifiers.quality_scores(model, texts)
-    for target, distribution in targets.items():
-        plain, corrected = dsir.importance_weights(texts, distribution, source)
+    for target, (plain, corrected) in dsir.importance_weights_of_targets(texts, targets, source).items():
         columns[f"rps_doc_{target}_importance"] = plain
         columns[f"rps_doc_{target}_importance_length_correction"] = corrected
     for name, kind in MODEL_SIGNAL_COLUMNS.items():

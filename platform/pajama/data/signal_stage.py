@@ -39,7 +39,6 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col
 
 from pajama import storage
 from pajama.artifacts import StageContext
@@ -47,8 +46,8 @@ from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import ccnet, histograms, readers, references, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR
-from pajama.data.stage import (Phases, configured_shuffles, read_parquet_dir, rewrite, shuffle_partitions,
-                               totals)
+from pajama.data.stage import (Phases, configured_shuffles, parquet_schema, read_parquet_dir, rewrite,
+                               shuffle_partitions, totals)
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,11 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
             with_signals, fn_kwargs={"models": models, "dedup_slices": dedup_slices, "duplicates": duplicates,
                                      "ut1_blacklist": ut1}, batch_format="pyarrow").write_parquet)
         phases.finish("signals", duplicate_paragraph_hashes=len(duplicates))
-    documents = read_parquet_dir(documents_uri)
-    stats = _read_stats(documents)
+    stats = _read_stats(read_parquet_dir(documents_uri, ["slice", READ_ERROR, "text"]))
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     log.info("signals: histograms")
-    distributions = histograms.compute(documents, histograms.numeric_signals(documents.schema().base_schema,
-                                                                             list(ALL_SIGNAL_COLUMNS)))
+    numeric = histograms.numeric_signals(parquet_schema(documents_uri), list(ALL_SIGNAL_COLUMNS))
+    distributions = histograms.compute(read_parquet_dir(documents_uri, ["slice", *numeric]), numeric)
     (ctx.out / "histograms.json").write_text(json.dumps(distributions))
     histograms.plot(distributions, ctx.out / "histograms.png")
     ctx.log_datasets(raw_inputs(cfg), context="raw")
@@ -115,7 +113,10 @@ def read_sources(cfg: DataConfig) -> ray.data.Dataset:
 
 
 def _duplicate_paragraphs(documents: ray.data.Dataset, dedup_slices: list[str], partitions: int) -> ray.data.Dataset:
-    """The line hashes found two or more times among the readable documents of `dedup_slices`."""
+    """The line hashes found two or more times among the readable documents of `dedup_slices`.
+
+    The hashes go to `partitions` shuffle partitions by value and each partition is counted at once with
+    numpy: nearly every line is distinct, and Ray Data's group-by count would pay Python per line."""
 
     def line_hashes(batch: pa.Table) -> pa.Table:
         batch = batch.filter(pc.and_(pc.is_null(batch.column(READ_ERROR)),
@@ -123,12 +124,16 @@ def _duplicate_paragraphs(documents: ray.data.Dataset, dedup_slices: list[str], 
         hashes = [ccnet.paragraph_hashes(text) for text in batch.column("text").to_pylist()]
         # As int64 (the same 64 bits): Ray's sort-based shuffle samples its boundaries as Python ints, which
         # an unsigned column above 2**63 would not take back.
-        flat = np.concatenate(hashes).view(np.int64) if hashes else np.empty(0, np.int64)
-        return pa.table({"hash": pa.array(flat, pa.int64())})
+        flat = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+        return pa.table({"hash": pa.array(flat.view(np.int64), pa.int64()),
+                         "_partition": pa.array((flat % np.uint64(partitions)).astype(np.int32))})
 
-    counted = documents.map_batches(line_hashes, batch_format="pyarrow").groupby(
-        "hash", num_partitions=partitions).count()
-    return counted.filter(expr=col("count()") > 1).select_columns(["hash"])
+    def repeated(partition: pa.Table) -> pa.Table:
+        hashes, counts = np.unique(partition.column("hash").to_numpy(), return_counts=True)
+        return pa.table({"hash": pa.array(hashes[counts > 1], pa.int64())})
+
+    return documents.map_batches(line_hashes, batch_format="pyarrow").groupby(
+        "_partition", num_partitions=partitions).map_groups(repeated, batch_format="pyarrow")
 
 
 def _read_hashes(uri: str) -> np.ndarray:

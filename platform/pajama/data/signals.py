@@ -217,6 +217,10 @@ _NORMALIZED_WORD_CONSUMERS = _WORD_SIGNALS | {
     "rps_doc_lorem_ipsum",
     "gopher_stop_word_count",
 }
+# signals counting character classes of the raw text
+_CHAR_CLASS_CONSUMERS = frozenset(
+    f"rps_lines_uppercase_letter_fraction{suffix}" for suffix in ("", "_mean")
+) | {"rpv1_frac_alnum_chars", "rpv1_alpha_chars_per_token"}
 _RAW_WORD_CONSUMERS = frozenset(
     {
         "rps_doc_symbol_to_word_ratio",
@@ -295,6 +299,38 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, PRECISION) if denominator else None
 
 
+# Character classes as bit flags, counted with numpy instead of str.isupper & co. per character in Python.
+_UPPER, _NUMERIC, _ALNUM, _ALPHA = 1, 2, 4, 8
+
+
+def _class_of(char: str) -> int:
+    return ((_UPPER if char.isupper() else 0) | (_NUMERIC if char.isnumeric() else 0)
+            | (_ALNUM if char.isalnum() else 0) | (_ALPHA if char.isalpha() else 0))
+
+
+@functools.cache
+def _bmp_classes() -> np.ndarray:
+    """_class_of every code point of the Basic Multilingual Plane (built once per process, ~50 ms)."""
+    return np.fromiter((_class_of(chr(code)) for code in range(0x10000)), np.uint8, 0x10000)
+
+
+def _char_classes(text: str) -> np.ndarray:
+    """The class flags of each character of `text` (the same as str.isupper & co. on that character)."""
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    classes = _bmp_classes()[np.minimum(codes, 0xFFFF)]
+    for i in np.flatnonzero(codes > 0xFFFF):  # rare (emoji, historic scripts): asked one by one
+        classes[i] = _class_of(chr(codes[i]))
+    return classes
+
+
+def _counts_per_piece(classes: np.ndarray, flag: int, lengths: list[int]) -> list[int]:
+    """How many characters of each consecutive piece (of `lengths` characters) have the class `flag`."""
+    prefix = np.concatenate(([0], np.cumsum((classes & flag) != 0, dtype=np.int64)))
+    lengths = np.asarray(lengths, np.int64)
+    ends = np.cumsum(lengths)
+    return (prefix[ends] - prefix[ends - lengths]).tolist()
+
+
 def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str], list_language: str) -> list[str]:
     """Append the wanted per-document signals of `text` to `out`, with the word lists of `list_language`;
     return its normalised words (an empty list when no wanted signal needs them)."""
@@ -347,32 +383,39 @@ def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str
     if "rps_doc_curly_bracket" in wanted:
         out["rps_doc_curly_bracket"].append(_ratio(text.count("{") + text.count("}"), len(text)) or 0.0)
 
+    text_classes = _char_classes(text) if wanted & _CHAR_CLASS_CONSUMERS else np.empty(0, np.uint8)
     if wanted & _LINE_SIGNAL_COLUMNS:
-        _add_line_signals(lines, normalized_lines, out, wanted)
+        _add_line_signals(lines, normalized_lines, text_classes, out, wanted)
     if wanted & _GOPHER_SIGNALS:
         _add_gopher_signals(text, words, out, wanted)
     if wanted & _C4_SIGNALS:
         _add_c4_signals(text, out)
     if wanted & _RPV1_SIGNALS:
-        _add_rpv1_signals(text, num_raw_words, out, wanted)
+        _add_rpv1_signals(text, text_classes, num_raw_words, out, wanted)
     return words if wanted & _WORD_SIGNALS else []
 
 
 def _add_line_signals(
-    lines: list[str], normalized_lines: list[str], out: dict[str, list], wanted: frozenset[str]
+    lines: list[str], normalized_lines: list[str], text_classes: np.ndarray, out: dict[str, list],
+    wanted: frozenset[str]
 ) -> None:
+    line_lengths = list(map(len, lines))
+    normalized_lengths = list(map(len, normalized_lines))
     per_line_values = {
         "rps_lines_ending_with_terminal_punctution_mark": lambda: [
             float(line.rstrip().endswith(_TERMINAL_PUNCTUATION)) for line in lines
         ],
         "rps_lines_javascript_counts": lambda: [line.split().count("javascript") for line in normalized_lines],
         "rps_lines_num_words": lambda: [len(line.split()) for line in normalized_lines],
-        # a raw line keeps its "\n", so it is never empty
+        # a raw line keeps its "\n", so it is never empty; the lines are consecutive pieces of the text
         "rps_lines_uppercase_letter_fraction": lambda: [
-            _ratio(sum(map(str.isupper, line)), len(line)) for line in lines
+            _ratio(upper, length) for upper, length in zip(_counts_per_piece(text_classes, _UPPER, line_lengths),
+                                                           line_lengths)
         ],
         "rps_lines_numerical_chars_fraction": lambda: [
-            _ratio(sum(map(str.isnumeric, line)), len(line)) or 0.0 for line in normalized_lines
+            _ratio(numeric, length) or 0.0 for numeric, length in zip(
+                _counts_per_piece(_char_classes("".join(normalized_lines)), _NUMERIC, normalized_lengths),
+                normalized_lengths)
         ],
         "rps_lines_start_with_bulletpoint": lambda: [float(line.lstrip().startswith(_BULLETS)) for line in lines],
     }
@@ -439,7 +482,9 @@ def _add_c4_signals(text: str, out: dict[str, list]) -> None:
     out["c4_num_sentences"].append(sentences)
 
 
-def _add_rpv1_signals(text: str, num_tokens: int, out: dict[str, list], wanted: frozenset[str]) -> None:
+def _add_rpv1_signals(
+    text: str, text_classes: np.ndarray, num_tokens: int, out: dict[str, list], wanted: frozenset[str]
+) -> None:
     if "rpv1_max_line_length" in wanted or "rpv1_mean_line_length" in wanted:
         line_lengths = list(map(len, text.splitlines()))
         # RPv1 reports 0 for all three when a file has no lines
@@ -448,9 +493,9 @@ def _add_rpv1_signals(text: str, num_tokens: int, out: dict[str, list], wanted: 
         if "rpv1_mean_line_length" in wanted:
             out["rpv1_mean_line_length"].append(_ratio(len(text), len(line_lengths)) or 0.0)
     if "rpv1_frac_alnum_chars" in wanted:
-        out["rpv1_frac_alnum_chars"].append(_ratio(sum(map(str.isalnum, text)), len(text)) or 0.0)
+        out["rpv1_frac_alnum_chars"].append(_ratio(int(np.count_nonzero(text_classes & _ALNUM)), len(text)) or 0.0)
     if "rpv1_alpha_chars_per_token" in wanted:
-        out["rpv1_alpha_chars_per_token"].append(_ratio(sum(map(str.isalpha, text)), num_tokens))
+        out["rpv1_alpha_chars_per_token"].append(_ratio(int(np.count_nonzero(text_classes & _ALPHA)), num_tokens))
 
 
 def _word_signals(

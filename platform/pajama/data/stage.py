@@ -97,21 +97,33 @@ def _is_duplicate(batch: pa.Table) -> pa.Array:
     return mask
 
 
-def read_parquet_dir(uri: str | Path) -> ray.data.Dataset:
-    """The parquet files under a folder of an artifact (local or in object storage), in file-name order.
+def _parquet_files(uri: str) -> list[str]:
+    files = [storage.join(uri, name) for name in storage.files(uri) if name.endswith(".parquet")]
+    if not files:
+        raise FileNotFoundError(f"no parquet files under {uri}")
+    return files
+
+
+def parquet_schema(uri: str | Path) -> pa.Schema:
+    """The schema of the parquet files under a folder of an artifact (that of its first file)."""
+    filesystem, path = storage.filesystem(_parquet_files(str(uri))[0])
+    return pq.read_schema(path, filesystem=filesystem)
+
+
+def read_parquet_dir(uri: str | Path, columns: list[str] | None = None) -> ray.data.Dataset:
+    """The parquet files under a folder of an artifact (local or in object storage), in file-name order;
+    only `columns` when given. Name the columns here rather than select them afterwards: Ray Data's
+    pushed-down projection still costs about as much as reading every column.
 
     Read with Ray Data's V1 parquet datasource: these are files Pajama wrote itself, and the V2
     datasource starts a pool of footer-reader actors per execution (seconds on a small cluster,
     and again in every training worker, which executes the whole stream itself; see loop.py).
     """
-    uri = str(uri)
-    files = [storage.join(uri, name) for name in storage.files(uri) if name.endswith(".parquet")]
-    if not files:
-        raise FileNotFoundError(f"no parquet files under {uri}")
+    files = _parquet_files(str(uri))
     context = ray.data.DataContext.get_current()
     use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(files)
+        return ray.data.read_parquet(files, columns=columns)
     finally:
         context.use_datasource_v2 = use_v2
 
@@ -174,7 +186,7 @@ def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
                                        zip(batch.column("doc_id").to_pylist(), batch.column("slice").to_pylist())],
                                       pa.bool_()))
         texts = batch.column("text").to_pylist()
-        encoded = _rust_tokenizer(tokenizer_json).encode_batch(texts, add_special_tokens=False)
+        encoded = _rust_tokenizer(tokenizer_json).encode_batch_fast(texts, add_special_tokens=False)
         return pa.table({"slice": batch.column("slice"),
                          "bytes": pa.array([len(t.encode("utf-8")) for t in texts], pa.int64()),
                          "tokens": pa.array([len(e.ids) for e in encoded], pa.int64())})
@@ -212,7 +224,9 @@ def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len:
     tokens per slice."""
     shard = docs.column("_shard")[0].as_py()
     docs = docs.sort_by("doc_id")
-    encoded = _rust_tokenizer(tokenizer_json).encode_batch(docs.column("text").to_pylist(), add_special_tokens=False)
+    # encode_batch_fast: the same ids without the character offsets, which packing never reads
+    encoded = _rust_tokenizer(tokenizer_json).encode_batch_fast(docs.column("text").to_pylist(),
+                                                                add_special_tokens=False)
     streams: dict[str, list[int]] = defaultdict(list)
     for enc, slice_name in zip(encoded, docs.column("slice").to_pylist()):
         streams[slice_name].extend(enc.ids + [eos_token_id])
@@ -346,11 +360,16 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
             n = cfg.decontamination.ngram
             contamination = (decontam.eval_ngram_hashes(cfg.decontamination.against, n), n)
             log.info("data: decontamination against %d evaluation %d-grams", len(contamination[0]), n)
-        selected = read_parquet_dir(signal_documents_uri).map_batches(
+        # _select drops the signal columns, so only those the rules read are read (the per-line lists of
+        # the others are most of the artifact's bytes)
+        unread = set(signals.SIGNAL_COLUMNS) - set(filters.signals_needed(rules))
+        read = [name for name in parquet_schema(signal_documents_uri).names if name not in unread]
+        selected = read_parquet_dir(signal_documents_uri, read).map_batches(
             _select, fn_kwargs={"rules": rules, "contamination": contamination}, batch_format="pyarrow")
         rewrite(storage.join(out_uri, "documents"), selected.write_parquet)
         phases.finish("selection")
-    documents = read_parquet_dir(storage.join(out_uri, "documents"))
+    documents_uri, deduped_uri = storage.join(out_uri, "documents"), storage.join(out_uri, "deduped")
+    documents = read_parquet_dir(documents_uri)
 
     if "dedup" not in phases.done:
         kept = where(documents, lambda b: b.column("keep"))
@@ -364,14 +383,16 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
             kept = dedup.fuzzy_dedup(kept.materialize(), threshold=fz.threshold, num_perm=fz.num_perm, ngram=fz.ngram,
                                      bands=fz.bands, rows=fz.rows, seed=seed, num_partitions=partitions,
                                      driver_components_max_edges=fz.driver_components_max_edges)
-        rewrite(storage.join(out_uri, "deduped"), kept.write_parquet)
-        deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
-        dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in deduped.columns()]
-        phases.finish("dedup", dup_columns=dup_columns, stats=_slice_stats(documents, deduped, dup_columns))
-    deduped = read_parquet_dir(storage.join(out_uri, "deduped"))
+        rewrite(deduped_uri, kept.write_parquet)
+        dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in parquet_schema(deduped_uri).names]
+        stats = _slice_stats(read_parquet_dir(documents_uri, ["slice", "keep", "drop_reason", READ_ERROR, "text"]),
+                             read_parquet_dir(deduped_uri, ["slice", "text", *dup_columns]), dup_columns)
+        phases.finish("dedup", dup_columns=dup_columns, stats=stats)
+    deduped = read_parquet_dir(deduped_uri)
     dup_columns = phases.done["dedup"]["dup_columns"]
     stats = phases.done["dedup"]["stats"]
-    final = where(deduped, lambda b: pc.invert(_is_duplicate(b)))
+    final = where(read_parquet_dir(deduped_uri, ["doc_id", "slice", "text", *dup_columns]),
+                  lambda b: pc.invert(_is_duplicate(b)))
 
     if cfg.quarantine and "quarantine" not in phases.done:
         rewrite(storage.join(out_uri, "quarantine"),
