@@ -11,8 +11,8 @@ unchanged (a hash join may widen string to large_string); rows may come back in 
   candidate pairs from identical band keys (the band rows are shuffled into partitions by a
   band value and each partition is grouped by key at once with Arrow: nearly every key is
   unique, and Ray Data's group-by aggregate pays Python per group), clusters = connected
-  components of the candidate
-  graph (distributed large-star/small-star iteration, Kiveris et al. 2014), one document kept
+  components of the candidate graph (distributed large-star/small-star iteration, Kiveris et
+  al. 2014), one document kept
   per cluster (the smallest doc_id). As in RPv2, documents shorter than one shingle get no
   signature and are left to exact dedup.
 

@@ -316,7 +316,8 @@ def _bmp_classes() -> np.ndarray:
 
 def _char_classes(text: str) -> np.ndarray:
     """The class flags of each character of `text` (the same as str.isupper & co. on that character)."""
-    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    # surrogatepass: a lone surrogate is one code point here too, as str.isupper & co. see it
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
     classes = _bmp_classes()[np.minimum(codes, 0xFFFF)]
     for i in np.flatnonzero(codes > 0xFFFF):  # rare (emoji, historic scripts): asked one by one
         classes[i] = _class_of(chr(codes[i]))
