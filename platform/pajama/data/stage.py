@@ -351,6 +351,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
     if phases.done:
         log.info("data: resuming: %s done in an earlier attempt", ", ".join(p for p in PHASES if p in phases.done))
     partitions = shuffle_partitions(cfg)
+    documents_uri, deduped_uri = storage.join(out_uri, "documents"), storage.join(out_uri, "deduped")
 
     if "selection" not in phases.done:
         log.info("data: applying filters to the documents' signals")
@@ -366,9 +367,8 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
         read = [name for name in parquet_schema(signal_documents_uri).names if name not in unread]
         selected = read_parquet_dir(signal_documents_uri, read).map_batches(
             _select, fn_kwargs={"rules": rules, "contamination": contamination}, batch_format="pyarrow")
-        rewrite(storage.join(out_uri, "documents"), selected.write_parquet)
+        rewrite(documents_uri, selected.write_parquet)
         phases.finish("selection")
-    documents_uri, deduped_uri = storage.join(out_uri, "documents"), storage.join(out_uri, "deduped")
     documents = read_parquet_dir(documents_uri)
 
     if "dedup" not in phases.done:
@@ -388,7 +388,6 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
         stats = _slice_stats(read_parquet_dir(documents_uri, ["slice", "keep", "drop_reason", READ_ERROR, "text"]),
                              read_parquet_dir(deduped_uri, ["slice", "text", *dup_columns]), dup_columns)
         phases.finish("dedup", dup_columns=dup_columns, stats=stats)
-    deduped = read_parquet_dir(deduped_uri)
     dup_columns = phases.done["dedup"]["dup_columns"]
     stats = phases.done["dedup"]["stats"]
     final = where(read_parquet_dir(deduped_uri, ["doc_id", "slice", "text", *dup_columns]),
@@ -396,7 +395,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
 
     if cfg.quarantine and "quarantine" not in phases.done:
         rewrite(storage.join(out_uri, "quarantine"),
-                 lambda uri: _write_quarantine(documents, deduped, dup_columns, uri))
+                 lambda uri: _write_quarantine(documents, read_parquet_dir(deduped_uri), dup_columns, uri))
         phases.finish("quarantine")
 
     salt = str(seed)

@@ -59,31 +59,16 @@ def build_app(args: dict) -> serve.Application:
     kinds = {spec.name: spec.kind for spec in config.models}
     limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
     ingress_args = (kinds, limits, config.api_key_env, config.log_interval_s)
-    ingress = OpenAIIngress.options(
-        max_ongoing_requests=config.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.ingress_num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
-    )
     if config.engine == "vllm":
         if _vllm_usable():
-            return ingress.bind(_vllm_models(config, tracking_uri, storage_uri), *ingress_args)
+            return _ingress_of_several(config).bind(_vllm_models(config, tracking_uri, storage_uri), *ingress_args)
         logger.warning("engine 'vllm' needs vLLM installed and a GPU; serving with the HF engine instead")
-
-    def server_args(spec: ModelSpec) -> dict:
-        return {
-            "spec": spec.model_dump(include={"name", "source", "kind"}),
-            "tracking_uri": tracking_uri,
-            "storage_uri": storage_uri,
-            "cache_dir": config.model_cache_dir,
-            "options": config.replica_options(spec).model_dump(include={"max_batch_size", "stall_timeout_s"}),
-            "default_max_tokens": config.default_max_tokens,
-        }
-
     if len(config.models) == 1:
         # One model: it decodes in the ingress replica, which takes the model's replicas, resources
         # and autoscaling; every request saves a handle call and its return stream.
         (spec,) = config.models
         colocated = OpenAIIngress.options(**deployment_options(f"model-{spec.name}", config.replica_options(spec)))
-        return colocated.bind({spec.name: server_args(spec)}, *ingress_args)
+        return colocated.bind({spec.name: _server_args(config, spec, tracking_uri, storage_uri)}, *ingress_args)
     handles = {}
     for spec in config.models:
         # No access log line per handle call: the proxy logs each HTTP request already.
@@ -91,8 +76,28 @@ def build_app(args: dict) -> serve.Application:
             **deployment_options(f"model-{spec.name}", config.replica_options(spec)),
             logging_config={"enable_access_log": False},
         )
-        handles[spec.name] = deployment.bind(**server_args(spec))
-    return ingress.bind(handles, *ingress_args)
+        handles[spec.name] = deployment.bind(**_server_args(config, spec, tracking_uri, storage_uri))
+    return _ingress_of_several(config).bind(handles, *ingress_args)
+
+
+def _ingress_of_several(config: ServeArgs):
+    """The ingress deployment in front of model deployments of their own."""
+    return OpenAIIngress.options(
+        max_ongoing_requests=config.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.ingress_num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
+    )
+
+
+def _server_args(config: ServeArgs, spec: ModelSpec, tracking_uri: str | None, storage_uri: str | None) -> dict:
+    """`ModelServer`'s arguments for one model (its deployment's, or the ingress's that loads it)."""
+    return {
+        "spec": spec.model_dump(include={"name", "source", "kind"}),
+        "tracking_uri": tracking_uri,
+        "storage_uri": storage_uri,
+        "cache_dir": config.model_cache_dir,
+        "options": config.replica_options(spec).model_dump(include={"max_batch_size", "stall_timeout_s"}),
+        "default_max_tokens": config.default_max_tokens,
+    }
 
 
 def _vllm_usable() -> bool:

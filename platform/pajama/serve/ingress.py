@@ -259,9 +259,10 @@ class RemoteModel:
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
+        self.streaming = handle.options(stream=True)  # made once, not per request
 
     def stream(self, request: dict):
-        return self.handle.options(stream=True).generate.remote(request)
+        return self.streaming.generate.remote(request)
 
     async def complete(self, request: dict) -> list:
         return await self.handle.complete.remote(request)

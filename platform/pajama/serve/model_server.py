@@ -34,8 +34,10 @@ INLINE_PREPARE_CHARS = 4096
 
 
 def _prompt_chars(request: dict) -> int:
-    texts = [m["content"] for m in request.get("messages") or ()] + [p for p in request.get("prompts") or () if isinstance(p, str)]
-    return sum(map(len, texts))
+    """The characters of an engine request's prompt texts (token-id prompts need no tokenizing)."""
+    messages = request.get("messages") or ()
+    prompts = [prompt for prompt in request.get("prompts") or () if isinstance(prompt, str)]
+    return sum(len(message["content"]) for message in messages) + sum(map(len, prompts))
 
 
 @serve.deployment
