@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The Pajama image: Pajama installed on the official Ray image, run as Ray's non-root user
 # (ray, uid 1000, gid 100). Every Pajama pod uses it: Ray head and workers, RayJob submitters,
-# the RayService and the MLflow server. Two variants, tagged as k8s/base expects:
+# the RayService and the MLflow server; only the gpu overlay's RayService serves from an image of
+# its own (Dockerfile.serve-gpu: vLLM). Two variants, tagged as k8s/base expects:
 #   CPU: docker build -t pajama:0.1.0-cpu .
 #   GPU: docker build -t pajama:0.1.0-gpu \
 #          --build-arg BASE_IMAGE=rayproject/ray:2.60.0-py311-cu128 \

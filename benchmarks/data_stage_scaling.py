@@ -16,7 +16,8 @@ with `--cpus` CPUs, from the tiny recipe's data config:
   perplexity) are not computed; paragraph dedup and the rule signals still are.
 
 Marginal MB/s per core = (MB of text at the larger size - MB at the smaller) / (seconds larger - seconds
-smaller) / CPUs: the fixed costs (Ray's start, stage set-up, the tokenizer training's sample) cancel out.
+smaller) / CPUs: the fixed costs (Ray's start, stage set-up, training the tokenizer on its fixed-size
+sample) cancel out.
 A warm-up run (untimed) starts Ray's workers and loads the models first; each size runs `--repeats` times
 and its fastest run counts.
 RedPajama-1T is about 5 TB of text (its dataset card: 1.2T tokens; ~4.2 bytes a token), so at that rate
@@ -98,7 +99,12 @@ def write_corpus(directory: Path, copies: int) -> float:
 def _config(corpus: Path, all_signals: bool):
     from pajama.config import load_config
 
-    cfg = load_config("tiny", [f"data.sources=[{{format: jsonl, path: '{corpus}/*.jsonl.gz'}}]"])
+    # The tokenizer trains on a sample of a fixed size at any corpus size (tokenizer.sample_documents):
+    # 1,000 documents, fewer than the 1x corpus keeps, so that both sizes train on the same amount and
+    # training cancels out like the other fixed costs (the tiny recipe's 5,000 would take the whole
+    # corpus at 1x and at 4x, a cost that grows with the corpus here but not at RedPajama's size).
+    cfg = load_config("tiny", [f"data.sources=[{{format: jsonl, path: '{corpus}/*.jsonl.gz'}}]",
+                               "data.tokenizer.sample_documents=1000"])
     return cfg.data if all_signals else cfg.data.model_copy(update={"quality_models": None})
 
 

@@ -19,6 +19,10 @@ Python proxy instead.
     python benchmarks/serve_throughput.py                      # a tiny random model built locally
     python benchmarks/serve_throughput.py --model-dir /ckpt    # any local HF checkpoint
 
+The load generator is aiohttp, in this process: client and server share the machine's cores, and
+aiohttp spends less CPU per request than httpx (on 2 cores, the same server measured a batching gain
+of 7.5-8.1x under httpx, 9.0-9.2x under aiohttp; the client's CPU is what differs).
+
 Without --model-dir the tiny model never emits EOS, so every request generates exactly --max-tokens.
 """
 
@@ -31,7 +35,7 @@ import socket
 import tempfile
 import time
 
-import httpx
+import aiohttp
 import ray
 import torch
 from pajama.serve import app as serve_app
@@ -51,6 +55,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _session(concurrency: int = 1) -> aiohttp.ClientSession:
+    """`concurrency` keep-alive connections; an HTTP error status raises."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                 timeout=aiohttp.ClientTimeout(total=600), raise_for_status=True)
+
+
+async def _complete(http: aiohttp.ClientSession, url: str, body: dict, headers: dict) -> dict:
+    async with http.post(url, json=body, headers=headers) as response:
+        return await response.json()
+
+
 async def one_by_one(base_url: str, model: str, engine: HFEngine, requests: int, max_tokens: int) -> dict:
     """Concurrency 1, alternating a direct engine call and the same request through Serve.
 
@@ -65,18 +80,18 @@ async def one_by_one(base_url: str, model: str, engine: HFEngine, requests: int,
         async for _ in engine.generate([job]):
             pass
 
-    async with httpx.AsyncClient(timeout=600) as http:
+    url = f"{base_url}/v1/completions"
+    async with _session() as http:
         await call_engine()  # warm-up
-        await http.post(f"{base_url}/v1/completions", json=body, headers=headers)
+        await _complete(http, url, body, headers)
         for _ in range(requests):
             started = time.perf_counter()
             await call_engine()
             direct.append(time.perf_counter() - started)
             started = time.perf_counter()
-            response = await http.post(f"{base_url}/v1/completions", json=body, headers=headers)
-            response.raise_for_status()
+            response = await _complete(http, url, body, headers)
             served.append(time.perf_counter() - started)
-            tokens += response.json()["usage"]["completion_tokens"]
+            tokens += response["usage"]["completion_tokens"]
     return {"direct": direct, "latencies": served, "tokens": tokens, "seconds": sum(served), "requests": requests}
 
 
@@ -87,15 +102,13 @@ async def concurrent(base_url: str, model: str, requests: int, concurrency: int,
     tokens = 0
     remaining = iter(range(requests))
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: aiohttp.ClientSession) -> None:
         nonlocal tokens
         for _ in remaining:
-            response = await http.post(f"{base_url}/v1/completions", json=body, headers=headers)
-            response.raise_for_status()
-            tokens += response.json()["usage"]["completion_tokens"]
+            response = await _complete(http, f"{base_url}/v1/completions", body, headers)
+            tokens += response["usage"]["completion_tokens"]
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    async with _session(concurrency) as http:
         started = time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
@@ -109,18 +122,16 @@ async def time_to_first_token(base_url: str, model: str, requests: int, concurre
     ttfts = []
     remaining = iter(range(requests))
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: aiohttp.ClientSession) -> None:
         for _ in remaining:
             started, first = time.perf_counter(), None
-            async with http.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if first is None and line.startswith("data: {") and '"text": ""' not in line:
+            async with http.post(f"{base_url}/v1/completions", json=body, headers=headers) as response:
+                async for line in response.content:
+                    if first is None and line.startswith(b"data: {") and b'"text": ""' not in line:
                         first = time.perf_counter() - started
             ttfts.append(first)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    async with _session(concurrency) as http:
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
     return ttfts
 
@@ -132,17 +143,15 @@ async def mixed(base_url: str, model: str, requests: int, concurrency: int, low:
     budgets = iter([draws.randint(low, high) for _ in range(requests)])
     results = []
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: aiohttp.ClientSession) -> None:
         for max_tokens in budgets:
             body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
             started = time.perf_counter()
-            response = await http.post(f"{base_url}/v1/completions", json=body, headers=headers)
-            response.raise_for_status()
-            assert response.json()["usage"]["completion_tokens"] == max_tokens
+            response = await _complete(http, f"{base_url}/v1/completions", body, headers)
+            assert response["usage"]["completion_tokens"] == max_tokens
             results.append((max_tokens, started, time.perf_counter()))
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    async with _session(concurrency) as http:
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
     return results
 

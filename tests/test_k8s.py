@@ -8,7 +8,8 @@ silently drop a misspelt one. Core objects, and every pod template inside the Ku
 checked against the Kubernetes OpenAPI schemas in strict mode (kubernetes-validate, offline). Then
 the project's own rules: non-root containers, secrets only by reference, Ray token authentication,
 no Ray port outside the cluster, one shared storage on every pod, RayJob entrypoints that are the
-laptop commands, a RayService that serves pipelines/serve.yaml with GCS fault tolerance and the API
+laptop commands, a RayService that serves pipelines/serve.yaml (the gpu overlay: its copy with
+engine vllm, from the serving image of Dockerfile.serve-gpu) with GCS fault tolerance and the API
 key, Prometheus scraping of every Ray pod, and a Grafana dashboard whose queries name only metrics
 that exist.
 
@@ -58,6 +59,18 @@ K8S_VERSION = "1.32"
 # reaches them.
 RAY_CONTROL_PORTS = {6379, 8265, 10001, 52365}
 SERVE_IMPORT_PATH = "pajama.serve.app:build_app"
+# The serveConfigV2 each overlay's RayService serves: the base's byte copy of pipelines/serve.yaml,
+# or the gpu overlay's, which differs from it only in SERVE_CONFIG_CHANGES.
+SERVE_CONFIG_OF_OVERLAY = {
+    "cpu-dev": K8S / "base" / "serve-config.yaml",
+    "gpu": K8S / "overlays" / "gpu" / "serve-config.yaml",
+}
+# What the gpu overlay's copy changes: vLLM, and GPUs asked for explicitly (its GPU nodes autoscale
+# from zero, so `auto` would find none when the app is built).
+SERVE_CONFIG_CHANGES = {"engine": "vllm", "num_gpus": 1}
+# The image variant of an overlay's RayService, where it has its own (Dockerfile.serve-gpu: vLLM
+# and transformers 5); every other Pajama pod runs Dockerfile's -cpu or -gpu variant.
+SERVING_IMAGE_OF_OVERLAY = {"gpu": "serve-gpu"}
 # The only pods that do not run the Pajama image, and the pinned releases they must run.
 THIRD_PARTY_IMAGES = {"Deployment/pajama-redis": r"([^/\s]+/)*redis:\d+\.\d+\.\d+(-alpine)?"}
 # The label that admits the RayService's head to Redis (k8s/base/rayservice.yaml).
@@ -608,11 +621,23 @@ def test_object_store_fits_in_shared_memory(docs):
             )
 
 
-def test_images_match_the_dockerfile_and_project_version(docs):
-    version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+def project_version() -> str:
+    return re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+
+
+def test_images_match_the_dockerfile_and_project_version(overlay, docs):
+    version = project_version()
     dockerfile = (REPO / "Dockerfile").read_text()
     base_image = re.search(r"^ARG BASE_IMAGE=rayproject/ray:(\S+?)-py\d+-cpu$", dockerfile, re.M)
     assert base_image, "Dockerfile: ARG BASE_IMAGE=rayproject/ray:<ray version>-py<python>-cpu"
+    serving_dockerfile = (REPO / "Dockerfile.serve-gpu").read_text()
+    serving_base = re.search(
+        r"^ARG BASE_IMAGE=rayproject/ray-llm:(\S+?)-py\d+-cu\d+$", serving_dockerfile, re.M
+    )
+    assert serving_base, (
+        "Dockerfile.serve-gpu: ARG BASE_IMAGE=rayproject/ray-llm:<ray version>-py<python>-cu<cuda>"
+    )
+    assert serving_base.group(1) == base_image.group(1), "one Ray release for every image"
     for doc in docs:
         for where, cluster in ray_cluster_specs(doc):
             assert cluster["rayVersion"] == base_image.group(1), (
@@ -625,12 +650,39 @@ def test_images_match_the_dockerfile_and_project_version(docs):
                 )
             elif "image" in container:
                 gpu = "nvidia.com/gpu" in container.get("resources", {}).get("limits", {})
+                variant = "gpu" if gpu else "cpu"
+                if doc["kind"] == "RayService" and overlay in SERVING_IMAGE_OF_OVERLAY:
+                    variant = SERVING_IMAGE_OF_OVERLAY[overlay]  # on every node of its cluster
                 # An overlay may add a registry (kustomize `images:`); name and tag stay.
-                expected = rf"([^/\s]+/)*pajama:{re.escape(version)}-{'gpu' if gpu else 'cpu'}"
+                expected = rf"([^/\s]+/)*pajama:{re.escape(version)}-{variant}"
                 assert re.fullmatch(expected, container["image"]), f"{name_of(doc)} {where}"
-    assert re.search(r"^USER ray$", dockerfile, re.M) and not re.search(
-        r"^USER root", dockerfile, re.M
-    )
+    for text in (dockerfile, serving_dockerfile):
+        assert re.search(r"^USER ray$", text, re.M) and not re.search(r"^USER root", text, re.M)
+    # The serving image is built as Dockerfile.serve-gpu's header says, with the tag used here.
+    assert f"-t pajama:{version}-serve-gpu ." in serving_dockerfile
+
+
+def test_serving_image_keeps_the_base_images_packages_and_pyprojects_ranges():
+    """Dockerfile.serve-gpu installs Pajama without its dependencies (their pins would downgrade the
+    image's transformers and torch), then the serving dependencies the image lacks, each in the
+    range pyproject.toml gives it (mlflow-skinny: the mlflow client, in mlflow's range), with every
+    installed package held at its version."""
+    dockerfile = (REPO / "Dockerfile.serve-gpu").read_text()
+    (run,) = re.findall(r"^RUN (.*?)(?<!\\)$", dockerfile, re.M | re.S)
+    steps = [step.strip() for step in run.replace("\\\n", " ").split("&&")]
+    freeze, no_deps, constrained = [step for step in steps if step.startswith("pip ")]
+    constraints = freeze.removeprefix("pip list --format=freeze > ")
+    assert constraints != freeze, "the constraints are what the image has installed"
+    assert no_deps == "pip install --no-cache-dir --no-deps ."
+    assert constrained.startswith(f"pip install --no-cache-dir -c {constraints} ")
+    pyproject = re.search(
+        r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.M | re.S
+    ).group(1)
+    ranges = dict(re.findall(r'^\s*"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?([^";]*)"', pyproject, re.M))
+    installed = re.findall(r'"([A-Za-z0-9_.-]+)([^"]*)"', constrained)
+    assert installed
+    for name, specifier in installed:
+        assert specifier == ranges[{"mlflow-skinny": "mlflow"}.get(name, name)], name
 
 
 def test_every_ray_pod_shares_one_storage_and_tracking_server(docs):
@@ -704,17 +756,19 @@ def test_rayjob_scripts_exist():
         )
 
 
-def test_rayservice_serves_the_serve_config_on_the_shared_cluster_spec(docs):
+def test_rayservice_serves_the_serve_config_on_the_shared_cluster_spec(overlay, docs):
     service = one(docs, "RayService", "pajama-llm")
     assert service["spec"]["suspend"] is True, "the app waits for a trained model"
-    committed_copy = (K8S / "base" / "serve-config.yaml").read_text()
+    committed_copy = SERVE_CONFIG_OF_OVERLAY[overlay].read_text()
     assert service["spec"]["serveConfigV2"] == committed_copy
     serve_config = yaml.safe_load(committed_copy)
     assert SERVE_IMPORT_PATH in [app["import_path"] for app in serve_config["applications"]]
-    # The shared spec plus exactly the RayService's additions (k8s/base/rayservice.yaml); the
-    # overlays paste those over the copied spec, so an env or head label the shared spec gained
-    # would be overwritten there: this comparison catches it.
+    # The shared spec plus exactly the RayService's additions (k8s/base/rayservice.yaml, and the
+    # serving image where the overlay has one); the overlays paste those over the copied spec, so
+    # an env or head label the shared spec gained would be overwritten there: this comparison
+    # catches it.
     cluster = copy.deepcopy(service["spec"]["rayClusterConfig"])
+    shared = copy.deepcopy(one(docs, "RayCluster", "pajama")["spec"])
     cluster.pop("gcsFaultToleranceOptions")
     assert cluster["headGroupSpec"]["template"].pop("metadata") == {"labels": REDIS_CLIENT_LABEL}
     for _, template in ray_node_templates({"kind": "RayCluster", "spec": cluster}):
@@ -722,7 +776,12 @@ def test_rayservice_serves_the_serve_config_on_the_shared_cluster_spec(docs):
             env = container.pop("env")
             assert [variable["name"] for variable in env] == [api_key_env(), *HIGH_THROUGHPUT_ENV]
             assert {v["name"]: v["value"] for v in env[1:]} == HIGH_THROUGHPUT_ENV
-    assert cluster == one(docs, "RayCluster", "pajama")["spec"]
+    if overlay in SERVING_IMAGE_OF_OVERLAY:  # which image: test_images_match_the_dockerfile_...
+        for spec in (cluster, shared):
+            for _, template in ray_node_templates({"kind": "RayCluster", "spec": spec}):
+                for container in template["spec"]["containers"]:
+                    container.pop("image")
+    assert cluster == shared
     # KubeRay's Serve Service sends traffic to port 8000 of the pod IP: a proxy bound to loopback
     # (or moved off 8000) would be unreachable. Unset, Serve's deploy schema binds 0.0.0.0:8000.
     http_options = serve_config.get("http_options", {})
@@ -822,6 +881,38 @@ def test_serve_config_copy_is_up_to_date():
     assert (K8S / "base" / "serve-config.yaml").read_text() == source.read_text(), (
         "k8s/base/serve-config.yaml is stale: cp pipelines/serve.yaml k8s/base/serve-config.yaml"
     )
+
+
+def test_gpu_overlay_serve_config_is_pipelines_serve_yaml_with_vllm():
+    """k8s/overlays/gpu/serve-config.yaml is pipelines/serve.yaml with SERVE_CONFIG_CHANGES' values
+    on their own lines, comments kept, and nothing else changed."""
+    source = (REPO / "pipelines" / "serve.yaml").read_text()
+    gpu_copy = SERVE_CONFIG_OF_OVERLAY["gpu"].read_text()
+    changed_value = re.compile(rf"^(\s*)({'|'.join(SERVE_CONFIG_CHANGES)}): *\S+ *(#|$)", re.M)
+    assert changed_value.sub(r"\1\2: \3", gpu_copy) == changed_value.sub(r"\1\2: \3", source), (
+        "k8s/overlays/gpu/serve-config.yaml is stale: copy pipelines/serve.yaml there and set "
+        f"{SERVE_CONFIG_CHANGES}"
+    )
+    expected = yaml.safe_load(source)
+    for app in expected["applications"]:
+        if app["import_path"] == SERVE_IMPORT_PATH:
+            app["args"] |= SERVE_CONFIG_CHANGES
+    assert yaml.safe_load(gpu_copy) == expected
+
+
+def test_gpu_overlay_serves_with_vllm_from_the_serving_image():
+    docs = render("gpu")
+    service = one(docs, "RayService", "pajama-llm")
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = [a for a in serve_config["applications"] if a["import_path"] == SERVE_IMPORT_PATH]
+    assert app["args"]["engine"] == "vllm" and app["args"]["num_gpus"] >= 1
+    images = {container["image"] for _, container, _ in containers(service) if "image" in container}
+    assert len(images) == 1 and images.pop().endswith(f":{project_version()}-serve-gpu"), "on every Ray node"
+    # Training keeps transformers 4.57 (MLflow's log_model): the RayCluster and the RayJobs.
+    for doc in docs:
+        if doc["kind"] in ("RayCluster", "RayJob"):
+            for where, container, _ in containers(doc):
+                assert "serve-gpu" not in container.get("image", ""), f"{name_of(doc)} {where}"
 
 
 # ---------------------------------------------------------------- observability
@@ -1052,7 +1143,8 @@ def test_mlflow_server_is_reachable_in_cluster_and_keeps_its_data(overlay, docs)
 
 
 def test_overlays_differ_only_where_intended():
-    """The gpu overlay changes sizes, recipe and MLflow's store, never the security settings."""
+    """The gpu overlay changes sizes, recipe, MLflow's store and the serving engine and image, never
+    the security settings."""
 
     def without_sizes(docs):
         docs = copy.deepcopy(docs)
@@ -1062,6 +1154,8 @@ def test_overlays_differ_only_where_intended():
                 container.pop("env", None)
                 if "image" in container:  # an overlay may push to its own registry
                     container["image"] = container["image"].rsplit("/", 1)[-1]
+                    if doc["kind"] == "RayService":  # and serve from its own image
+                        container["image"] = container["image"].split(":")[0]
             for _, template in pod_templates(doc):
                 for volume in template["spec"].get("volumes", []):
                     volume.get("emptyDir", {}).pop("sizeLimit", None)
@@ -1070,6 +1164,8 @@ def test_overlays_differ_only_where_intended():
                     group.pop("maxReplicas")
             if doc["kind"] == "RayJob":
                 doc["spec"]["entrypoint"] = doc["spec"]["entrypoint"].rsplit(" --recipe ", 1)[0]
+            if doc["kind"] == "RayService":  # its own serve config (checked above)
+                doc["spec"].pop("serveConfigV2")
             if doc["kind"] == "PersistentVolumeClaim":
                 doc["spec"].pop("resources")
                 doc["spec"].pop("accessModes")

@@ -11,12 +11,16 @@ from pajama.serve.ingress import Summary
 from pajama.serve.options import REPLICA_ENV, ServeArgs, deployment_options
 from ray.serve.schema import ServeDeploySchema
 
-SERVE_YAML = Path(__file__).resolve().parents[1] / "pipelines" / "serve.yaml"
+REPO = Path(__file__).resolve().parents[1]
+SERVE_YAML = REPO / "pipelines" / "serve.yaml"
+# The gpu overlay's serveConfigV2: pipelines/serve.yaml with engine vllm (tests/test_k8s.py).
+GPU_SERVE_YAML = REPO / "k8s" / "overlays" / "gpu" / "serve-config.yaml"
 CHAT = {"name": "chat", "source": "models:/pajama-chat@production", "kind": "chat"}
 
 
-def test_serve_yaml_is_a_valid_serve_config_and_builds():
-    config = yaml.safe_load(SERVE_YAML.read_text())
+@pytest.mark.parametrize("path", [SERVE_YAML, GPU_SERVE_YAML], ids=["pipelines", "gpu-overlay"])
+def test_serve_yaml_is_a_valid_serve_config_and_builds(path):
+    config = yaml.safe_load(path.read_text())
     app_config = ServeDeploySchema.model_validate(config).applications[0]
     assert app_config.import_path == "pajama.serve.app:build_app"
     # Unset: the RayService listens on the pod's interfaces (k8s/ tests pin this); `pajama serve` binds 127.0.0.1.
@@ -69,14 +73,38 @@ def test_vllm_without_vllm_or_gpu_falls_back_to_hf(caplog):
     assert any("HF engine instead" in record.getMessage() for record in caplog.records)
 
 
-def test_vllm_llm_configs_build_from_the_serve_config(tmp_path):
-    """engine: vllm turns pipelines/serve.yaml's models into Ray Serve LLM configs with the same
-    replica options (the LLMServer deployments themselves need vLLM, which CI lacks)."""
+def test_vllm_when_every_model_asks_for_gpus_before_the_cluster_has_them(monkeypatch):
+    """GPU nodes that autoscale from zero are not in the cluster when the app is built: an explicit
+    num_gpus still selects vLLM (its replicas bring the GPU nodes up); auto needs a GPU now."""
+    import importlib.util
+
+    from pajama.serve import app
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vllm" else find_spec(name))
+    monkeypatch.setattr(app, "cluster_has_gpu", lambda: False)
+    gpu_overlay = yaml.safe_load(GPU_SERVE_YAML.read_text())["applications"][0]["args"]
+    assert app._vllm_usable(app.parse_args(gpu_overlay))
+    assert not app._vllm_usable(app.parse_args({**gpu_overlay, "num_gpus": "auto"}))
+    some_on_cpu = [*gpu_overlay["models"][:-1], {**gpu_overlay["models"][-1], "replica": {"num_gpus": 0}}]
+    assert not app._vllm_usable(app.parse_args({**gpu_overlay, "models": some_on_cpu}))
+    monkeypatch.setattr(app, "cluster_has_gpu", lambda: True)
+    assert app._vllm_usable(app.parse_args({**gpu_overlay, "num_gpus": "auto"}))
+
+
+@pytest.mark.parametrize(
+    "path,override", [(SERVE_YAML, {"engine": "vllm"}), (GPU_SERVE_YAML, {})], ids=["pipelines", "gpu-overlay"]
+)
+def test_vllm_llm_configs_build_from_the_serve_config(tmp_path, path, override):
+    """engine: vllm turns the serve config's models (pipelines/serve.yaml, and the gpu overlay's copy,
+    which sets it) into Ray Serve LLM configs with the same replica options (the LLMServer
+    deployments themselves need vLLM, which CI lacks)."""
     from pajama.models import ResolvedModel
     from pajama.serve.vllm_backend import llm_config
 
-    args = {**yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"], "engine": "vllm"}
+    args = {**yaml.safe_load(path.read_text())["applications"][0]["args"], **override}
     parsed = ServeArgs.model_validate(args)
+    assert parsed.engine == "vllm"
     resolved = ResolvedModel(tmp_path / "weights", tmp_path / "tokenizer", "pajama-chat/3", "run-1")
     configs = {spec.name: llm_config(spec.name, resolved, parsed.replica_options(spec)) for spec in parsed.models}
     assert sorted(configs) == ["pajama-base", "pajama-chat", "pajama-instruct"]

@@ -369,10 +369,8 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
             _select, fn_kwargs={"rules": rules, "contamination": contamination}, batch_format="pyarrow")
         rewrite(documents_uri, selected.write_parquet)
         phases.finish("selection")
-    documents = read_parquet_dir(documents_uri)
-
     if "dedup" not in phases.done:
-        kept = where(documents, lambda b: b.column("keep"))
+        kept = where(read_parquet_dir(documents_uri), lambda b: b.column("keep"))
         if cfg.exact_dedup:
             log.info("data: exact dedup")
             kept = dedup.exact_dedup(kept, num_partitions=partitions)
@@ -395,7 +393,7 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
 
     if cfg.quarantine and "quarantine" not in phases.done:
         rewrite(storage.join(out_uri, "quarantine"),
-                 lambda uri: _write_quarantine(documents, read_parquet_dir(deduped_uri), dup_columns, uri))
+                 lambda uri: _write_quarantine(documents_uri, deduped_uri, dup_columns, uri))
         phases.finish("quarantine")
 
     salt = str(seed)
@@ -550,33 +548,34 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
     return {"slices": per_slice, "bad_input_without_slice": without_slice}
 
 
-def _duplicate_of(batch: pa.Table, column: str) -> pa.Array:
-    """Rows flagged in `column`; as in the stats, a row flagged by both passes is an exact duplicate only."""
-    flag = pc.is_valid(batch.column(column))
-    if column == "fuzzy_dup_of" and "exact_dup_of" in batch.column_names:
-        flag = pc.and_(flag, pc.is_null(batch.column("exact_dup_of")))
-    return flag
+QUARANTINE_COLUMNS = ["doc_id", "slice", "text", "meta"]
 
 
-def _write_quarantine(documents, deduped, dup_columns: list[str], uri: str) -> None:
-    keep_cols = ["doc_id", "slice", "text", "meta"]
-    dropped = where(documents, lambda b: pc.and_(pc.invert(b.column("keep")), pc.is_null(b.column(READ_ERROR))))
-    unreadable = where(documents, lambda b: pc.is_valid(b.column(READ_ERROR)))
-    parts = [
-        dropped.map_batches(lambda b: b.select(keep_cols).append_column("reason", b.column("drop_reason")),
-                            batch_format="pyarrow"),
-        unreadable.map_batches(
-            lambda b: b.select(keep_cols).append_column(
-                "reason", pc.binary_join_element_wise("bad_input: ", b.column(READ_ERROR), "")),
-            batch_format="pyarrow"),
-    ]
-    for column, reason in (("exact_dup_of", "exact_duplicate"), ("fuzzy_dup_of", "near_duplicate")):
-        if column in dup_columns:
-            parts.append(where(deduped, lambda b, c=column: _duplicate_of(b, c)).map_batches(
-                lambda b, c=column, r=reason: b.select(keep_cols).append_column(
-                    "reason", pa.array([f"{r} of {d}" for d in b.column(c).to_pylist()], type=pa.string())),
-                batch_format="pyarrow"))
-    parts[0].union(*parts[1:]).write_parquet(uri)
+def _write_quarantine(documents_uri: str, deduped_uri: str, dup_columns: list[str], uri: str) -> None:
+    """Every record the data stage did not keep, with its `reason`: one pass over documents/ (bad input,
+    dropped by a rule) and one over deduped/ (duplicates), each reading only the columns it needs."""
+
+    def not_kept(b: pa.Table) -> pa.Table:
+        b = b.filter(pc.or_kleene(pc.is_valid(b.column(READ_ERROR)), pc.invert(b.column("keep"))))
+        reason = pc.if_else(pc.is_valid(b.column(READ_ERROR)),
+                            pc.binary_join_element_wise("bad_input: ", b.column(READ_ERROR), ""), b.column("drop_reason"))
+        return b.select(QUARANTINE_COLUMNS).append_column("reason", reason)
+
+    def duplicates(b: pa.Table) -> pa.Table:
+        # "<kind> of <doc_id>" where flagged (null elsewhere); exact first: a row flagged by both passes
+        # is an exact duplicate, as in the stats
+        flagged = [pc.binary_join_element_wise(f"{reason} of ", b.column(column), "")
+                   for column, reason in (("exact_dup_of", "exact_duplicate"), ("fuzzy_dup_of", "near_duplicate"))
+                   if column in dup_columns]
+        reason = pc.coalesce(*flagged)
+        return b.select(QUARANTINE_COLUMNS).append_column("reason", reason).filter(pc.is_valid(reason))
+
+    documents = read_parquet_dir(documents_uri, [*QUARANTINE_COLUMNS, "keep", "drop_reason", READ_ERROR])
+    quarantined = documents.map_batches(not_kept, batch_format="pyarrow")
+    if dup_columns:
+        deduped = read_parquet_dir(deduped_uri, [*QUARANTINE_COLUMNS, *dup_columns])
+        quarantined = quarantined.union(deduped.map_batches(duplicates, batch_format="pyarrow"))
+    quarantined.write_parquet(uri)
 
 
 def write_report(stats: dict, out: Path) -> None:

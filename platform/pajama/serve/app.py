@@ -15,8 +15,8 @@ Entry points:
 `deploy` starts Ray through `pajama.cluster.init_ray` (loopback only when it starts a local
 instance) and refuses to listen beyond loopback without an API key unless `allow_insecure`.
 
-With `engine: vllm` (and vLLM installed and a GPU present) each model is a Ray Serve LLM
-`LLMServer` deployment instead (`pajama.serve.vllm_backend`), behind the same ingress.
+With `engine: vllm` (vLLM installed, and a GPU in the cluster or num_gpus set) each model is a
+Ray Serve LLM `LLMServer` deployment instead (`pajama.serve.vllm_backend`), behind the same ingress.
 """
 
 from __future__ import annotations
@@ -60,9 +60,10 @@ def build_app(args: dict) -> serve.Application:
     limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
     ingress_args = (kinds, limits, config.api_key_env, config.log_interval_s)
     if config.engine == "vllm":
-        if _vllm_usable():
+        if _vllm_usable(config):
             return _ingress_of_several(config).bind(_vllm_models(config, tracking_uri, storage_uri), *ingress_args)
-        logger.warning("engine 'vllm' needs vLLM installed and a GPU; serving with the HF engine instead")
+        logger.warning("engine 'vllm' needs vLLM installed and a GPU (in the cluster, or num_gpus set); "
+                       "serving with the HF engine instead")
     if len(config.models) == 1:
         # One model: it decodes in the ingress replica, which takes the model's replicas, resources
         # and autoscaling; every request saves a handle call and its return stream.
@@ -100,8 +101,13 @@ def _server_args(config: ServeArgs, spec: ModelSpec, tracking_uri: str | None, s
     }
 
 
-def _vllm_usable() -> bool:
-    return importlib.util.find_spec("vllm") is not None and cluster_has_gpu()
+def _vllm_usable(config: ServeArgs) -> bool:
+    """vLLM is installed, and the cluster has a GPU or every model asks for GPUs (num_gpus set): GPU
+    nodes that autoscale from zero join when the LLMServer replicas ask for them."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    asked = [config.replica_options(spec).num_gpus for spec in config.models]
+    return cluster_has_gpu() or all(gpus != "auto" and gpus > 0 for gpus in asked)
 
 
 def _vllm_models(config: ServeArgs, tracking_uri: str | None, storage_uri: str | None) -> dict:

@@ -7,9 +7,10 @@ stays in front (`VLLMModel`): the API key, request limits and validation, proven
 metrics, `/v1/models` and the playground are the same for both engines; the validated request goes
 to the server's `chat` / `completions` and vLLM's OpenAI responses come back as they are.
 
-Building the configs needs only Ray (CI builds them from pipelines/serve.yaml); the deployments and
-the request types need vLLM, which the GPU image installs (`pip install "ray[llm]"`). The public
-`ray.serve.llm` module needs vLLM even to import, so `LLMConfig` is taken from where Ray defines it.
+Building the configs needs only Ray (CI builds them from pipelines/serve.yaml and the gpu overlay's
+serve config); the deployments and the request types need vLLM, which the GPU serving image has
+(Dockerfile.serve-gpu). The public `ray.serve.llm` module needs vLLM even to import, so `LLMConfig`
+is taken from where Ray defines it.
 """
 
 from __future__ import annotations
