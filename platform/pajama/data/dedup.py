@@ -86,48 +86,45 @@ def _shuffle_partitions(num_partitions: int | None) -> int:
 # Exact dedup
 
 
-def _add_exact_hash(batch: pa.Table) -> pa.Table:
+def _exact_hash_rows(batch: pa.Table, *, partitions: int) -> pa.Table:
+    """(doc_id, hash, partition) per document: the sha1 of its normalised text, and the hash's first 4
+    bytes modulo `partitions` as its partition, so equal hashes share one."""
     digests = [hashlib.sha1(normalize_text(t).encode("utf-8")).digest() for t in _texts(batch)]
-    return batch.append_column(_EXACT_HASH, pa.array(digests, pa.binary()))
+    heads = np.frombuffer(b"".join(d[:4] for d in digests), np.uint32)
+    return pa.table({"doc_id": batch["doc_id"], _EXACT_HASH: pa.array(digests, pa.binary(20)),
+                     "_partition": pa.array((heads % np.uint32(partitions)).astype(np.int32))})
 
 
-def _with_hash_partition(batch: pa.Table, *, partitions: int) -> pa.Table:
-    """`_partition`: the hash's first 4 bytes modulo `partitions`, so equal hashes share one."""
-    heads = pc.binary_slice(batch[_EXACT_HASH], 0, 4).combine_chunks().cast(pa.binary(4))
-    values = np.frombuffer(heads.buffers()[1], np.uint32)[heads.offset : heads.offset + len(heads)]
-    return batch.append_column("_partition", pa.array((values % np.uint32(partitions)).astype(np.int32)))
-
-
-def _duplicated_hashes(hashes: pa.Table) -> pa.Table:
-    """The hashes of one partition (every row of each of its hashes) that occur more than once, with
-    their smallest doc_id: one Arrow group-by where Ray's aggregate would pay Python per hash."""
+def _exact_duplicates(hashes: pa.Table) -> pa.Table:
+    """The documents of one partition (which holds every row of each of its hashes) whose hash a smaller
+    doc_id shares, with that smallest doc_id: one Arrow group-by where Ray's aggregate would pay Python
+    per hash."""
     groups = hashes.group_by(_EXACT_HASH, use_threads=False).aggregate([([], "count_all"), ("doc_id", "min")])
-    repeated = groups.filter(pc.greater(groups["count_all"], 1))
-    return pa.table({_EXACT_HASH: repeated[_EXACT_HASH], _EXACT_KEEP: repeated["doc_id_min"]})
+    repeated = groups.filter(pc.greater(groups["count_all"], 1)).select([_EXACT_HASH, "doc_id_min"])
+    rows = hashes.select(["doc_id", _EXACT_HASH]).join(repeated, _EXACT_HASH, join_type="inner", use_threads=False)
+    duplicates = rows.filter(pc.not_equal(rows["doc_id"], rows["doc_id_min"]))
+    return pa.table({"doc_id": duplicates["doc_id"], _EXACT_KEEP: duplicates["doc_id_min"]})
 
 
 def _mark_exact(batch: pa.Table) -> pa.Table:
-    keep = batch[_EXACT_KEEP]
-    # Unique hashes have a null keeper, so the comparison (and the mark) is null for them.
-    removed = pc.not_equal(keep, batch["doc_id"])
-    dup_of = pc.if_else(removed, keep, pa.scalar(None, keep.type)).cast(pa.string())
-    return batch.drop_columns([_EXACT_HASH, _EXACT_KEEP]).append_column("exact_dup_of", dup_of)
+    # Documents without a duplicate have a null keeper, so a null mark.
+    dup_of = batch[_EXACT_KEEP].cast(pa.string())
+    return batch.drop_columns([_EXACT_KEEP]).append_column("exact_dup_of", dup_of)
 
 
 def exact_dedup(ds: ray.data.Dataset, *, num_partitions: int | None = None) -> ray.data.Dataset:
     """Add `exact_dup_of`: the kept doc_id for a document whose normalised text repeats one
     with a smaller doc_id anywhere in the corpus, null for kept documents. num_partitions as
-    in fuzzy_dedup."""
+    in fuzzy_dedup. The texts are hashed once: the marks go back to the documents by doc_id."""
     partitions = _shuffle_partitions(num_partitions)
-    hashed = ds.map_batches(_add_exact_hash, batch_format="pyarrow")
-    duplicated = (
-        hashed.select_columns([_EXACT_HASH, "doc_id"])
-        .map_batches(_with_hash_partition, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
+    duplicates = (
+        ds.select_columns(["doc_id", "text"])
+        .map_batches(_exact_hash_rows, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
         .groupby("_partition", num_partitions=partitions)
-        .map_groups(_duplicated_hashes, batch_format="pyarrow")
+        .map_groups(_exact_duplicates, batch_format="pyarrow")
         .materialize()
     )
-    return _left_join_unique(hashed, duplicated, _EXACT_HASH, [_EXACT_KEEP], partitions).map_batches(
+    return _left_join_unique(ds, duplicates, "doc_id", [_EXACT_KEEP], partitions).map_batches(
         _mark_exact, batch_format="pyarrow"
     )
 

@@ -6,7 +6,8 @@ config.SIGNAL_STAGE_FIELDS), so a changed threshold, filter recipe, dedup or pac
 the data stage (pajama.data.stage) on top of this artifact and reuses it.
 
 The artifact holds:
-- `documents/`  every input record with the columns of ALL_SIGNAL_COLUMNS; bad input (non-null
+- `documents/`  every input record with the columns of ALL_SIGNAL_COLUMNS and its `text_bytes` (UTF-8
+                bytes of its text, so that counting bytes reads no text); bad input (non-null
                 `read_error`, see pajama.data.readers) with null signals. Columns a source already
                 carries (RedPajama-V2's published values) are kept as they are, not recomputed.
                 Documents of data.paragraph_dedup_slices hold their text after cc_net's paragraph
@@ -46,8 +47,8 @@ from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import ccnet, histograms, readers, references, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR
-from pajama.data.stage import (Phases, configured_shuffles, parquet_schema, read_parquet_dir, rewrite,
-                               shuffle_partitions, totals)
+from pajama.data.stage import (TEXT_BYTES, Phases, configured_shuffles, parquet_schema, read_parquet_dir,
+                               rewrite, shuffle_partitions, text_bytes, totals)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
             with_signals, fn_kwargs={"models": models, "dedup_slices": dedup_slices, "duplicates": duplicates,
                                      "ut1_blacklist": ut1}, batch_format="pyarrow").write_parquet)
         phases.finish("signals", duplicate_paragraph_hashes=len(duplicates))
-    stats = _read_stats(read_parquet_dir(documents_uri, ["slice", READ_ERROR, "text"]))
+    stats = _read_stats(read_parquet_dir(documents_uri, ["slice", READ_ERROR, TEXT_BYTES]))
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     log.info("signals: histograms")
     numeric = histograms.numeric_signals(parquet_schema(documents_uri), list(ALL_SIGNAL_COLUMNS))
@@ -190,6 +191,7 @@ def with_signals(batch: pa.Table, models: dict | None = None, dedup_slices: Sequ
     documents = documents.append_column("ccnet_language_score", documents.column("language_score"))
     if pc.any(bad).as_py():
         documents = pa.concat_tables([documents, batch.filter(bad)], promote_options="default")
+    documents = documents.append_column(TEXT_BYTES, text_bytes(documents))
     others = [c for c in documents.column_names if c not in ALL_SIGNAL_COLUMNS]
     return documents.select(others + list(ALL_SIGNAL_COLUMNS))
 
@@ -198,7 +200,7 @@ def _read_stats(documents) -> dict:
     """Records, bytes of readable text and bad input per slice; bad input that names no slice apart."""
     sizes = documents.map_batches(
         lambda b: pa.table({"slice": b.column("slice"), "bad_input": pc.is_valid(b.column(READ_ERROR)),
-                            "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
+                            "bytes": b.column(TEXT_BYTES)}),
         batch_format="pyarrow")
     per_slice: dict[str, dict] = {}
     without_slice = 0

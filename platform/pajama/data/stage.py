@@ -84,6 +84,15 @@ def hash_unit(key: str, salt: str) -> float:
     return int.from_bytes(hashlib.sha1(f"{salt}:{key}".encode()).digest()[:8], "big") / 2**64
 
 
+# The UTF-8 bytes of a document's text, a column from the signals stage on: the per-slice byte counts
+# read it instead of the texts.
+TEXT_BYTES = "text_bytes"
+
+
+def text_bytes(batch: pa.Table) -> pa.Array:
+    return pc.binary_length(pc.cast(batch.column("text"), pa.binary())).cast(pa.int64())
+
+
 def where(ds: ray.data.Dataset, mask) -> ray.data.Dataset:
     """Rows for which `mask(batch)` (a boolean pyarrow array) is true, in Arrow batches."""
     return ds.map_batches(lambda b: b.filter(mask(b)), batch_format="pyarrow")
@@ -199,10 +208,21 @@ def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
 _BYTES_PER_TOKEN = 4
 
 
-def _assign_shard(batch: pa.Table, num_shards: int, salt: str) -> pa.Table:
-    """A `_shard` column: a document's shard, a hash of its doc_id (so a random sample of the corpus)."""
-    shards = [int(hash_unit(d, salt) * num_shards) for d in batch.column("doc_id").to_pylist()]
-    return batch.append_column("_shard", pa.array(shards, pa.int32()))
+def _assign_shards(batch: pa.Table, eval_fraction: float, weights: dict[str, float] | None,
+                   train_shards: int, eval_shards: int, salt: str) -> pa.Table:
+    """Each document's split (a hash of its doc_id, below eval_fraction: eval), its train copies (up-sampled
+    by `weights`, None: one), and its shard: a hash of its doc_id, so a random sample of the corpus.
+    `_shard` numbers the shards of both splits at once: train 0 .. train_shards-1, then eval."""
+    doc_ids = batch.column("doc_id").to_pylist()
+    in_eval = pa.array([hash_unit(d, salt + ":eval") < eval_fraction for d in doc_ids], pa.bool_())
+    train, evaluation = batch.filter(pc.invert(in_eval)), batch.filter(in_eval)
+    if weights:
+        train = _upsample(train, weights, salt)
+    parts = []
+    for docs, num_shards, first in ((train, train_shards, 0), (evaluation, eval_shards, train_shards)):
+        shards = [first + int(hash_unit(d, salt + ":shard") * num_shards) for d in docs.column("doc_id").to_pylist()]
+        parts.append(docs.append_column("_shard", pa.array(shards, pa.int32())))
+    return pa.concat_tables(parts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -214,15 +234,17 @@ def _rust_tokenizer(tokenizer_json: str) -> Tokenizer:
 
 
 def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len: int, slices: list[str],
-                directory: str, name_width: int, seed: int) -> pa.Table:
+                shards_uri: str, train_shards: int, eval_shards: int, seed: int) -> pa.Table:
     """Tokenize one shard's documents in doc_id order, append EOD, cut each slice's token stream
     into seq_len rows, shuffle them with the shard's own seed and write `<shard>.parquet` under
-    `directory` (a local path or an object-store URI).
+    `<shards_uri>/<split>` (a local path or an object-store URI); `_shard` as _assign_shards numbers it.
 
     The file depends only on which documents the shard holds, never on the order or batching in
-    which Ray delivers them: a re-run writes the same bytes. Returns sequences and dropped tail
-    tokens per slice."""
+    which Ray delivers them: a re-run writes the same bytes. Returns the split, and sequences and
+    dropped tail tokens per slice."""
     shard = docs.column("_shard")[0].as_py()
+    split, num_shards = ("train", train_shards) if shard < train_shards else ("eval", eval_shards)
+    shard -= 0 if split == "train" else train_shards
     docs = docs.sort_by("doc_id")
     # encode_batch_fast: the same ids without the character offsets, which packing never reads
     encoded = _rust_tokenizer(tokenizer_json).encode_batch_fast(docs.column("text").to_pylist(),
@@ -249,8 +271,10 @@ def _pack_shard(docs: pa.Table, tokenizer_json: str, eos_token_id: int, seq_len:
             "slice_id": pa.array(np.asarray(slice_ids, dtype=np.int16)[order], type=pa.int16()),
         })
         # Names sort in shard order; row groups are the unit the training workers read (train/shards.py).
-        pq.write_table(table, f"{directory}/{shard:0{name_width}d}.parquet", row_group_size=ROW_GROUP_SEQUENCES)
-    return pa.table({"slice_id": pa.array(summary["slice_id"], pa.int16()),
+        name = f"{shard:0{max(5, len(str(num_shards - 1)))}d}.parquet"
+        pq.write_table(table, storage.join(shards_uri, split, name), row_group_size=ROW_GROUP_SEQUENCES)
+    return pa.table({"split": pa.array([split] * len(summary["slice_id"]), pa.string()),
+                     "slice_id": pa.array(summary["slice_id"], pa.int16()),
                      "sequences": pa.array(summary["sequences"], pa.int64()),
                      "dropped_tail_tokens": pa.array(summary["dropped_tail_tokens"], pa.int64())})
 
@@ -383,8 +407,8 @@ def _build_data_artifact(cfg: DataConfig, ctx: StageContext, signal_documents_ur
                                      driver_components_max_edges=fz.driver_components_max_edges)
         rewrite(deduped_uri, kept.write_parquet)
         dup_columns = [c for c in ("exact_dup_of", "fuzzy_dup_of") if c in parquet_schema(deduped_uri).names]
-        stats = _slice_stats(read_parquet_dir(documents_uri, ["slice", "keep", "drop_reason", READ_ERROR, "text"]),
-                             read_parquet_dir(deduped_uri, ["slice", "text", *dup_columns]), dup_columns)
+        stats = _slice_stats(read_parquet_dir(documents_uri, ["slice", "keep", "drop_reason", READ_ERROR, TEXT_BYTES]),
+                             read_parquet_dir(deduped_uri, ["slice", TEXT_BYTES, *dup_columns]), dup_columns)
         phases.finish("dedup", dup_columns=dup_columns, stats=stats)
     dup_columns = phases.done["dedup"]["dup_columns"]
     stats = phases.done["dedup"]["stats"]
@@ -443,39 +467,35 @@ def _pack(cfg: DataConfig, final_docs: ray.data.Dataset, stats: dict, tokenizer_
     (and the mixture weights) to `stats`."""
     salt = str(seed)
     slices = sorted(stats["slices"])
-    in_eval = lambda b: pa.array([hash_unit(d, salt + ":eval") < cfg.eval_fraction
-                                  for d in b.column("doc_id").to_pylist()])
-    eval_docs = final_docs.map_batches(lambda b: b.filter(in_eval(b)), batch_format="pyarrow")
-    train_docs = final_docs.map_batches(lambda b: b.filter(pc.invert(in_eval(b))), batch_format="pyarrow")
     bytes_per_token = None
     if cfg.mixture == "rpv1":
         bytes_per_token = _bytes_per_token(final_docs, tokenizer_json, salt + ":bytes_per_token",
                                            {s: stats["slices"][s]["documents_out"] for s in slices})
         stats["bytes_per_token"] = bytes_per_token
     weights = mixture_weights(cfg, {s: stats["slices"][s]["bytes_out"] for s in slices}, bytes_per_token)
-    if any(w != 1.0 for w in weights.values()):
-        train_docs = train_docs.map_batches(_upsample, fn_kwargs={"weights": weights, "salt": salt},
-                                            batch_format="pyarrow")
     shard_bytes = _BYTES_PER_TOKEN * cfg.seq_len * cfg.sequences_per_shard
     total_bytes = sum(stats["slices"][s]["bytes_out"] * weights.get(s, 1.0) for s in slices)
-    for split, docs, share in (("train", train_docs, 1 - cfg.eval_fraction), ("eval", eval_docs, cfg.eval_fraction)):
-        # Shuffled: documents go to shards by hash and each shard's sequences are shuffled with a
-        # seed; training streams the shards in name order and evaluation scores the first batches.
-        directory = storage.join(shards_uri, split)
-        storage.make_dir(directory)
-        num_shards = max(1, math.ceil(total_bytes * share / shard_bytes))
-        summary = (docs.map_batches(_assign_shard, fn_kwargs={"num_shards": num_shards, "salt": salt + ":shard"},
-                                    batch_format="pyarrow")
-                   .groupby("_shard", num_partitions=min(partitions, num_shards))
-                   .map_groups(_pack_shard, batch_format="pyarrow",
-                               fn_kwargs={"tokenizer_json": tokenizer_json,
-                                          "eos_token_id": eos_token_id, "seq_len": cfg.seq_len,
-                                          "slices": slices, "directory": directory,
-                                          "name_width": max(5, len(str(num_shards - 1))), "seed": seed})
-                   .take_all())
-        stats[f"{split}_sequences"] = sum(r["sequences"] for r in summary)
-        stats[f"{split}_tail_tokens_dropped"] = sum(r["dropped_tail_tokens"] for r in summary)
-        for r in summary:
+    num_shards = {split: max(1, math.ceil(total_bytes * share / shard_bytes))
+                  for split, share in (("train", 1 - cfg.eval_fraction), ("eval", cfg.eval_fraction))}
+    for split in num_shards:
+        storage.make_dir(storage.join(shards_uri, split))
+    # Both splits in one shuffle. Shuffled: documents go to shards by hash and each shard's sequences are
+    # shuffled with a seed; training streams the shards in name order and evaluation scores the first batches.
+    summary = (final_docs.map_batches(_assign_shards, batch_format="pyarrow", fn_kwargs={
+                   "eval_fraction": cfg.eval_fraction, "weights": weights if any(w != 1.0 for w in weights.values()) else None,
+                   "train_shards": num_shards["train"], "eval_shards": num_shards["eval"], "salt": salt})
+               .groupby("_shard", num_partitions=min(partitions, sum(num_shards.values())))
+               .map_groups(_pack_shard, batch_format="pyarrow",
+                           fn_kwargs={"tokenizer_json": tokenizer_json, "eos_token_id": eos_token_id,
+                                      "seq_len": cfg.seq_len, "slices": slices, "shards_uri": shards_uri,
+                                      "train_shards": num_shards["train"], "eval_shards": num_shards["eval"],
+                                      "seed": seed})
+               .take_all())
+    for split in num_shards:
+        rows = [r for r in summary if r["split"] == split]
+        stats[f"{split}_sequences"] = sum(r["sequences"] for r in rows)
+        stats[f"{split}_tail_tokens_dropped"] = sum(r["dropped_tail_tokens"] for r in rows)
+        for r in rows:
             e = stats["slices"][slices[r["slice_id"]]]
             e[f"{split}_tokens"] = e.get(f"{split}_tokens", 0) + r["sequences"] * cfg.seq_len
     stats["mixture_weights"] = weights
@@ -509,8 +529,7 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
     sizes = documents.map_batches(
         lambda b: pa.table({"slice": b.column("slice"), "keep": b.column("keep"),
                             "drop_reason": b.column("drop_reason"),
-                            "bad_input": pc.is_valid(b.column(READ_ERROR)),
-                            "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary()))}),
+                            "bad_input": pc.is_valid(b.column(READ_ERROR)), "bytes": b.column(TEXT_BYTES)}),
         batch_format="pyarrow")
     for row in totals(sizes, ["slice", "keep", "drop_reason", "bad_input"], ("bytes",)):
         if row["slice"] is None:  # only bad input lacks a slice (see pajama.data.readers)
@@ -526,8 +545,7 @@ def _slice_stats(documents: ray.data.Dataset, deduped: ray.data.Dataset, dup_col
             e["dropped"][row["drop_reason"]] = e["dropped"].get(row["drop_reason"], 0) + row["count"]
     kinds = {"exact_dup_of": "exact_duplicates", "fuzzy_dup_of": "near_duplicates"}
     flags = deduped.map_batches(
-        lambda b: pa.table({"slice": b.column("slice"),
-                            "bytes": pc.binary_length(pc.cast(b.column("text"), pa.binary())),
+        lambda b: pa.table({"slice": b.column("slice"), "bytes": b.column(TEXT_BYTES),
                             **{kinds[c]: pc.is_valid(b.column(c)) for c in dup_columns}}),
         batch_format="pyarrow")
     for row in totals(flags, ["slice", *[kinds[c] for c in dup_columns]], ("bytes",)):
