@@ -47,8 +47,8 @@ from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import ccnet, histograms, readers, references, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR
-from pajama.data.stage import (TEXT_BYTES, Phases, configured_shuffles, parquet_schema, read_parquet_dir,
-                               rewrite, shuffle_partitions, text_bytes, totals)
+from pajama.data.stage import (TEXT_BYTES, Phases, data_context, parquet_schema, read_parquet_dir, rewrite,
+                               shuffle_partitions, text_bytes, totals)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,16 @@ ALL_SIGNAL_COLUMNS = {**signals.SIGNAL_COLUMNS, **CCNET_COUNT_COLUMNS, "ccnet_la
 def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """Read the sources and write every record with its signals under `ctx.out_uri`; returns the manifest
     fields (per-slice counts) and logs them and the raw inputs to the stage's run."""
+    with data_context(cfg):
+        stats = _build_signals_artifact(cfg, ctx, inputs)
+    ctx.log_datasets(raw_inputs(cfg), context="raw")
+    ctx.log_metrics({f"{key}/{name}": e[key] for name, e in stats["slices"].items() for key in e})
+    ctx.log_artifact(ctx.out / "histograms.png")
+    return {"slices": sorted(stats["slices"]), "stats": stats}
+
+
+def _build_signals_artifact(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
+    """documents/, duplicate_paragraphs/, stats.json and the histograms under the artifact; returns the stats."""
     phases = Phases(ctx.out_uri)
     if phases.done:
         log.info("signals: resuming: %s done in an earlier attempt", ", ".join(sorted(phases.done)))
@@ -72,9 +82,8 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     dedup_slices = cfg.paragraph_dedup_slices
     if "paragraphs" not in phases.done:
         log.info("signals: reading sources, counting the paragraphs of %s", ", ".join(dedup_slices) or "no slice")
-        with configured_shuffles(cfg):
-            rewrite(duplicates_uri, _duplicate_paragraphs(read_sources(cfg), dedup_slices,
-                                                          shuffle_partitions(cfg)).write_parquet)
+        rewrite(duplicates_uri, _duplicate_paragraphs(read_sources(cfg), dedup_slices,
+                                                      shuffle_partitions(cfg)).write_parquet)
         phases.finish("paragraphs")
     if "signals" not in phases.done:
         log.info("signals: reading sources, removing duplicate paragraphs, computing quality signals")
@@ -92,10 +101,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     distributions = histograms.compute(read_parquet_dir(documents_uri, ["slice", *numeric]), numeric)
     (ctx.out / "histograms.json").write_text(json.dumps(distributions))
     histograms.plot(distributions, ctx.out / "histograms.png")
-    ctx.log_datasets(raw_inputs(cfg), context="raw")
-    ctx.log_metrics({f"{key}/{name}": e[key] for name, e in stats["slices"].items() for key in e})
-    ctx.log_artifact(ctx.out / "histograms.png")
-    return {"slices": sorted(stats["slices"]), "stats": stats}
+    return stats
 
 
 def _expand(path: str) -> str | list[str]:
