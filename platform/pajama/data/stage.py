@@ -500,15 +500,15 @@ def _pack(cfg: DataConfig, final_docs: ray.data.Dataset, stats: dict, tokenizer_
         storage.make_dir(storage.join(shards_uri, split))
     # Both splits in one shuffle. Shuffled: documents go to shards by hash and each shard's sequences are
     # shuffled with a seed; training streams the shards in name order and evaluation scores the first batches.
-    summary = (final_docs.map_batches(_assign_shards, batch_format="pyarrow", fn_kwargs={
-                   "tokenizer_json": tokenizer_json, "eval_fraction": cfg.eval_fraction, "weights": weights if any(w != 1.0 for w in weights.values()) else None,
-                   "train_shards": num_shards["train"], "eval_shards": num_shards["eval"], "salt": salt})
+    upsampling = weights if any(w != 1.0 for w in weights.values()) else None
+    shard_counts = {"train_shards": num_shards["train"], "eval_shards": num_shards["eval"]}
+    summary = (final_docs.map_batches(_assign_shards, batch_format="pyarrow",
+                                      fn_kwargs={"tokenizer_json": tokenizer_json, "eval_fraction": cfg.eval_fraction,
+                                                 "weights": upsampling, "salt": salt, **shard_counts})
                .groupby("_shard", num_partitions=min(partitions, sum(num_shards.values())))
                .map_groups(_pack_shard, batch_format="pyarrow",
-                           fn_kwargs={"eos_token_id": eos_token_id,
-                                      "seq_len": cfg.seq_len, "slices": slices, "shards_uri": shards_uri,
-                                      "train_shards": num_shards["train"], "eval_shards": num_shards["eval"],
-                                      "seed": seed})
+                           fn_kwargs={"eos_token_id": eos_token_id, "seq_len": cfg.seq_len, "slices": slices,
+                                      "shards_uri": shards_uri, "seed": seed, **shard_counts})
                .take_all())
     for split in num_shards:
         rows = [r for r in summary if r["split"] == split]
