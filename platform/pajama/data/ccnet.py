@@ -89,6 +89,8 @@ UNICODE_PUNCT = {
 }
 _NON_PRINTING_CHARS = "".join(map(chr, [*range(0, 32), *range(127, 160)]))
 _DEDUP_DELETION = str.maketrans("", "", "".join(UNICODE_PUNCT) + _NON_PRINTING_CHARS)
+# what _DEDUP_DELETION deletes, but "\n"
+_DEDUP_DELETABLE = re.compile(f"[{re.escape(''.join(UNICODE_PUNCT) + _NON_PRINTING_CHARS.replace(chr(10), ''))}]")
 # \d on str patterns is every Unicode decimal digit (category Nd), as in cc_net.
 _DIGIT_RE = re.compile(r"\d")
 
@@ -131,9 +133,14 @@ def normalize_for_dedup(line: str) -> str:
 
 def paragraph_hashes(text: str) -> np.ndarray:
     """One uint64 per "\\n"-separated line of `text` (blank lines included), as cc_net's dedup.compute_hashes."""
-    digests = b"".join(
-        hashlib.sha1(normalize_for_dedup(line).encode("utf-8")).digest()[:8] for line in text.split("\n")
-    )
+    # normalize_for_dedup per line, its lowercasing and digits done once for the whole text (the same: lowering
+    # keeps "\n" and every whitespace character, and final sigma's context stops at whitespace), its deletion
+    # only when the text has a character to delete
+    lowered = _DIGIT_RE.sub("0", text.lower())
+    lines = [line.strip() for line in lowered.split("\n")]
+    if _DEDUP_DELETABLE.search(lowered):
+        lines = [line.translate(_DEDUP_DELETION) for line in lines]
+    digests = b"".join(hashlib.sha1(line.encode("utf-8")).digest()[:8] for line in lines)
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
