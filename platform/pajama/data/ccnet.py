@@ -93,6 +93,7 @@ _DEDUP_DELETION = str.maketrans("", "", "".join(UNICODE_PUNCT) + _NON_PRINTING_C
 _DEDUP_DELETABLE = re.compile(f"[{re.escape(''.join(UNICODE_PUNCT) + _NON_PRINTING_CHARS.replace(chr(10), ''))}]")
 # \d on str patterns is every Unicode decimal digit (category Nd), as in cc_net.
 _DIGIT_RE = re.compile(r"\d")
+_WHITESPACE_BUT_SPACE = re.compile(r"[^\S ]")  # \s is str.split's whitespace
 
 
 @functools.cache
@@ -215,8 +216,11 @@ class PerplexityModel:
             if not tokenized:
                 scores.append(None)
                 continue
-            # cc_net's DocLM: length counts Python's whitespace split of the tokenized line, plus </s>.
-            length = len(tokenized.split()) + 1
+            # cc_net's DocLM: length counts Python's whitespace split of the tokenized line, plus </s>; that
+            # is the number of pieces unless a piece is empty or holds whitespace (so it is counted only then)
+            one_token_each = (tokenized.count(" ") == len(pieces) - 1 and "" not in pieces
+                              and not _WHITESPACE_BUT_SPACE.search(tokenized))
+            length = (len(pieces) if one_token_each else len(tokenized.split())) + 1
             scores.append(round(10.0 ** (-self._lm.score(tokenized) / length), 1))
         return scores
 

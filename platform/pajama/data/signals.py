@@ -113,6 +113,7 @@ _C4_POLICY_PHRASES = (
     "use of cookies",
     "use cookies",
 )
+_C4_REJECTED = re.compile("|".join(map(re.escape, ("javascript", *_C4_POLICY_PHRASES))))  # in a lowercased line
 
 # RPv2's per-language word lists (see the module docstring); other languages use the first
 _LIST_LANGUAGES = ("en", "de", "fr", "es", "it")
@@ -335,22 +336,33 @@ def _bmp_classes() -> np.ndarray:
     return np.fromiter((_class_of(chr(code)) for code in range(0x10000)), np.uint16, 0x10000)
 
 
+def _classes_of(codes: np.ndarray) -> np.ndarray:
+    """_class_of each code point."""
+    classes = _bmp_classes()[np.minimum(codes, 0xFFFF)]
+    beyond = codes > 0xFFFF
+    if beyond.any():  # rare (emoji, historic scripts): each distinct one asked in Python
+        distinct, which = np.unique(codes[beyond], return_inverse=True)
+        classes[beyond] = np.array([_class_of(chr(code)) for code in distinct], np.uint16)[which]
+    return classes
+
+
+def _code_points(text: str) -> np.ndarray:
+    # surrogatepass: a lone surrogate is one code point here too, as str.isupper & co. see it
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+
+
 class _Characters:
-    """The characters of a batch's texts, concatenated: code points, class flags, document of each.
+    """The characters of a batch's texts, concatenated: code points, class flags, document of each, and
+    runs (maximal stretches of consecutive characters of a kind within a document) as the positions of
+    their first and last characters.
 
     Python's re and str methods agree with these classes: `\\s` and str.split's whitespace are _SPACE,
     `\\w` is _ALNUM or "_", `\\d` is _DECIMAL."""
 
     def __init__(self, texts: list[str]):
-        joined = "".join(texts)
-        # surrogatepass: a lone surrogate is one code point here too, as str.isupper & co. see it
-        self.utf8 = joined.encode("utf-8", "surrogatepass")
-        self.codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
-        self.classes = _bmp_classes()[np.minimum(self.codes, 0xFFFF)]
-        beyond = self.codes > 0xFFFF
-        if beyond.any():  # rare (emoji, historic scripts): each distinct one asked in Python
-            distinct, which = np.unique(self.codes[beyond], return_inverse=True)
-            self.classes[beyond] = np.array([_class_of(chr(code)) for code in distinct], np.uint16)[which]
+        self.joined = "".join(texts)
+        self.codes = _code_points(self.joined)
+        self.classes = _classes_of(self.codes)
         self.lengths = np.fromiter(map(len, texts), np.int64, len(texts))
         self.doc = np.repeat(np.arange(len(texts)), self.lengths)
         ends = np.cumsum(self.lengths)[self.lengths > 0]
@@ -362,54 +374,61 @@ class _Characters:
     def has(self, flags: int) -> np.ndarray:
         return (self.classes & flags) != 0
 
-    def per_doc(self, mask: np.ndarray) -> np.ndarray:
-        """How many characters of each document `mask` holds."""
-        return np.bincount(self.doc[mask], minlength=len(self.lengths))
+    def per_doc(self, positions: np.ndarray) -> np.ndarray:
+        """How many of `positions` (a mask or positions of characters, or of runs' first characters) each
+        document holds."""
+        return np.bincount(self.doc[positions], minlength=len(self.lengths))
 
-    def run_starts(self, in_run: np.ndarray) -> np.ndarray:
-        """The first character of each run of consecutive `in_run` characters of a document."""
-        starts = in_run.copy()
-        starts[1:] &= ~in_run[:-1] | self.first_of_doc[1:]
-        return starts
+    def runs(self, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first and the last character of each run of `kind` characters."""
+        first = kind.copy()
+        first[1:] &= ~kind[:-1] | self.first_of_doc[1:]
+        last = kind.copy()
+        last[:-1] &= ~kind[1:] | self.last_of_doc[:-1]
+        return np.flatnonzero(first), np.flatnonzero(last)
 
-    def run_ends(self, in_run: np.ndarray) -> np.ndarray:
-        """The last character of each run of consecutive `in_run` characters of a document."""
-        ends = in_run.copy()
-        ends[:-1] &= ~in_run[1:] | self.last_of_doc[:-1]
-        return ends
+    @functools.cached_property
+    def space(self) -> np.ndarray:
+        return self.has(_SPACE)
 
-    def firsts_in_runs(self, hit: np.ndarray, in_run: np.ndarray) -> np.ndarray:
-        """The first `hit` character of each run of `in_run` characters (`hit` implies `in_run`), so that
-        counting them counts the runs holding a hit."""
-        positions = np.arange(len(hit))
-        run_start = np.maximum.accumulate(np.where(self.run_starts(in_run), positions, -1))
-        previous_hit = np.concatenate(([-1], np.maximum.accumulate(np.where(hit, positions, -1))[:-1]))
-        return hit & (previous_hit < run_start)
+    @functools.cached_property
+    def words(self) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of non-whitespace: the words of str.split."""
+        return self.runs(~self.space)
+
+    @functools.cached_property
+    def raw_words(self) -> tuple[np.ndarray, np.ndarray]:
+        """The raw words (WordPunct tokens): runs of `\\w` and runs of `[^\\w\\s]`, in text order."""
+        word = self.has(_ALNUM) | (self.codes == ord("_"))
+        (word_first, word_last), (punctuation_first, punctuation_last) = self.runs(word), self.runs(~word & ~self.space)
+        order = np.argsort(np.concatenate((word_first, punctuation_first)), kind="stable")
+        return np.concatenate((word_first, punctuation_first))[order], np.concatenate((word_last, punctuation_last))[order]
 
     def substrings(self, first: np.ndarray, last: np.ndarray) -> pa.LargeStringArray:
         """The substrings from each `first` character to the `last` one (disjoint, in text order)."""
-        utf8_length = 1 + (self.codes >= 0x80) + (self.codes >= 0x800) + (self.codes >= 0x10000)
-        offset = np.concatenate(([0], np.cumsum(utf8_length)))
+        if self.joined.isascii():
+            offset, utf8 = np.arange(len(self.codes) + 1), self.joined.encode("ascii")
+        else:
+            utf8_length = (1 + (self.codes >= 0x80) + (self.codes >= 0x800) + (self.codes >= 0x10000)).astype(np.uint8)
+            offset, utf8 = np.concatenate(([0], np.cumsum(utf8_length, dtype=np.int64))), self.joined.encode(
+                "utf-8", "surrogatepass")
         # the pieces between the boundaries alternate: a gap, a substring, a gap, ..., a substring, a gap
-        bounds = np.concatenate(([0], np.column_stack((offset[first], offset[last + 1])).ravel(), [len(self.utf8)]))
-        pieces = pa.LargeStringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(self.utf8))
+        bounds = np.concatenate(([0], np.column_stack((offset[first], offset[last + 1])).ravel(), [len(utf8)]))
+        pieces = pa.LargeStringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(utf8))
         return pieces.take(np.arange(1, len(bounds) - 1, 2))
 
 
-def _raw_word_runs(chars: _Characters) -> tuple[np.ndarray, np.ndarray]:
-    """First and last characters of the raw words (WordPunct tokens): runs of `\\w` and runs of `[^\\w\\s]`."""
-    word = chars.has(_ALNUM) | (chars.codes == ord("_"))
-    punctuation = ~word & ~chars.has(_SPACE)
-    first = chars.run_starts(word) | chars.run_starts(punctuation)
-    last = chars.run_ends(word) | chars.run_ends(punctuation)
-    return first, last
+def _counts_in(mask: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """How many characters `mask` holds from each `first` position to the `last` one (included)."""
+    prefix = np.concatenate(([0], np.cumsum(mask, dtype=np.int64)))
+    return prefix[last + 1] - prefix[first]
 
 
 def raw_words(texts: list[str]) -> tuple[pa.LargeStringArray, np.ndarray]:
     """The raw words (`\\w+|[^\\w\\s]+` matches) of all texts in order, and how many each text has."""
     chars = _Characters(texts)
-    first, last = _raw_word_runs(chars)
-    return chars.substrings(np.flatnonzero(first), np.flatnonzero(last)), chars.per_doc(first)
+    first, last = chars.raw_words
+    return chars.substrings(first, last), chars.per_doc(first)
 
 
 def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> list[str]:
@@ -446,28 +465,23 @@ def _character_signals(
     """The wanted signals over raw words and character classes, for the whole batch at once."""
     out = {}
     if wanted & _RAW_WORD_CONSUMERS:
-        first, last = _raw_word_runs(chars)
+        first, last = chars.raw_words
         num_tokens = chars.per_doc(first)
-        word = chars.has(_ALNUM) | (chars.codes == ord("_"))
     if "rps_doc_symbol_to_word_ratio" in wanted:
         symbols = np.fromiter((sum(map(text.count, _SYMBOLS)) for text in texts), np.int64, len(texts))
         out["rps_doc_symbol_to_word_ratio"] = _ratios(symbols, num_tokens)
     if "rps_doc_frac_no_alph_words" in wanted:
-        with_letter = chars.per_doc(chars.firsts_in_runs(chars.has(_ASCII_LETTER), word))
-        out["rps_doc_frac_no_alph_words"] = _rounded(1.0 - _ratios(with_letter, num_tokens))
+        # punctuation runs hold no ASCII letter: the raw words with one are word runs
+        with_letter = first[_counts_in(chars.has(_ASCII_LETTER), first, last) > 0]
+        out["rps_doc_frac_no_alph_words"] = _rounded(1.0 - _ratios(chars.per_doc(with_letter), num_tokens))
     if "rps_doc_frac_all_caps_words" in wanted:
         # str.isupper of each raw word: an uppercase character and no lowercase or titlecase one
         # (a punctuation run can be upper case: Unicode counts symbols such as Ⓐ, 🅰 as capital letters)
-        token = np.cumsum(first) - 1
-        in_token = ~chars.has(_SPACE)
-        upper = np.zeros(int(first.sum()), bool)
-        upper[token[in_token & chars.has(_UPPER)]] = True
-        upper[token[in_token & chars.has(_CASE_BREAK)]] = False
-        out["rps_doc_frac_all_caps_words"] = _ratios(
-            np.bincount(chars.doc[first][upper], minlength=len(texts)), num_tokens)
+        upper = (_counts_in(chars.has(_UPPER), first, last) > 0) & (_counts_in(chars.has(_CASE_BREAK), first, last) == 0)
+        out["rps_doc_frac_all_caps_words"] = _ratios(chars.per_doc(first[upper]), num_tokens)
     if "rps_doc_stop_word_fraction" in wanted:
         # no list holds a pure punctuation run (tests/test_signals.py checks), so all raw words can be looked up
-        tokens = chars.substrings(np.flatnonzero(first), np.flatnonzero(last))
+        tokens = chars.substrings(first, last)
         doc_of_token = chars.doc[first]
         doc_language = np.array(list_languages)[doc_of_token]
         stop = np.zeros(len(tokens), bool)
@@ -479,10 +493,9 @@ def _character_signals(
             has_words, _ratios(np.bincount(doc_of_token[stop], minlength=len(texts)), num_tokens), 0.0)
     if "gopher_frac_words_with_alpha" in wanted:
         # whitespace-separated words, and those holding a letter: a word character that is no digit or "_"
-        visible = ~chars.has(_SPACE)
-        letter = chars.has(_ALNUM) & ~chars.has(_DECIMAL)
-        out["gopher_frac_words_with_alpha"] = _ratios(
-            chars.per_doc(chars.firsts_in_runs(letter, visible)), chars.per_doc(chars.run_starts(visible)))
+        word_first, word_last = chars.words
+        letters = _counts_in(chars.has(_ALNUM) & ~chars.has(_DECIMAL), word_first, word_last)
+        out["gopher_frac_words_with_alpha"] = _ratios(chars.per_doc(word_first[letters > 0]), chars.per_doc(word_first))
     if "rpv1_frac_alnum_chars" in wanted:
         out["rpv1_frac_alnum_chars"] = np.where(
             chars.lengths > 0, _ratios(chars.per_doc(chars.has(_ALNUM)), chars.lengths), 0.0)
@@ -495,22 +508,23 @@ def _line_signals(chars: _Characters, words_per_doc: list[list[str]], wanted: fr
     """The wanted per-line signals (list arrays), their aggregates and the share of lines ending with an
     ellipsis, for the whole batch at once."""
     num_docs = len(chars.lengths)
-    codes, space = chars.codes, chars.has(_SPACE)
+    codes = chars.codes
     last = np.flatnonzero((codes == ord("\n")) | chars.last_of_doc)  # the last character of each line
-    ends = last + 1
-    starts = np.concatenate(([0], ends))[:-1]  # every character is in a line: each starts where one ends
+    first = np.concatenate(([0], last + 1))[:-1]  # every character is in a line: each starts after one ends
     line_doc = chars.doc[last]
     lines_per_doc = np.bincount(line_doc, minlength=num_docs)
     out: dict = {}
-    positions = np.arange(len(codes))
-    # the last and the first character of each line that is no whitespace (rstrip, lstrip)
-    end = np.maximum.accumulate(np.where(space, -1, positions))[last]
-    begin = np.minimum.accumulate(np.where(space, len(codes), positions)[::-1])[::-1][starts]
-    visible = end >= starts
-    end_char = codes[end]
+    # the last and the first character of each line that is no whitespace (rstrip, lstrip): the end of the
+    # line's last str.split word and the start of its first (-1 and len(codes) where the line has none)
+    word_first, word_last = chars.words
+    end = np.concatenate(([-1], word_last))[np.searchsorted(word_last, last, side="right")]
+    begin = np.concatenate((word_first, [len(codes)]))[np.searchsorted(word_first, first)]
+    visible = end >= first
+    padded = np.append(codes, 0)  # padded[-1] and padded[len(codes)]: no character
+    end_char = padded[end]
     if "rps_doc_frac_lines_end_with_ellipsis" in wanted:
-        before_end = [codes[np.maximum(end - k, 0)] for k in (1, 2)]
-        ellipsis = visible & ((end_char == ord("…")) | ((end - 2 >= starts) & (end_char == ord("."))
+        before_end = [padded[np.maximum(end - k, 0)] for k in (1, 2)]
+        ellipsis = visible & ((end_char == ord("…")) | ((end - 2 >= first) & (end_char == ord("."))
                                                         & (before_end[0] == ord(".")) & (before_end[1] == ord("."))))
         out["rps_doc_frac_lines_end_with_ellipsis"] = _ratios(
             np.bincount(line_doc, weights=ellipsis, minlength=num_docs), lines_per_doc)
@@ -519,8 +533,8 @@ def _line_signals(chars: _Characters, words_per_doc: list[list[str]], wanted: fr
     def words_per_line() -> np.ndarray:
         # normalised words of a line: its whitespace-separated words holding a character other than
         # ASCII punctuation (which normalisation deletes; lowercasing and NFD add no whitespace)
-        content = ~space & ~chars.has(_ASCII_PUNCTUATION)
-        return _counts_per_piece(chars.firsts_in_runs(content, ~space), starts, ends)
+        kept = _counts_in(~chars.has(_ASCII_PUNCTUATION), word_first, word_last) > 0
+        return np.bincount(np.searchsorted(last, word_first[kept]), minlength=len(last))
 
     per_line = {
         "rps_lines_ending_with_terminal_punctution_mark": lambda: (
@@ -529,11 +543,10 @@ def _line_signals(chars: _Characters, words_per_doc: list[list[str]], wanted: fr
         "rps_lines_num_words": words_per_line,
         # a raw line keeps its "\n", so it is never empty
         "rps_lines_uppercase_letter_fraction": lambda: _rounded(
-            _counts_per_piece(chars.has(_UPPER), starts, ends) / (ends - starts)),
+            _counts_in(chars.has(_UPPER), first, last) / (last + 1 - first)),
         "rps_lines_numerical_chars_fraction": lambda: _numerical_fractions(words_per_doc, words_per_line()),
         "rps_lines_start_with_bulletpoint": lambda: (
-            (begin < ends) & np.isin(codes[np.minimum(begin, len(codes) - 1)], [ord(b) for b in _BULLETS])
-        ).astype(np.float64),
+            visible & np.isin(padded[begin], [ord(b) for b in _BULLETS])).astype(np.float64),
     }
     offsets = pa.array(np.concatenate(([0], np.cumsum(lines_per_doc))), pa.int32())
     for name, (value_type, suffix) in LINE_SIGNALS.items():
@@ -554,12 +567,6 @@ def _line_signals(chars: _Characters, words_per_doc: list[list[str]], wanted: fr
     return out
 
 
-def _counts_per_piece(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """How many characters of each piece [start, end) `mask` holds."""
-    prefix = np.concatenate(([0], np.cumsum(mask, dtype=np.int64)))
-    return prefix[ends] - prefix[starts]
-
-
 def _python_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Python's sum over each document's consecutive `counts` values, as RPv2 sums a line list (Python 3.12's
     sum compensates rounding errors, where numpy's sums would not)."""
@@ -571,14 +578,18 @@ def _python_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def _numerical_fractions(words_per_doc: list[list[str]], words_per_line: np.ndarray) -> np.ndarray:
     """Per line, the share of numeric characters in its normalised text (its normalised words joined with
     spaces); 0.0 for a line without words."""
-    words = list(itertools.chain.from_iterable(words_per_doc))
-    word_chars = np.concatenate(([0], np.cumsum(np.fromiter(map(len, words), np.int64, len(words)))))
-    numeric = np.concatenate(([0], np.cumsum(_Characters(["".join(words)]).has(_NUMERIC), dtype=np.int64)))
-    last_word = np.cumsum(words_per_line)
-    first_word = last_word - words_per_line
-    first_char, end_char = word_chars[first_word], word_chars[last_word]
-    length = end_char - first_char + np.maximum(words_per_line - 1, 0)
-    return np.where(length > 0, _ratios(numeric[end_char] - numeric[first_char], length), 0.0)
+    # all normalised words, one space apart: a line's words are consecutive there
+    codes = _code_points(" ".join(itertools.chain.from_iterable(words_per_doc)))
+    spaces = np.flatnonzero(codes == ord(" "))
+    word_first = np.concatenate(([0], spaces + 1))
+    word_end = np.concatenate((spaces, [len(codes)]))
+    numeric = np.concatenate(([0], np.cumsum((_classes_of(codes) & _NUMERIC) != 0, dtype=np.int64)))
+    line_words_end = np.cumsum(words_per_line)
+    has_words = words_per_line > 0
+    first_char = word_first[np.where(has_words, line_words_end - words_per_line, 0)]
+    end_char = word_end[np.where(has_words, line_words_end - 1, 0)]
+    length = np.where(has_words, end_char - first_char, 0)
+    return np.where(has_words, _ratios(numeric[end_char] - numeric[first_char], length), 0.0)
 
 
 def _javascript_counts(words_per_doc: list[list[str]], words_per_line: np.ndarray) -> np.ndarray:
@@ -602,13 +613,10 @@ def _add_gopher_signals(text: str, words: list[str], out: dict[str, list], wante
         if frac_name not in wanted and chars_name not in wanted:
             continue
         pieces = [piece for piece in split(text) if piece.strip()]
-        seen: set[str] = set()
-        dupes = dupe_chars = 0
-        for piece in pieces:
-            if piece in seen:
-                dupes += 1
-                dupe_chars += len(piece)
-            seen.add(piece)
+        # every occurrence of a piece but its first is a duplicate
+        distinct = set(pieces)
+        dupes = len(pieces) - len(distinct)
+        dupe_chars = sum(map(len, pieces)) - sum(map(len, distinct))
         if frac_name in wanted:
             out[frac_name].append(_ratio(dupes, len(pieces)))
         if chars_name in wanted:
@@ -631,8 +639,7 @@ def _add_c4_signals(text: str, out: dict[str, list]) -> None:
             continue
         if len(line.split()) < _C4_MIN_WORDS_PER_LINE:
             continue
-        lowered = line.lower()
-        if "javascript" in lowered or any(phrase in lowered for phrase in _C4_POLICY_PHRASES):
+        if _C4_REJECTED.search(line.lower()):
             continue
         kept += 1
         sentences += len(_SENTENCE.findall(line))
