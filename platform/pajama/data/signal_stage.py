@@ -152,7 +152,9 @@ def _dedup_paragraphs(batch: pa.Table, dedup_slices: Sequence[str], duplicates: 
     """cc_net's counts (ccnet_original_length/_nlines, ccnet_length/_nlines) of every document, and the text of
     those of `dedup_slices` without their duplicate lines."""
     texts = batch.column("text").to_pylist()
-    in_scope = pc.is_in(batch.column("slice"), pa.array(list(dedup_slices), pa.string())).to_pylist()
+    # without duplicate hashes no line is dropped, so none needs hashing
+    in_scope = (pc.is_in(batch.column("slice"), pa.array(list(dedup_slices), pa.string())).to_pylist()
+                if len(duplicates) else [False] * batch.num_rows)
     hashes = [ccnet.paragraph_hashes(text) if deduplicated else np.empty(0, np.uint64)
               for text, deduplicated in zip(texts, in_scope)]
     flat = np.concatenate(hashes).view(np.int64) if hashes else np.empty(0, np.int64)

@@ -249,14 +249,19 @@ def compute_signals(
     if wanted & _WORD_LIST_SIGNALS:
         languages = batch.column("language").to_pylist() if given_language else out["language"]
         list_languages = [language if language in _LIST_LANGUAGES else _LIST_LANGUAGES[0] for language in languages]
-    words_per_doc = [_add_document_signals(text, out, wanted) for text in texts]
+    normalized = [_add_document_signals(text, out, wanted) for text in texts]
+    words = _Words(normalized)
+    if "rps_doc_word_count" in wanted:
+        out["rps_doc_word_count"] = words.per_doc
+    if "gopher_stop_word_count" in wanted:
+        out["gopher_stop_word_count"] = words.count_of(_GOPHER_STOP_WORDS)
     if wanted & (_CHARACTER_SIGNALS | _LINE_CONSUMERS):
         chars = _Characters(texts)
-        out.update(_character_signals(chars, texts, words_per_doc, list_languages, wanted))
+        out.update(_character_signals(chars, texts, words, list_languages, wanted))
         if wanted & _LINE_CONSUMERS:
-            out.update(_line_signals(chars, words_per_doc, wanted))
+            out.update(_line_signals(chars, words, wanted))
     if wanted & _WORD_SIGNALS:
-        out.update(_word_signals(words_per_doc, wanted, list_languages))
+        out.update(_word_signals(words, wanted, list_languages))
     if "rps_doc_ut1_blacklist" in wanted:
         out["rps_doc_ut1_blacklist"] = _ut1_categories(batch, ut1_blacklist)
     for name, dtype in SIGNAL_COLUMNS.items():
@@ -406,12 +411,9 @@ class _Characters:
 
     def substrings(self, first: np.ndarray, last: np.ndarray) -> pa.LargeStringArray:
         """The substrings from each `first` character to the `last` one (disjoint, in text order)."""
-        if self.joined.isascii():
-            offset, utf8 = np.arange(len(self.codes) + 1), self.joined.encode("ascii")
-        else:
-            utf8_length = (1 + (self.codes >= 0x80) + (self.codes >= 0x800) + (self.codes >= 0x10000)).astype(np.uint8)
-            offset, utf8 = np.concatenate(([0], np.cumsum(utf8_length, dtype=np.int64))), self.joined.encode(
-                "utf-8", "surrogatepass")
+        utf8 = np.frombuffer(self.joined.encode("utf-8", "surrogatepass"), np.uint8)
+        # each character's byte offset: where its encoding starts, at a byte that is no continuation byte
+        offset = np.append(np.flatnonzero((utf8 & 0xC0) != 0x80), len(utf8))
         # the pieces between the boundaries alternate: a gap, a substring, a gap, ..., a substring, a gap
         bounds = np.concatenate(([0], np.column_stack((offset[first], offset[last + 1])).ravel(), [len(utf8)]))
         pieces = pa.LargeStringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(utf8))
@@ -431,21 +433,18 @@ def raw_words(texts: list[str]) -> tuple[pa.LargeStringArray, np.ndarray]:
     return chars.substrings(first, last), chars.per_doc(first)
 
 
-def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> list[str]:
-    """Append the wanted signals computed one document at a time to `out`; return the normalised words
-    (an empty list when no wanted signal needs them)."""
-    words = normalize_text(text).split() if wanted & _NORMALIZED_WORD_CONSUMERS else []
-    if "rps_doc_word_count" in wanted:
-        out["rps_doc_word_count"].append(len(words))
+def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> str:
+    """Append the wanted signals computed one document at a time to `out`; return the normalised text
+    (empty when no wanted signal needs it)."""
+    normalized = normalize_text(text) if wanted & _NORMALIZED_WORD_CONSUMERS else ""
     if "rps_doc_num_sentences" in wanted:
         out["rps_doc_num_sentences"].append(len(_SENTENCE.findall(text)))
     if "rps_doc_lorem_ipsum" in wanted:
-        normalized = " ".join(words)
         out["rps_doc_lorem_ipsum"].append(_ratio(normalized.count("lorem ipsum"), len(normalized)) or 0.0)
     if "rps_doc_curly_bracket" in wanted:
         out["rps_doc_curly_bracket"].append(_ratio(text.count("{") + text.count("}"), len(text)) or 0.0)
     if wanted & _GOPHER_SIGNALS:
-        _add_gopher_signals(text, words, out, wanted)
+        _add_gopher_signals(text, out, wanted)
     if wanted & _C4_SIGNALS:
         _add_c4_signals(text, out)
     if "rpv1_max_line_length" in wanted or "rpv1_mean_line_length" in wanted:
@@ -455,11 +454,32 @@ def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str
             out["rpv1_max_line_length"].append(max(line_lengths, default=0))
         if "rpv1_mean_line_length" in wanted:
             out["rpv1_mean_line_length"].append(_ratio(len(text), len(line_lengths)) or 0.0)
-    return words
+    return normalized
+
+
+class _Words:
+    """The normalised words of a batch's documents: all of them in one Arrow array, in order."""
+
+    def __init__(self, normalized: list[str]):
+        # a normalised text has single spaces between its words and none around them; an empty one no word
+        lists = pc.split_pattern(pa.array([text or None for text in normalized], pa.large_string()), " ")
+        self.normalized = normalized
+        self.flat = pc.list_flatten(lists)
+        self.per_doc = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+        self.doc = np.repeat(np.arange(len(normalized)), self.per_doc)
+
+    def positions_of(self, entries: Iterable[str]) -> np.ndarray:
+        """Where the words that are `entries` stand in `flat`."""
+        value_set = pa.array(sorted(entries), pa.large_string())
+        return np.flatnonzero(pc.is_in(self.flat, value_set=value_set).to_numpy(zero_copy_only=False))
+
+    def count_of(self, entries: Iterable[str]) -> np.ndarray:
+        """How many of each document's words are `entries`."""
+        return np.bincount(self.doc[self.positions_of(entries)], minlength=len(self.per_doc))
 
 
 def _character_signals(
-    chars: _Characters, texts: list[str], words_per_doc: list[list[str]], list_languages: list[str],
+    chars: _Characters, texts: list[str], words: _Words, list_languages: list[str],
     wanted: frozenset[str]
 ) -> dict[str, np.ndarray]:
     """The wanted signals over raw words and character classes, for the whole batch at once."""
@@ -488,9 +508,8 @@ def _character_signals(
         for language in set(list_languages):
             in_list = pc.is_in(tokens, value_set=pa.array(sorted(_stop_words(language)), pa.large_string()))
             stop |= in_list.to_numpy(zero_copy_only=False) & (doc_language == language)
-        has_words = np.fromiter(map(bool, words_per_doc), bool, len(texts))
         out["rps_doc_stop_word_fraction"] = np.where(
-            has_words, _ratios(np.bincount(doc_of_token[stop], minlength=len(texts)), num_tokens), 0.0)
+            words.per_doc > 0, _ratios(np.bincount(doc_of_token[stop], minlength=len(texts)), num_tokens), 0.0)
     if "gopher_frac_words_with_alpha" in wanted:
         # whitespace-separated words, and those holding a letter: a word character that is no digit or "_"
         word_first, word_last = chars.words
@@ -504,7 +523,7 @@ def _character_signals(
     return out
 
 
-def _line_signals(chars: _Characters, words_per_doc: list[list[str]], wanted: frozenset[str]) -> dict:
+def _line_signals(chars: _Characters, words: _Words, wanted: frozenset[str]) -> dict:
     """The wanted per-line signals (list arrays), their aggregates and the share of lines ending with an
     ellipsis, for the whole batch at once."""
     num_docs = len(chars.lengths)
@@ -539,12 +558,14 @@ def _line_signals(chars: _Characters, words_per_doc: list[list[str]], wanted: fr
     per_line = {
         "rps_lines_ending_with_terminal_punctution_mark": lambda: (
             visible & np.isin(end_char, [ord(mark) for mark in _TERMINAL_PUNCTUATION])).astype(np.float64),
-        "rps_lines_javascript_counts": lambda: _javascript_counts(words_per_doc, words_per_line()),
+        "rps_lines_javascript_counts": lambda: np.bincount(
+            np.searchsorted(np.cumsum(words_per_line()), words.positions_of(["javascript"]), side="right"),
+            minlength=len(last)),
         "rps_lines_num_words": words_per_line,
         # a raw line keeps its "\n", so it is never empty
         "rps_lines_uppercase_letter_fraction": lambda: _rounded(
             _counts_in(chars.has(_UPPER), first, last) / (last + 1 - first)),
-        "rps_lines_numerical_chars_fraction": lambda: _numerical_fractions(words_per_doc, words_per_line()),
+        "rps_lines_numerical_chars_fraction": lambda: _numerical_fractions(words, words_per_line()),
         "rps_lines_start_with_bulletpoint": lambda: (
             visible & np.isin(padded[begin], [ord(b) for b in _BULLETS])).astype(np.float64),
     }
@@ -575,11 +596,11 @@ def _python_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.array([sum(flat[begin:end]) for begin, end in itertools.pairwise(bounds)], np.float64)
 
 
-def _numerical_fractions(words_per_doc: list[list[str]], words_per_line: np.ndarray) -> np.ndarray:
+def _numerical_fractions(words: _Words, words_per_line: np.ndarray) -> np.ndarray:
     """Per line, the share of numeric characters in its normalised text (its normalised words joined with
     spaces); 0.0 for a line without words."""
     # all normalised words, one space apart: a line's words are consecutive there
-    codes = _code_points(" ".join(itertools.chain.from_iterable(words_per_doc)))
+    codes = _code_points(" ".join(filter(None, words.normalized)))
     spaces = np.flatnonzero(codes == ord(" "))
     word_first = np.concatenate(([0], spaces + 1))
     word_end = np.concatenate((spaces, [len(codes)]))
@@ -592,22 +613,7 @@ def _numerical_fractions(words_per_doc: list[list[str]], words_per_line: np.ndar
     return np.where(has_words, _ratios(numeric[end_char] - numeric[first_char], length), 0.0)
 
 
-def _javascript_counts(words_per_doc: list[list[str]], words_per_line: np.ndarray) -> np.ndarray:
-    """Per line, how many of its normalised words are "javascript"."""
-    counts = np.zeros(len(words_per_line), np.int64)
-    line_word_end = np.cumsum(words_per_line)
-    offset = 0
-    for words in words_per_doc:
-        if "javascript" in words:
-            hits = [offset + i for i, word in enumerate(words) if word == "javascript"]
-            np.add.at(counts, np.searchsorted(line_word_end, hits, side="right"), 1)
-        offset += len(words)
-    return counts
-
-
-def _add_gopher_signals(text: str, words: list[str], out: dict[str, list], wanted: frozenset[str]) -> None:
-    if "gopher_stop_word_count" in wanted:
-        out["gopher_stop_word_count"].append(sum(map(_GOPHER_STOP_WORDS.__contains__, words)))
+def _add_gopher_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> None:
     for unit, split in (("lines", _split_lines), ("paragraphs", _split_paragraphs)):
         frac_name, chars_name = f"gopher_frac_dupe_{unit}", f"gopher_frac_chars_dupe_{unit}"
         if frac_name not in wanted and chars_name not in wanted:
@@ -648,7 +654,7 @@ def _add_c4_signals(text: str, out: dict[str, list]) -> None:
 
 
 def _word_signals(
-    words_per_doc: list[list[str]], wanted: frozenset[str], list_languages: list[str]
+    words: _Words, wanted: frozenset[str], list_languages: list[str]
 ) -> dict[str, np.ndarray]:
     """Signals over each document's normalised words, computed for the whole batch at once.
 
@@ -659,13 +665,12 @@ def _word_signals(
     word id, so n-grams are compared exactly (no hashing) and never across documents. Ids are numbered in
     order of first appearance. Undefined values are NaN (null in the output).
     """
-    num_docs = len(words_per_doc)
-    doc_len = np.fromiter(map(len, words_per_doc), np.int64, num_docs)
-    flat_words = list(itertools.chain.from_iterable(words_per_doc))
-    vocab, word_id = _encode(pa.array(flat_words, pa.large_string()))
+    num_docs = len(words.per_doc)
+    doc_len = words.per_doc
+    vocab, word_id = _encode(words.flat)
     word_chars = pc.utf8_length(vocab).to_numpy().astype(np.int64)[word_id]
-    num_tokens = len(flat_words)
-    doc_of_token = np.repeat(np.arange(num_docs), doc_len)
+    num_tokens = len(words.flat)
+    doc_of_token = words.doc
     doc_start = np.cumsum(doc_len) - doc_len
     tokens_left = doc_len[doc_of_token] - (np.arange(num_tokens) - doc_start[doc_of_token])
     char_prefix = np.concatenate(([0], np.cumsum(word_chars)))
@@ -677,7 +682,7 @@ def _word_signals(
     out = {"rps_doc_mean_word_length": np.where(has_words, np.round(total_chars / safe_len, PRECISION), np.nan)}
     if "rps_doc_ldnoobw_words" in wanted:
         out["rps_doc_ldnoobw_words"] = _ldnoobw_counts(
-            flat_words, vocab, word_id, doc_of_token, tokens_left, np.array(list_languages)
+            words.flat, vocab, word_id, doc_of_token, tokens_left, np.array(list_languages)
         )
     if not wanted & _GRAM_SIGNALS:
         return out
@@ -775,8 +780,11 @@ def _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, doc_l
             # only positions whose word can start an n-word entry are joined and looked up
             first_words = {phrase.split(" ")[0] for phrase in phrases}
             may_start = _in_vocab(vocab, first_words)[word_id] & (tokens_left >= n) & in_language
-            hits = [s for s in np.flatnonzero(may_start) if " ".join(flat_words[s : s + n]) in phrases]
-            counts += np.bincount(doc_of_token[np.array(hits, np.int64)], minlength=num_docs)
+            starts = np.flatnonzero(may_start)
+            ngrams = pc.binary_join_element_wise(*(flat_words.take(starts + k) for k in range(n)),
+                                                 pa.scalar(" ", pa.large_string()))
+            hits = starts[_in_vocab(ngrams, phrases)]
+            counts += np.bincount(doc_of_token[hits], minlength=num_docs)
     return counts
 
 
