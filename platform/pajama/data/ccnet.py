@@ -107,6 +107,18 @@ def _lm_translation() -> dict[int, str | None]:
     return str.maketrans({**dict.fromkeys(marks), **UNICODE_PUNCT, **dict.fromkeys(_NON_PRINTING_CHARS)})
 
 
+_DELETE, _REPLACE = 1, 2
+
+
+@functools.cache
+def _lm_actions() -> np.ndarray:
+    """What _lm_translation does to each code point: 0 nothing, _DELETE or _REPLACE."""
+    actions = np.zeros(sys.maxunicode + 1, np.uint8)
+    for code, replacement in _lm_translation().items():
+        actions[code] = _DELETE if replacement is None else _REPLACE
+    return actions
+
+
 CCNET_HEAD_PERCENTILE = 30
 CCNET_TAIL_PERCENTILE = 60
 
@@ -118,9 +130,19 @@ def normalize_for_lm(line: str) -> str:
         return line
     line = line.lower()
     # ASCII is its own NFD: skip the decomposition.
-    if not line.isascii():
-        line = unicodedata.normalize("NFD", line)
-    return _DIGIT_RE.sub("0", line).translate(_lm_translation())
+    if line.isascii():
+        return _DIGIT_RE.sub("0", line).translate(_lm_translation())
+    line = _DIGIT_RE.sub("0", unicodedata.normalize("NFD", line))
+    # the table with numpy (str.translate costs a dict lookup per character): deletions by mask, then the
+    # few punctuation characters present replaced one by one (no replacement holds a key of the table)
+    codes = np.frombuffer(line.encode("utf-32-le", "surrogatepass"), np.uint32)
+    action = _lm_actions()[codes]
+    if not action.any():
+        return line
+    line = codes[action != _DELETE].tobytes().decode("utf-32-le", "surrogatepass")
+    for code in np.unique(codes[action == _REPLACE]).tolist():
+        line = line.replace(chr(code), UNICODE_PUNCT[chr(code)])
+    return line
 
 
 def normalize_for_dedup(line: str) -> str:
