@@ -177,18 +177,18 @@ def _checked_lines(text: str, drop: np.ndarray) -> list[str]:
 def drop_paragraphs(text: str, drop: np.ndarray) -> str:
     """The lines of `text` whose `drop` entry is False, joined with "\\n"."""
     lines = _checked_lines(text, drop)
-    return "\n".join(line for line, dropped in zip(lines, drop) if not dropped)
+    return "\n".join(line for line, dropped in zip(lines, drop.tolist()) if not dropped)
 
 
 def paragraph_counts(text: str, drop: np.ndarray) -> dict[str, int]:
     """RPv2's four cc_net counts for `text` before and after dropping the lines marked in `drop`."""
     lines = _checked_lines(text, drop)
-    kept = [line for line, dropped in zip(lines, drop) if not dropped]
+    kept_lengths = [len(line) for line, dropped in zip(lines, drop.tolist()) if not dropped]
     return {
         "ccnet_original_length": len(text),
         "ccnet_original_nlines": len(lines),
-        "ccnet_length": len("\n".join(kept)),
-        "ccnet_nlines": len(kept),
+        "ccnet_length": sum(kept_lengths) + max(len(kept_lengths) - 1, 0),  # the kept lines joined by "\n"
+        "ccnet_nlines": len(kept_lengths),
     }
 
 
