@@ -9,9 +9,10 @@ RedPajama-V2 signals (`rps_*`) follow RPv2's definitions (togethercomputer/RedPa
 app/src/core/quality_signals):
 - normalised text: ASCII punctuation removed, lowercased, stripped, whitespace runs made one space, then
   unicode NFD; normalised words are the normalised text split on whitespace;
-- raw words: NLTK WordPunctTokenizer's pattern `\\w+|[^\\w\\s]+` over the raw text, compiled with Python's
-  `re` as the NLTK RPv2 ran (3.8, 2023) did; NLTK 3.10.4 compiles it with the `regex` module, whose `\\w` also
-  takes combining marks and joiners, so it reads "cafe\\u0301" as one word where RPv2 read two;
+- raw words: NLTK WordPunctTokenizer's pattern `\\w+|[^\\w\\s]+` over the raw text, with `\\w` and `\\s` as
+  Python's `re` reads them (str.isalnum or "_", str.isspace), as the NLTK RPv2 ran (3.8, 2023) compiled it;
+  NLTK 3.10.4 compiles it with the `regex` module, whose `\\w` also takes combining marks and joiners, so it
+  reads "cafe\\u0301" as one word where RPv2 read two;
 - lines: every "\\n"-terminated piece plus a final unterminated one (blank lines count);
 - fractions are rounded to 8 decimals as RPv2 stores them; a signal undefined for a document (mean word
   length of a document without words, ...) is null, and where RPv2 returns 0.0 instead, so do we.
@@ -336,7 +337,7 @@ def _class_of(char: str) -> int:
 
 @functools.cache
 def _bmp_classes() -> np.ndarray:
-    """_class_of every code point of the Basic Multilingual Plane (built once per process, ~0.1 s)."""
+    """_class_of every code point of the Basic Multilingual Plane (built once per process, ~50 ms)."""
     return np.fromiter((_class_of(chr(code)) for code in range(0x10000)), np.uint16, 0x10000)
 
 
@@ -396,7 +397,7 @@ class _Characters:
         return self.has(_SPACE)
 
     @functools.cached_property
-    def words(self) -> tuple[np.ndarray, np.ndarray]:
+    def split_words(self) -> tuple[np.ndarray, np.ndarray]:
         """Runs of non-whitespace: the words of str.split."""
         return self.runs(~self.space)
 
@@ -404,9 +405,10 @@ class _Characters:
     def raw_words(self) -> tuple[np.ndarray, np.ndarray]:
         """The raw words (WordPunct tokens): runs of `\\w` and runs of `[^\\w\\s]`, in text order."""
         word = self.has(_ALNUM) | (self.codes == ord("_"))
-        (word_first, word_last), (punctuation_first, punctuation_last) = self.runs(word), self.runs(~word & ~self.space)
-        order = np.argsort(np.concatenate((word_first, punctuation_first)), kind="stable")
-        return np.concatenate((word_first, punctuation_first))[order], np.concatenate((word_last, punctuation_last))[order]
+        word_runs, punctuation_runs = self.runs(word), self.runs(~word & ~self.space)
+        first, last = (np.concatenate(pair) for pair in zip(word_runs, punctuation_runs))
+        order = np.argsort(first)  # runs are disjoint: their starts differ
+        return first[order], last[order]
 
     def substrings(self, first: np.ndarray, last: np.ndarray) -> pa.LargeStringArray:
         """The substrings from each `first` character to the `last` one (disjoint, in text order)."""
@@ -496,7 +498,8 @@ def _character_signals(
     if "rps_doc_frac_all_caps_words" in wanted:
         # str.isupper of each raw word: an uppercase character and no lowercase or titlecase one
         # (a punctuation run can be upper case: Unicode counts symbols such as Ⓐ, 🅰 as capital letters)
-        upper = (_counts_in(chars.has(_UPPER), first, last) > 0) & (_counts_in(chars.has(_CASE_BREAK), first, last) == 0)
+        upper = ((_counts_in(chars.has(_UPPER), first, last) > 0)
+                 & (_counts_in(chars.has(_CASE_BREAK), first, last) == 0))
         out["rps_doc_frac_all_caps_words"] = _ratios(chars.per_doc(first[upper]), num_tokens)
     if "rps_doc_stop_word_fraction" in wanted:
         # no list holds a pure punctuation run (tests/test_signals.py checks), so all raw words can be looked up
@@ -511,7 +514,7 @@ def _character_signals(
             words.per_doc > 0, _ratios(np.bincount(doc_of_token[stop], minlength=len(texts)), num_tokens), 0.0)
     if "gopher_frac_words_with_alpha" in wanted:
         # whitespace-separated words, and those holding a letter: a word character that is no digit or "_"
-        word_first, word_last = chars.words
+        word_first, word_last = chars.split_words
         letters = _counts_in(chars.has(_ALNUM) & ~chars.has(_DECIMAL), word_first, word_last)
         out["gopher_frac_words_with_alpha"] = _ratios(chars.per_doc(word_first[letters > 0]), chars.per_doc(word_first))
     if "rpv1_frac_alnum_chars" in wanted:
@@ -534,7 +537,7 @@ def _line_signals(chars: _Characters, words: _Words, wanted: frozenset[str]) -> 
     out: dict = {}
     # the last and the first character of each line that is no whitespace (rstrip, lstrip): the end of the
     # line's last str.split word and the start of its first (-1 and len(codes) where the line has none)
-    word_first, word_last = chars.words
+    word_first, word_last = chars.split_words
     end = np.concatenate(([-1], word_last))[np.searchsorted(word_last, last, side="right")]
     begin = np.concatenate((word_first, [len(codes)]))[np.searchsorted(word_first, first)]
     visible = end >= first
