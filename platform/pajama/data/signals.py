@@ -370,19 +370,22 @@ class _Characters:
         self.classes = _classes_of(self.codes)
         self.lengths = np.fromiter(map(len, texts), np.int64, len(texts))
         self.doc = np.repeat(np.arange(len(texts)), self.lengths)
-        ends = np.cumsum(self.lengths)[self.lengths > 0]
+        self.bounds = np.concatenate(([0], np.cumsum(self.lengths)))  # where each document starts, and the end
+        nonempty = self.lengths > 0
         self.first_of_doc = np.zeros(len(self.codes), bool)
-        self.first_of_doc[ends - self.lengths[self.lengths > 0]] = True
+        self.first_of_doc[self.bounds[:-1][nonempty]] = True
         self.last_of_doc = np.zeros(len(self.codes), bool)
-        self.last_of_doc[ends - 1] = True
+        self.last_of_doc[self.bounds[1:][nonempty] - 1] = True
 
     def has(self, flags: int) -> np.ndarray:
         return (self.classes & flags) != 0
 
     def per_doc(self, positions: np.ndarray) -> np.ndarray:
-        """How many of `positions` (a mask or positions of characters, or of runs' first characters) each
-        document holds."""
-        return np.bincount(self.doc[positions], minlength=len(self.lengths))
+        """How many of `positions` (a mask of characters, or sorted positions of characters or of runs'
+        first characters) each document holds."""
+        if positions.dtype == bool:
+            positions = np.flatnonzero(positions)
+        return np.diff(np.searchsorted(positions, self.bounds))
 
     def runs(self, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The first and the last character of each run of `kind` characters."""
