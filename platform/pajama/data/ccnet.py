@@ -89,8 +89,11 @@ UNICODE_PUNCT = {
 }
 _NON_PRINTING_CHARS = "".join(map(chr, [*range(0, 32), *range(127, 160)]))
 _DEDUP_DELETION = str.maketrans("", "", "".join(UNICODE_PUNCT) + _NON_PRINTING_CHARS)
+# what _DEDUP_DELETION deletes, but "\n"
+_DEDUP_DELETABLE = re.compile(f"[{re.escape(''.join(UNICODE_PUNCT) + _NON_PRINTING_CHARS.replace(chr(10), ''))}]")
 # \d on str patterns is every Unicode decimal digit (category Nd), as in cc_net.
 _DIGIT_RE = re.compile(r"\d")
+_WHITESPACE_BUT_SPACE = re.compile(r"[^\S ]")  # \s is str.split's whitespace
 
 
 @functools.cache
@@ -104,6 +107,18 @@ def _lm_translation() -> dict[int, str | None]:
     return str.maketrans({**dict.fromkeys(marks), **UNICODE_PUNCT, **dict.fromkeys(_NON_PRINTING_CHARS)})
 
 
+_DELETE, _REPLACE = 1, 2
+
+
+@functools.cache
+def _lm_actions() -> np.ndarray:
+    """What _lm_translation does to each code point: 0 nothing, _DELETE or _REPLACE."""
+    actions = np.zeros(sys.maxunicode + 1, np.uint8)
+    for code, replacement in _lm_translation().items():
+        actions[code] = _DELETE if replacement is None else _REPLACE
+    return actions
+
+
 CCNET_HEAD_PERCENTILE = 30
 CCNET_TAIL_PERCENTILE = 60
 
@@ -115,9 +130,19 @@ def normalize_for_lm(line: str) -> str:
         return line
     line = line.lower()
     # ASCII is its own NFD: skip the decomposition.
-    if not line.isascii():
-        line = unicodedata.normalize("NFD", line)
-    return _DIGIT_RE.sub("0", line).translate(_lm_translation())
+    if line.isascii():
+        return _DIGIT_RE.sub("0", line).translate(_lm_translation())
+    line = _DIGIT_RE.sub("0", unicodedata.normalize("NFD", line))
+    # the table with numpy (str.translate costs a dict lookup per character): deletions by mask, then the
+    # few punctuation characters present replaced one by one (no replacement holds a key of the table)
+    codes = np.frombuffer(line.encode("utf-32-le", "surrogatepass"), np.uint32)
+    action = _lm_actions()[codes]
+    if not action.any():
+        return line
+    line = codes[action != _DELETE].tobytes().decode("utf-32-le", "surrogatepass")
+    for code in np.unique(codes[action == _REPLACE]).tolist():
+        line = line.replace(chr(code), UNICODE_PUNCT[chr(code)])
+    return line
 
 
 def normalize_for_dedup(line: str) -> str:
@@ -131,9 +156,14 @@ def normalize_for_dedup(line: str) -> str:
 
 def paragraph_hashes(text: str) -> np.ndarray:
     """One uint64 per "\\n"-separated line of `text` (blank lines included), as cc_net's dedup.compute_hashes."""
-    digests = b"".join(
-        hashlib.sha1(normalize_for_dedup(line).encode("utf-8")).digest()[:8] for line in text.split("\n")
-    )
+    # normalize_for_dedup per line, its lowercasing and digits done once for the whole text (the same: lowering
+    # keeps "\n" and every whitespace character, and final sigma's context stops at whitespace), its deletion
+    # only when the text has a character to delete
+    lowered = _DIGIT_RE.sub("0", text.lower())
+    lines = [line.strip() for line in lowered.split("\n")]
+    if _DEDUP_DELETABLE.search(lowered):
+        lines = [line.translate(_DEDUP_DELETION) for line in lines]
+    digests = b"".join(hashlib.sha1(line.encode("utf-8")).digest()[:8] for line in lines)
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
@@ -147,18 +177,18 @@ def _checked_lines(text: str, drop: np.ndarray) -> list[str]:
 def drop_paragraphs(text: str, drop: np.ndarray) -> str:
     """The lines of `text` whose `drop` entry is False, joined with "\\n"."""
     lines = _checked_lines(text, drop)
-    return "\n".join(line for line, dropped in zip(lines, drop) if not dropped)
+    return "\n".join(line for line, dropped in zip(lines, drop.tolist()) if not dropped)
 
 
 def paragraph_counts(text: str, drop: np.ndarray) -> dict[str, int]:
     """RPv2's four cc_net counts for `text` before and after dropping the lines marked in `drop`."""
     lines = _checked_lines(text, drop)
-    kept = [line for line, dropped in zip(lines, drop) if not dropped]
+    kept_lengths = [len(line) for line, dropped in zip(lines, drop.tolist()) if not dropped]
     return {
         "ccnet_original_length": len(text),
         "ccnet_original_nlines": len(lines),
-        "ccnet_length": len("\n".join(kept)),
-        "ccnet_nlines": len(kept),
+        "ccnet_length": sum(kept_lengths) + max(len(kept_lengths) - 1, 0),  # the kept lines joined by "\n"
+        "ccnet_nlines": len(kept_lengths),
     }
 
 
@@ -208,8 +238,11 @@ class PerplexityModel:
             if not tokenized:
                 scores.append(None)
                 continue
-            # cc_net's DocLM: length counts Python's whitespace split of the tokenized line, plus </s>.
-            length = len(tokenized.split()) + 1
+            # cc_net's DocLM: length counts Python's whitespace split of the tokenized line, plus </s>; that
+            # is the number of pieces unless a piece is empty or holds whitespace (so it is counted only then)
+            one_token_each = (tokenized.count(" ") == len(pieces) - 1 and "" not in pieces
+                              and not _WHITESPACE_BUT_SPACE.search(tokenized))
+            length = (len(pieces) if one_token_each else len(tokenized.split())) + 1
             scores.append(round(10.0 ** (-self._lm.score(tokenized) / length), 1))
         return scores
 

@@ -37,23 +37,21 @@ What differs, and why:
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 from scipy.stats import poisson
+
+from pajama.data.signals import raw_words
 
 DSIR_BUCKETS = 10000  # RPv2's DSIR_FEATURE_DIM
 PRECISION = 8  # RPv2 rounds its signals to 8 decimals
 _SMOOTHING = 1e-8  # added to probabilities before the log, as RPv2
 
-# RPv2's raw words are NLTK WordPunctTokenizer tokens: word runs and punctuation runs
-_RAW_WORD = re.compile(r"\w+|[^\w\s]+")
 _BATCH_SIZE = 1024  # documents featurised at once while building a distribution
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -148,9 +146,8 @@ def _importance_weights(
 def _features(texts: list[str], buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw word counts per text, and every feature (each raw word, each raw bigram) as its text's index
     and its bucket (two parallel arrays)."""
-    words = [_RAW_WORD.findall(text) for text in texts]
-    words_per_doc = np.fromiter(map(len, words), np.int64, len(words))
-    encoded = pc.dictionary_encode(pa.array(list(itertools.chain.from_iterable(words)), pa.large_string()))
+    words, words_per_doc = raw_words(texts)
+    encoded = pc.dictionary_encode(words)
     vocabulary = encoded.dictionary.to_pylist()
     word_hash = np.fromiter(
         (xxhash.xxh3_64_intdigest(word.encode("utf-8")) for word in vocabulary), np.uint64, len(vocabulary)

@@ -159,12 +159,16 @@ def _dedup_paragraphs(batch: pa.Table, dedup_slices: Sequence[str], duplicates: 
     """cc_net's counts (ccnet_original_length/_nlines, ccnet_length/_nlines) of every document, and the text of
     those of `dedup_slices` without their duplicate lines."""
     texts = batch.column("text").to_pylist()
-    in_scope = pc.is_in(batch.column("slice"), pa.array(list(dedup_slices), pa.string())).to_pylist()
+    # without duplicate hashes no line is dropped, so none needs hashing
+    in_scope = (pc.is_in(batch.column("slice"), pa.array(list(dedup_slices), pa.string())).to_pylist()
+                if len(duplicates) else [False] * batch.num_rows)
+    hashes = [ccnet.paragraph_hashes(text) if deduplicated else np.empty(0, np.uint64)
+              for text, deduplicated in zip(texts, in_scope)]
+    flat = np.concatenate(hashes).view(np.int64) if hashes else np.empty(0, np.int64)
+    line_drops = np.split(_sorted_contains(duplicates, flat), np.cumsum([len(h) for h in hashes])[:-1])
     counts: dict[str, list[int]] = {name: [] for name in CCNET_COUNT_COLUMNS}
-    for i, (text, deduplicated) in enumerate(zip(texts, in_scope)):
-        if deduplicated:
-            drop = np.isin(ccnet.paragraph_hashes(text).view(np.int64), duplicates)
-        else:
+    for i, (text, deduplicated, drop) in enumerate(zip(texts, in_scope, line_drops)):
+        if not deduplicated:
             drop = np.zeros(text.count("\n") + 1, bool)
         for name, value in ccnet.paragraph_counts(text, drop).items():
             counts[name].append(value)
@@ -174,6 +178,16 @@ def _dedup_paragraphs(batch: pa.Table, dedup_slices: Sequence[str], duplicates: 
     for name, kind in CCNET_COUNT_COLUMNS.items():
         batch = batch.append_column(name, pa.array(counts[name], kind))
     return batch
+
+
+def _sorted_contains(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each key is one of `values` (sorted, as _read_hashes gives them; sorted here otherwise), by
+    binary search: np.isin would sort or hash all the values at every call."""
+    if len(values) == 0:
+        return np.zeros(len(keys), bool)
+    if not (values[1:] >= values[:-1]).all():
+        values = np.sort(values)
+    return values[np.minimum(np.searchsorted(values, keys), len(values) - 1)] == keys
 
 
 def with_signals(batch: pa.Table, models: dict | None = None, dedup_slices: Sequence[str] = (),

@@ -9,9 +9,10 @@ RedPajama-V2 signals (`rps_*`) follow RPv2's definitions (togethercomputer/RedPa
 app/src/core/quality_signals):
 - normalised text: ASCII punctuation removed, lowercased, stripped, whitespace runs made one space, then
   unicode NFD; normalised words are the normalised text split on whitespace;
-- raw words: NLTK WordPunctTokenizer's pattern `\\w+|[^\\w\\s]+` over the raw text, compiled with Python's
-  `re` as the NLTK RPv2 ran (3.8, 2023) did; NLTK 3.10.4 compiles it with the `regex` module, whose `\\w` also
-  takes combining marks and joiners, so it reads "cafe\\u0301" as one word where RPv2 read two;
+- raw words: NLTK WordPunctTokenizer's pattern `\\w+|[^\\w\\s]+` over the raw text, with `\\w` and `\\s` as
+  Python's `re` reads them (str.isalnum or "_", str.isspace), as the NLTK RPv2 ran (3.8, 2023) compiled it;
+  NLTK 3.10.4 compiles it with the `regex` module, whose `\\w` also takes combining marks and joiners, so it
+  reads "cafe\\u0301" as one word where RPv2 read two;
 - lines: every "\\n"-terminated piece plus a final unterminated one (blank lines count);
 - fractions are rounded to 8 decimals as RPv2 stores them; a signal undefined for a document (mean word
   length of a document without words, ...) is null, and where RPv2 returns 0.0 instead, so do we.
@@ -81,6 +82,7 @@ import json
 import os
 import posixpath
 import re
+import string
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterable
@@ -95,18 +97,9 @@ from pajama.data.text import normalize_text
 
 PRECISION = 8  # RPv2 rounds its fractional signals to 8 decimals
 
-# RPv2's raw words are NLTK WordPunctTokenizer tokens, r"\w+|[^\w\s]+": word runs and punctuation runs
-_WORD_RUN = re.compile(r"\w+")
-_PUNCTUATION_RUN = re.compile(r"[^\w\s]+")
-_LINE = re.compile(r"[^\n]*\n|[^\n]+$")
 _SENTENCE = re.compile(r"\b[^.!?]+[.!?]*")
-# a word run without ASCII letters (possessive and anchored at run starts, so linear)
-_RUN_WITHOUT_ASCII_LETTER = re.compile(r"\b[^\Wa-zA-Z]++\b")
-# a whitespace-separated word without a letter (a letter: a word character that is no digit or underscore)
-_WORD_WITHOUT_LETTER = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])++(?!\S)")
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 
-_ELLIPSES = ("...", "…")
 _SYMBOLS = ("#", "...", "…")
 _TERMINAL_PUNCTUATION = (".", "!", "?", "”")
 _BULLETS = ("\u2022", "\u2023", "\u25b6", "\u25c0", "\u25e6", "\u25a0", "\u25a1", "\u25aa", "\u25ab", "\u2013")
@@ -210,17 +203,13 @@ _NORMALIZED_LINE_CONSUMERS = frozenset(
     for name in ("rps_lines_javascript_counts", "rps_lines_num_words", "rps_lines_numerical_chars_fraction")
     for suffix in ("", "_frac", "_mean")
 ) & _LINE_SIGNAL_COLUMNS
-_RAW_LINE_CONSUMERS = (_LINE_SIGNAL_COLUMNS - _NORMALIZED_LINE_CONSUMERS) | {"rps_doc_frac_lines_end_with_ellipsis"}
-_NORMALIZED_WORD_CONSUMERS = _WORD_SIGNALS | {
+_LINE_CONSUMERS = _LINE_SIGNAL_COLUMNS | {"rps_doc_frac_lines_end_with_ellipsis"}  # _line_signals
+_NORMALIZED_WORD_CONSUMERS = _WORD_SIGNALS | _NORMALIZED_LINE_CONSUMERS | {
     "rps_doc_word_count",
     "rps_doc_stop_word_fraction",
     "rps_doc_lorem_ipsum",
     "gopher_stop_word_count",
 }
-# signals counting character classes of the raw text
-_CHAR_CLASS_CONSUMERS = frozenset(
-    f"rps_lines_uppercase_letter_fraction{suffix}" for suffix in ("", "_mean")
-) | {"rpv1_frac_alnum_chars", "rpv1_alpha_chars_per_token"}
 _RAW_WORD_CONSUMERS = frozenset(
     {
         "rps_doc_symbol_to_word_ratio",
@@ -230,6 +219,8 @@ _RAW_WORD_CONSUMERS = frozenset(
         "rpv1_alpha_chars_per_token",
     }
 )
+# _character_signals
+_CHARACTER_SIGNALS = _RAW_WORD_CONSUMERS | {"gopher_frac_words_with_alpha", "rpv1_frac_alnum_chars"}
 
 
 def compute_signals(
@@ -258,17 +249,27 @@ def compute_signals(
     if wanted & _WORD_LIST_SIGNALS:
         languages = batch.column("language").to_pylist() if given_language else out["language"]
         list_languages = [language if language in _LIST_LANGUAGES else _LIST_LANGUAGES[0] for language in languages]
-    words_per_doc = [
-        _add_document_signals(text, out, wanted, language)
-        for text, language in zip(texts, list_languages or itertools.repeat(_LIST_LANGUAGES[0]))
-    ]
+    normalized = [_add_document_signals(text, out, wanted) for text in texts]
+    words = _Words(normalized)
+    if "rps_doc_word_count" in wanted:
+        out["rps_doc_word_count"] = words.per_doc
+    if "gopher_stop_word_count" in wanted:
+        out["gopher_stop_word_count"] = words.count_of(_GOPHER_STOP_WORDS)
+    if wanted & (_CHARACTER_SIGNALS | _LINE_CONSUMERS):
+        chars = _Characters(texts)
+        out.update(_character_signals(chars, texts, words, list_languages, wanted))
+        if wanted & _LINE_CONSUMERS:
+            out.update(_line_signals(chars, words, wanted))
     if wanted & _WORD_SIGNALS:
-        out.update(_word_signals(words_per_doc, wanted, list_languages))
+        out.update(_word_signals(words, wanted, list_languages))
     if "rps_doc_ut1_blacklist" in wanted:
         out["rps_doc_ut1_blacklist"] = _ut1_categories(batch, ut1_blacklist)
     for name, dtype in SIGNAL_COLUMNS.items():
         if name in wanted:
-            batch = batch.append_column(pa.field(name, dtype), pa.array(out[name], dtype, from_pandas=True))
+            values = out[name]
+            if not isinstance(values, pa.Array):  # a list, or a numpy array with NaN for null
+                values = pa.array(values, dtype, from_pandas=True)
+            batch = batch.append_column(pa.field(name, dtype), values)
     return batch
 
 
@@ -299,159 +300,334 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, PRECISION) if denominator else None
 
 
-# Character classes as bit flags, counted with numpy instead of str.isupper & co. per character in Python.
-_UPPER, _NUMERIC, _ALNUM, _ALPHA = 1, 2, 4, 8
+def _rounded(values: np.ndarray) -> np.ndarray:
+    """round(value, PRECISION) of each value, bit for bit as Python's round (NaN stays NaN).
+
+    np.round rounds values * 10**PRECISION, whose own rounding error can move it across a half; only values
+    that land within that error of a half (ties included) are rounded by Python."""
+    scaled = values * 10.0**PRECISION
+    result = np.round(values, PRECISION)
+    near_half = np.abs(scaled - np.floor(scaled) - 0.5) <= np.abs(scaled) * 2.0**-52
+    for i in np.flatnonzero(near_half):
+        result[i] = round(float(values[i]), PRECISION)
+    return result
+
+
+def _ratios(numerators: np.ndarray, denominators: np.ndarray) -> np.ndarray:
+    """_ratio of each pair: NaN (null) where the denominator is 0."""
+    defined = denominators != 0
+    return np.where(defined, _rounded(numerators / np.where(defined, denominators, 1)), np.nan)
+
+
+# Character classes as bit flags, looked up with numpy instead of str.isupper & co. per character in Python.
+_UPPER, _NUMERIC, _ALNUM, _ALPHA, _SPACE, _DECIMAL = 1, 2, 4, 8, 16, 32
+_CASE_BREAK = 64  # lowercase or titlecase: a word holding one is not str.isupper
+_ASCII_LETTER, _ASCII_PUNCTUATION = 128, 256
+_ASCII_PUNCTUATION_CHARS = frozenset(string.punctuation)
 
 
 def _class_of(char: str) -> int:
     return ((_UPPER if char.isupper() else 0) | (_NUMERIC if char.isnumeric() else 0)
-            | (_ALNUM if char.isalnum() else 0) | (_ALPHA if char.isalpha() else 0))
+            | (_ALNUM if char.isalnum() else 0) | (_ALPHA if char.isalpha() else 0)
+            | (_SPACE if char.isspace() else 0) | (_DECIMAL if char.isdecimal() else 0)
+            | (0 if ("A" + char).isupper() else _CASE_BREAK)
+            | (_ASCII_LETTER if char.isascii() and char.isalpha() else 0)
+            | (_ASCII_PUNCTUATION if char in _ASCII_PUNCTUATION_CHARS else 0))
 
 
 @functools.cache
 def _bmp_classes() -> np.ndarray:
     """_class_of every code point of the Basic Multilingual Plane (built once per process, ~50 ms)."""
-    return np.fromiter((_class_of(chr(code)) for code in range(0x10000)), np.uint8, 0x10000)
+    return np.fromiter((_class_of(chr(code)) for code in range(0x10000)), np.uint16, 0x10000)
 
 
-def _char_classes(text: str) -> np.ndarray:
-    """The class flags of each character of `text` (the same as str.isupper & co. on that character)."""
-    # surrogatepass: a lone surrogate is one code point here too, as str.isupper & co. see it
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+def _classes_of(codes: np.ndarray) -> np.ndarray:
+    """_class_of each code point."""
     classes = _bmp_classes()[np.minimum(codes, 0xFFFF)]
-    for i in np.flatnonzero(codes > 0xFFFF):  # rare (emoji, historic scripts): asked one by one
-        classes[i] = _class_of(chr(codes[i]))
+    beyond = codes > 0xFFFF
+    if beyond.any():  # rare (emoji, historic scripts): each distinct one asked in Python
+        distinct, which = np.unique(codes[beyond], return_inverse=True)
+        classes[beyond] = np.array([_class_of(chr(code)) for code in distinct], np.uint16)[which]
     return classes
 
 
-def _counts_per_piece(classes: np.ndarray, flag: int, lengths: list[int]) -> list[int]:
-    """How many characters of each consecutive piece (of `lengths` characters) have the class `flag`."""
-    prefix = np.concatenate(([0], np.cumsum((classes & flag) != 0, dtype=np.int64)))
-    lengths = np.asarray(lengths, np.int64)
-    ends = np.cumsum(lengths)
-    return (prefix[ends] - prefix[ends - lengths]).tolist()
+def _code_points(text: str) -> np.ndarray:
+    # surrogatepass: a lone surrogate is one code point here too, as str.isupper & co. see it
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
-def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str], list_language: str) -> list[str]:
-    """Append the wanted per-document signals of `text` to `out`, with the word lists of `list_language`;
-    return its normalised words (an empty list when no wanted signal needs them)."""
-    need_lines = bool(wanted & _RAW_LINE_CONSUMERS)
-    need_normalized_lines = bool(wanted & _NORMALIZED_LINE_CONSUMERS)
-    lines = _LINE.findall(text) if need_lines or need_normalized_lines else []
-    normalized_lines = [normalize_text(line) for line in lines] if need_normalized_lines else []
-    words: list[str] = []
-    normalized = ""
-    if wanted & _NORMALIZED_WORD_CONSUMERS:
-        if need_normalized_lines:
-            # lines split at "\n", which normalisation turns into a word break, so this is normalize_text(text)
-            normalized = " ".join(line for line in normalized_lines if line)
-        else:
-            normalized = normalize_text(text)
-        words = normalized.split()
-    word_runs: list[str] = []
-    punctuation_runs: list[str] = []
-    if wanted & _RAW_WORD_CONSUMERS:
-        # the raw words, as two lists: the "\w+" runs and the "[^\w\s]+" runs between them
-        word_runs = _WORD_RUN.findall(text)
-        punctuation_runs = _PUNCTUATION_RUN.findall(text)
-    num_raw_words = len(word_runs) + len(punctuation_runs)
+class _Characters:
+    """The characters of a batch's texts, concatenated: code points, class flags, document of each, and
+    runs (maximal stretches of consecutive characters of a kind within a document) as the positions of
+    their first and last characters.
 
-    if "rps_doc_word_count" in wanted:
-        out["rps_doc_word_count"].append(len(words))
-    if "rps_doc_symbol_to_word_ratio" in wanted:
-        out["rps_doc_symbol_to_word_ratio"].append(_ratio(sum(map(text.count, _SYMBOLS)), num_raw_words))
-    if "rps_doc_frac_lines_end_with_ellipsis" in wanted:
-        out["rps_doc_frac_lines_end_with_ellipsis"].append(
-            _ratio(sum(line.rstrip().endswith(_ELLIPSES) for line in lines), len(lines))
-        )
-    if "rps_doc_frac_no_alph_words" in wanted:
-        with_letter = _ratio(len(word_runs) - len(_RUN_WITHOUT_ASCII_LETTER.findall(text)), num_raw_words)
-        out["rps_doc_frac_no_alph_words"].append(None if with_letter is None else round(1.0 - with_letter, PRECISION))
-    if "rps_doc_frac_all_caps_words" in wanted:
-        # a punctuation run is upper case when it holds a symbol Unicode counts as a capital letter (Ⓐ, 🅰)
-        all_caps = sum(map(str.isupper, word_runs)) + sum(map(str.isupper, punctuation_runs))
-        out["rps_doc_frac_all_caps_words"].append(_ratio(all_caps, num_raw_words))
-    if "rps_doc_stop_word_fraction" in wanted:
-        # no list holds a pure punctuation run (tests/test_signals.py checks), so word runs suffice
-        stop_words = _stop_words(list_language)
-        out["rps_doc_stop_word_fraction"].append(
-            _ratio(sum(map(stop_words.__contains__, word_runs)), num_raw_words) if words else 0.0
-        )
+    Python's re and str methods agree with these classes: `\\s` and str.split's whitespace are _SPACE,
+    `\\w` is _ALNUM or "_", `\\d` is _DECIMAL."""
+
+    def __init__(self, texts: list[str]):
+        self.joined = "".join(texts)
+        self.codes = _code_points(self.joined)
+        self.classes = _classes_of(self.codes)
+        self.lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+        self.doc = np.repeat(np.arange(len(texts)), self.lengths)
+        self.bounds = np.concatenate(([0], np.cumsum(self.lengths)))  # where each document starts, and the end
+        nonempty = self.lengths > 0
+        self.first_of_doc = np.zeros(len(self.codes), bool)
+        self.first_of_doc[self.bounds[:-1][nonempty]] = True
+        self.last_of_doc = np.zeros(len(self.codes), bool)
+        self.last_of_doc[self.bounds[1:][nonempty] - 1] = True
+
+    def has(self, flags: int) -> np.ndarray:
+        return (self.classes & flags) != 0
+
+    def per_doc(self, positions: np.ndarray) -> np.ndarray:
+        """How many of `positions` (a mask of characters, or sorted positions of characters or of runs'
+        first characters) each document holds."""
+        if positions.dtype == bool:
+            positions = np.flatnonzero(positions)
+        return np.diff(np.searchsorted(positions, self.bounds))
+
+    def runs(self, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first and the last character of each run of `kind` characters."""
+        first = kind.copy()
+        first[1:] &= ~kind[:-1] | self.first_of_doc[1:]
+        last = kind.copy()
+        last[:-1] &= ~kind[1:] | self.last_of_doc[:-1]
+        return np.flatnonzero(first), np.flatnonzero(last)
+
+    @functools.cached_property
+    def space(self) -> np.ndarray:
+        return self.has(_SPACE)
+
+    @functools.cached_property
+    def split_words(self) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of non-whitespace: the words of str.split."""
+        return self.runs(~self.space)
+
+    @functools.cached_property
+    def raw_words(self) -> tuple[np.ndarray, np.ndarray]:
+        """The raw words (WordPunct tokens): runs of `\\w` and runs of `[^\\w\\s]`, in text order."""
+        word = self.has(_ALNUM) | (self.codes == ord("_"))
+        word_runs, punctuation_runs = self.runs(word), self.runs(~word & ~self.space)
+        first, last = (np.concatenate(pair) for pair in zip(word_runs, punctuation_runs))
+        order = np.argsort(first)  # runs are disjoint: their starts differ
+        return first[order], last[order]
+
+    def substrings(self, first: np.ndarray, last: np.ndarray) -> pa.LargeStringArray:
+        """The substrings from each `first` character to the `last` one (disjoint, in text order)."""
+        utf8 = np.frombuffer(self.joined.encode("utf-8", "surrogatepass"), np.uint8)
+        # each character's byte offset: where its encoding starts, at a byte that is no continuation byte
+        offset = np.append(np.flatnonzero((utf8 & 0xC0) != 0x80), len(utf8))
+        # the pieces between the boundaries alternate: a gap, a substring, a gap, ..., a substring, a gap
+        bounds = np.concatenate(([0], np.column_stack((offset[first], offset[last + 1])).ravel(), [len(utf8)]))
+        pieces = pa.LargeStringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(utf8))
+        return pieces.take(np.arange(1, len(bounds) - 1, 2))
+
+
+def _counts_in(mask: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """How many characters `mask` holds from each `first` position to the `last` one (included)."""
+    prefix = np.concatenate(([0], np.cumsum(mask, dtype=np.int64)))
+    return prefix[last + 1] - prefix[first]
+
+
+def raw_words(texts: list[str]) -> tuple[pa.LargeStringArray, np.ndarray]:
+    """The raw words (`\\w+|[^\\w\\s]+` matches) of all texts in order, and how many each text has."""
+    chars = _Characters(texts)
+    first, last = chars.raw_words
+    return chars.substrings(first, last), chars.per_doc(first)
+
+
+def _add_document_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> str:
+    """Append the wanted signals computed one document at a time to `out`; return the normalised text
+    (empty when no wanted signal needs it)."""
+    normalized = normalize_text(text) if wanted & _NORMALIZED_WORD_CONSUMERS else ""
     if "rps_doc_num_sentences" in wanted:
         out["rps_doc_num_sentences"].append(len(_SENTENCE.findall(text)))
     if "rps_doc_lorem_ipsum" in wanted:
         out["rps_doc_lorem_ipsum"].append(_ratio(normalized.count("lorem ipsum"), len(normalized)) or 0.0)
     if "rps_doc_curly_bracket" in wanted:
         out["rps_doc_curly_bracket"].append(_ratio(text.count("{") + text.count("}"), len(text)) or 0.0)
-
-    text_classes = _char_classes(text) if wanted & _CHAR_CLASS_CONSUMERS else np.empty(0, np.uint8)
-    if wanted & _LINE_SIGNAL_COLUMNS:
-        _add_line_signals(lines, normalized_lines, text_classes, out, wanted)
     if wanted & _GOPHER_SIGNALS:
-        _add_gopher_signals(text, words, out, wanted)
+        _add_gopher_signals(text, out, wanted)
     if wanted & _C4_SIGNALS:
         _add_c4_signals(text, out)
-    if wanted & _RPV1_SIGNALS:
-        _add_rpv1_signals(text, text_classes, num_raw_words, out, wanted)
-    return words if wanted & _WORD_SIGNALS else []
+    if "rpv1_max_line_length" in wanted or "rpv1_mean_line_length" in wanted:
+        line_lengths = list(map(len, text.splitlines()))
+        # RPv1 reports 0 for all three when a file has no lines
+        if "rpv1_max_line_length" in wanted:
+            out["rpv1_max_line_length"].append(max(line_lengths, default=0))
+        if "rpv1_mean_line_length" in wanted:
+            out["rpv1_mean_line_length"].append(_ratio(len(text), len(line_lengths)) or 0.0)
+    return normalized
 
 
-def _add_line_signals(
-    lines: list[str], normalized_lines: list[str], text_classes: np.ndarray, out: dict[str, list],
+class _Words:
+    """The normalised words of a batch's documents: all of them in one Arrow array, in order."""
+
+    def __init__(self, normalized: list[str]):
+        # a normalised text has single spaces between its words and none around them; an empty one no word
+        lists = pc.split_pattern(pa.array([text or None for text in normalized], pa.large_string()), " ")
+        self.normalized = normalized
+        self.flat = pc.list_flatten(lists)
+        self.per_doc = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+        self.doc = np.repeat(np.arange(len(normalized)), self.per_doc)
+
+    def positions_of(self, entries: Iterable[str]) -> np.ndarray:
+        """Where the words that are `entries` stand in `flat`."""
+        value_set = pa.array(sorted(entries), pa.large_string())
+        return np.flatnonzero(pc.is_in(self.flat, value_set=value_set).to_numpy(zero_copy_only=False))
+
+    def count_of(self, entries: Iterable[str]) -> np.ndarray:
+        """How many of each document's words are `entries`."""
+        return np.bincount(self.doc[self.positions_of(entries)], minlength=len(self.per_doc))
+
+
+def _character_signals(
+    chars: _Characters, texts: list[str], words: _Words, list_languages: list[str],
     wanted: frozenset[str]
-) -> None:
-    line_lengths = list(map(len, lines))
-    normalized_lengths = list(map(len, normalized_lines))
-    per_line_values = {
-        "rps_lines_ending_with_terminal_punctution_mark": lambda: [
-            float(line.rstrip().endswith(_TERMINAL_PUNCTUATION)) for line in lines
-        ],
-        "rps_lines_javascript_counts": lambda: [line.split().count("javascript") for line in normalized_lines],
-        "rps_lines_num_words": lambda: [len(line.split()) for line in normalized_lines],
-        # a raw line keeps its "\n", so it is never empty; the lines are consecutive pieces of the text
-        "rps_lines_uppercase_letter_fraction": lambda: [
-            _ratio(upper, length) for upper, length in zip(_counts_per_piece(text_classes, _UPPER, line_lengths),
-                                                           line_lengths)
-        ],
-        "rps_lines_numerical_chars_fraction": lambda: [
-            _ratio(numeric, length) or 0.0 for numeric, length in zip(
-                _counts_per_piece(_char_classes("".join(normalized_lines)), _NUMERIC, normalized_lengths),
-                normalized_lengths)
-        ],
-        "rps_lines_start_with_bulletpoint": lambda: [float(line.lstrip().startswith(_BULLETS)) for line in lines],
+) -> dict[str, np.ndarray]:
+    """The wanted signals over raw words and character classes, for the whole batch at once."""
+    out = {}
+    if wanted & _RAW_WORD_CONSUMERS:
+        first, last = chars.raw_words
+        num_tokens = chars.per_doc(first)
+    if "rps_doc_symbol_to_word_ratio" in wanted:
+        symbols = np.fromiter((sum(map(text.count, _SYMBOLS)) for text in texts), np.int64, len(texts))
+        out["rps_doc_symbol_to_word_ratio"] = _ratios(symbols, num_tokens)
+    if "rps_doc_frac_no_alph_words" in wanted:
+        # punctuation runs hold no ASCII letter: the raw words with one are word runs
+        with_letter = first[_counts_in(chars.has(_ASCII_LETTER), first, last) > 0]
+        out["rps_doc_frac_no_alph_words"] = _rounded(1.0 - _ratios(chars.per_doc(with_letter), num_tokens))
+    if "rps_doc_frac_all_caps_words" in wanted:
+        # str.isupper of each raw word: an uppercase character and no lowercase or titlecase one
+        # (a punctuation run can be upper case: Unicode counts symbols such as Ⓐ, 🅰 as capital letters)
+        upper = ((_counts_in(chars.has(_UPPER), first, last) > 0)
+                 & (_counts_in(chars.has(_CASE_BREAK), first, last) == 0))
+        out["rps_doc_frac_all_caps_words"] = _ratios(chars.per_doc(first[upper]), num_tokens)
+    if "rps_doc_stop_word_fraction" in wanted:
+        # no list holds a pure punctuation run (tests/test_signals.py checks), so all raw words can be looked up
+        tokens = chars.substrings(first, last)
+        doc_of_token = chars.doc[first]
+        doc_language = np.array(list_languages)[doc_of_token]
+        stop = np.zeros(len(tokens), bool)
+        for language in set(list_languages):
+            in_list = pc.is_in(tokens, value_set=pa.array(sorted(_stop_words(language)), pa.large_string()))
+            stop |= in_list.to_numpy(zero_copy_only=False) & (doc_language == language)
+        out["rps_doc_stop_word_fraction"] = np.where(
+            words.per_doc > 0, _ratios(np.bincount(doc_of_token[stop], minlength=len(texts)), num_tokens), 0.0)
+    if "gopher_frac_words_with_alpha" in wanted:
+        # whitespace-separated words, and those holding a letter: a word character that is no digit or "_"
+        word_first, word_last = chars.split_words
+        letters = _counts_in(chars.has(_ALNUM) & ~chars.has(_DECIMAL), word_first, word_last)
+        out["gopher_frac_words_with_alpha"] = _ratios(chars.per_doc(word_first[letters > 0]), chars.per_doc(word_first))
+    if "rpv1_frac_alnum_chars" in wanted:
+        out["rpv1_frac_alnum_chars"] = np.where(
+            chars.lengths > 0, _ratios(chars.per_doc(chars.has(_ALNUM)), chars.lengths), 0.0)
+    if "rpv1_alpha_chars_per_token" in wanted:
+        out["rpv1_alpha_chars_per_token"] = _ratios(chars.per_doc(chars.has(_ALPHA)), num_tokens)
+    return out
+
+
+def _line_signals(chars: _Characters, words: _Words, wanted: frozenset[str]) -> dict:
+    """The wanted per-line signals (list arrays), their aggregates and the share of lines ending with an
+    ellipsis, for the whole batch at once."""
+    num_docs = len(chars.lengths)
+    codes = chars.codes
+    last = np.flatnonzero((codes == ord("\n")) | chars.last_of_doc)  # the last character of each line
+    first = np.concatenate(([0], last + 1))[:-1]  # every character is in a line: each starts after one ends
+    line_doc = chars.doc[last]
+    lines_per_doc = np.bincount(line_doc, minlength=num_docs)
+    out: dict = {}
+    # the last and the first character of each line that is no whitespace (rstrip, lstrip): the end of the
+    # line's last str.split word and the start of its first (-1 and len(codes) where the line has none)
+    word_first, word_last = chars.split_words
+    end = np.concatenate(([-1], word_last))[np.searchsorted(word_last, last, side="right")]
+    begin = np.concatenate((word_first, [len(codes)]))[np.searchsorted(word_first, first)]
+    visible = end >= first
+    padded = np.append(codes, 0)  # padded[-1] and padded[len(codes)]: no character
+    end_char = padded[end]
+    if "rps_doc_frac_lines_end_with_ellipsis" in wanted:
+        before_end = [padded[np.maximum(end - k, 0)] for k in (1, 2)]
+        ellipsis = visible & ((end_char == ord("…")) | ((end - 2 >= first) & (end_char == ord("."))
+                                                        & (before_end[0] == ord(".")) & (before_end[1] == ord("."))))
+        out["rps_doc_frac_lines_end_with_ellipsis"] = _ratios(
+            np.bincount(line_doc, weights=ellipsis, minlength=num_docs), lines_per_doc)
+
+    @functools.cache
+    def words_per_line() -> np.ndarray:
+        # normalised words of a line: its whitespace-separated words holding a character other than
+        # ASCII punctuation (which normalisation deletes; lowercasing and NFD add no whitespace)
+        kept = _counts_in(~chars.has(_ASCII_PUNCTUATION), word_first, word_last) > 0
+        return np.bincount(np.searchsorted(last, word_first[kept]), minlength=len(last))
+
+    per_line = {
+        "rps_lines_ending_with_terminal_punctution_mark": lambda: (
+            visible & np.isin(end_char, [ord(mark) for mark in _TERMINAL_PUNCTUATION])).astype(np.float64),
+        "rps_lines_javascript_counts": lambda: np.bincount(
+            np.searchsorted(np.cumsum(words_per_line()), words.positions_of(["javascript"]), side="right"),
+            minlength=len(last)),
+        "rps_lines_num_words": words_per_line,
+        # a raw line keeps its "\n", so it is never empty
+        "rps_lines_uppercase_letter_fraction": lambda: _rounded(
+            _counts_in(chars.has(_UPPER), first, last) / (last + 1 - first)),
+        "rps_lines_numerical_chars_fraction": lambda: _numerical_fractions(words, words_per_line()),
+        "rps_lines_start_with_bulletpoint": lambda: (
+            visible & np.isin(padded[begin], [ord(b) for b in _BULLETS])).astype(np.float64),
     }
-    for name, (_, suffix) in LINE_SIGNALS.items():
+    offsets = pa.array(np.concatenate(([0], np.cumsum(lines_per_doc))), pa.int32())
+    for name, (value_type, suffix) in LINE_SIGNALS.items():
         aggregate = f"{name}_{suffix}"
         if name not in wanted and aggregate not in wanted:
             continue
-        per_line = per_line_values[name]()
+        values = per_line[name]()
         if name in wanted:
-            out[name].append(per_line)
+            out[name] = pa.ListArray.from_arrays(offsets, pa.array(values, value_type))
         if aggregate in wanted:
-            hits = sum(value > 0 for value in per_line) if suffix == "frac" else sum(per_line)
-            out[aggregate].append(_ratio(hits, len(per_line)))
+            if suffix == "frac":
+                hits = np.bincount(line_doc, weights=values > 0, minlength=num_docs)
+            elif value_type == pa.float64():
+                hits = _python_sums(values, lines_per_doc)
+            else:
+                hits = np.bincount(line_doc, weights=values, minlength=num_docs)
+            out[aggregate] = _ratios(hits, lines_per_doc)
+    return out
 
 
-def _add_gopher_signals(text: str, words: list[str], out: dict[str, list], wanted: frozenset[str]) -> None:
-    if "gopher_frac_words_with_alpha" in wanted:
-        num_words = len(text.split())
-        out["gopher_frac_words_with_alpha"].append(
-            _ratio(num_words - len(_WORD_WITHOUT_LETTER.findall(text)), num_words)
-        )
-    if "gopher_stop_word_count" in wanted:
-        out["gopher_stop_word_count"].append(sum(map(_GOPHER_STOP_WORDS.__contains__, words)))
+def _python_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Python's sum over each document's consecutive `counts` values, as RPv2 sums a line list (Python 3.12's
+    sum compensates rounding errors, where numpy's sums would not)."""
+    flat = values.tolist()
+    bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
+    return np.array([sum(flat[begin:end]) for begin, end in itertools.pairwise(bounds)], np.float64)
+
+
+def _numerical_fractions(words: _Words, words_per_line: np.ndarray) -> np.ndarray:
+    """Per line, the share of numeric characters in its normalised text (its normalised words joined with
+    spaces); 0.0 for a line without words."""
+    # all normalised words, one space apart: a line's words are consecutive there
+    codes = _code_points(" ".join(filter(None, words.normalized)))
+    spaces = np.flatnonzero(codes == ord(" "))
+    word_first = np.concatenate(([0], spaces + 1))
+    word_end = np.concatenate((spaces, [len(codes)]))
+    numeric = np.concatenate(([0], np.cumsum((_classes_of(codes) & _NUMERIC) != 0, dtype=np.int64)))
+    line_words_end = np.cumsum(words_per_line)
+    has_words = words_per_line > 0
+    first_char = word_first[np.where(has_words, line_words_end - words_per_line, 0)]
+    end_char = word_end[np.where(has_words, line_words_end - 1, 0)]
+    length = np.where(has_words, end_char - first_char, 0)
+    return np.where(has_words, _ratios(numeric[end_char] - numeric[first_char], length), 0.0)
+
+
+def _add_gopher_signals(text: str, out: dict[str, list], wanted: frozenset[str]) -> None:
     for unit, split in (("lines", _split_lines), ("paragraphs", _split_paragraphs)):
         frac_name, chars_name = f"gopher_frac_dupe_{unit}", f"gopher_frac_chars_dupe_{unit}"
         if frac_name not in wanted and chars_name not in wanted:
             continue
         pieces = [piece for piece in split(text) if piece.strip()]
-        seen: set[str] = set()
-        dupes = dupe_chars = 0
-        for piece in pieces:
-            if piece in seen:
-                dupes += 1
-                dupe_chars += len(piece)
-            seen.add(piece)
+        # every occurrence of a piece but its first is a duplicate
+        distinct = set(pieces)
+        dupes = len(pieces) - len(distinct)
+        dupe_chars = sum(map(len, pieces)) - sum(map(len, distinct))
         if frac_name in wanted:
             out[frac_name].append(_ratio(dupes, len(pieces)))
         if chars_name in wanted:
@@ -475,7 +651,7 @@ def _add_c4_signals(text: str, out: dict[str, list]) -> None:
         if len(line.split()) < _C4_MIN_WORDS_PER_LINE:
             continue
         lowered = line.lower()
-        if "javascript" in lowered or any(phrase in lowered for phrase in _C4_POLICY_PHRASES):
+        if "javascript" in lowered or any(map(lowered.__contains__, _C4_POLICY_PHRASES)):
             continue
         kept += 1
         sentences += len(_SENTENCE.findall(line))
@@ -483,24 +659,8 @@ def _add_c4_signals(text: str, out: dict[str, list]) -> None:
     out["c4_num_sentences"].append(sentences)
 
 
-def _add_rpv1_signals(
-    text: str, text_classes: np.ndarray, num_tokens: int, out: dict[str, list], wanted: frozenset[str]
-) -> None:
-    if "rpv1_max_line_length" in wanted or "rpv1_mean_line_length" in wanted:
-        line_lengths = list(map(len, text.splitlines()))
-        # RPv1 reports 0 for all three when a file has no lines
-        if "rpv1_max_line_length" in wanted:
-            out["rpv1_max_line_length"].append(max(line_lengths, default=0))
-        if "rpv1_mean_line_length" in wanted:
-            out["rpv1_mean_line_length"].append(_ratio(len(text), len(line_lengths)) or 0.0)
-    if "rpv1_frac_alnum_chars" in wanted:
-        out["rpv1_frac_alnum_chars"].append(_ratio(int(np.count_nonzero(text_classes & _ALNUM)), len(text)) or 0.0)
-    if "rpv1_alpha_chars_per_token" in wanted:
-        out["rpv1_alpha_chars_per_token"].append(_ratio(int(np.count_nonzero(text_classes & _ALPHA)), num_tokens))
-
-
 def _word_signals(
-    words_per_doc: list[list[str]], wanted: frozenset[str], list_languages: list[str]
+    words: _Words, wanted: frozenset[str], list_languages: list[str]
 ) -> dict[str, np.ndarray]:
     """Signals over each document's normalised words, computed for the whole batch at once.
 
@@ -511,13 +671,12 @@ def _word_signals(
     word id, so n-grams are compared exactly (no hashing) and never across documents. Ids are numbered in
     order of first appearance. Undefined values are NaN (null in the output).
     """
-    num_docs = len(words_per_doc)
-    doc_len = np.fromiter(map(len, words_per_doc), np.int64, num_docs)
-    flat_words = list(itertools.chain.from_iterable(words_per_doc))
-    vocab, word_id = _encode(pa.array(flat_words, pa.large_string()))
+    num_docs = len(words.per_doc)
+    doc_len = words.per_doc
+    vocab, word_id = _encode(words.flat)
     word_chars = pc.utf8_length(vocab).to_numpy().astype(np.int64)[word_id]
-    num_tokens = len(flat_words)
-    doc_of_token = np.repeat(np.arange(num_docs), doc_len)
+    num_tokens = len(words.flat)
+    doc_of_token = words.doc
     doc_start = np.cumsum(doc_len) - doc_len
     tokens_left = doc_len[doc_of_token] - (np.arange(num_tokens) - doc_start[doc_of_token])
     char_prefix = np.concatenate(([0], np.cumsum(word_chars)))
@@ -529,7 +688,7 @@ def _word_signals(
     out = {"rps_doc_mean_word_length": np.where(has_words, np.round(total_chars / safe_len, PRECISION), np.nan)}
     if "rps_doc_ldnoobw_words" in wanted:
         out["rps_doc_ldnoobw_words"] = _ldnoobw_counts(
-            flat_words, vocab, word_id, doc_of_token, tokens_left, np.array(list_languages)
+            words.flat, vocab, word_id, doc_of_token, tokens_left, np.array(list_languages)
         )
     if not wanted & _GRAM_SIGNALS:
         return out
@@ -627,8 +786,11 @@ def _ldnoobw_counts(flat_words, vocab, word_id, doc_of_token, tokens_left, doc_l
             # only positions whose word can start an n-word entry are joined and looked up
             first_words = {phrase.split(" ")[0] for phrase in phrases}
             may_start = _in_vocab(vocab, first_words)[word_id] & (tokens_left >= n) & in_language
-            hits = [s for s in np.flatnonzero(may_start) if " ".join(flat_words[s : s + n]) in phrases]
-            counts += np.bincount(doc_of_token[np.array(hits, np.int64)], minlength=num_docs)
+            starts = np.flatnonzero(may_start)
+            ngrams = pc.binary_join_element_wise(*(flat_words.take(starts + k) for k in range(n)),
+                                                 pa.scalar(" ", pa.large_string()))
+            hits = starts[_in_vocab(ngrams, phrases)]
+            counts += np.bincount(doc_of_token[hits], minlength=num_docs)
     return counts
 
 

@@ -12,9 +12,15 @@ import unicodedata
 
 # Removes exactly the characters of RPv2's str.translate table (string.punctuation).
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")
+_PUNCTUATION_BYTES = string.punctuation.encode("ascii")
 
 
 def normalize_text(text: str) -> str:
     """RPv2's text normalisation: drop ASCII punctuation, lowercase, collapse whitespace, NFD."""
+    # bytes.translate deletes the same characters from an ASCII text (most documents) several times faster
+    if text.isascii():
+        text = text.encode("ascii").translate(None, _PUNCTUATION_BYTES).decode("ascii")
+    else:
+        text = _PUNCTUATION.sub("", text)
     # split() and strip() share re's "\s" notion of whitespace, so this equals RPv2's re.sub(r"\s+", " ")
-    return unicodedata.normalize("NFD", " ".join(_PUNCTUATION.sub("", text).lower().split()))
+    return unicodedata.normalize("NFD", " ".join(text.lower().split()))
