@@ -193,8 +193,8 @@ def _sorted_contains(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def with_signals(batch: pa.Table, models: dict | None = None, dedup_slices: Sequence[str] = (),
                  duplicates: np.ndarray | None = None, ut1_blacklist: str | None = None) -> pa.Table:
     """The batch after paragraph dedup (of `dedup_slices`, dropping the lines whose hash is in `duplicates`),
-    with every signal column (ALL_SIGNAL_COLUMNS order, after the others); its bad-input rows (non-null
-    read_error) get null signals. `models`: the references artifact's URI and manifest
+    with `text_bytes` and every signal column (ALL_SIGNAL_COLUMNS order, after the others); its bad-input
+    rows (non-null read_error) get null signals. `models`: the references artifact's URI and manifest
     (pajama.data.references.score), None: no model (null model-based signals); `ut1_blacklist`: see
     signals.compute_signals."""
     models = models or {"uri": "", "manifest": {"models": False}}
