@@ -31,9 +31,10 @@ counts distinct stop words, takes "-" as a bullet and "'" as terminal punctuatio
 ipsum" and "{" only in the lines C4 keeps; Pajama uses RedPajama-V2's signal definitions (normalised
 words, a sentence regex, stop-word occurrences; pajama.data.signals).
 
-Tokenize-and-pack: the data stage's pack step (`_pack_shard`: a shard's documents sorted by doc_id,
-Rust `tokenizers` encode_batch, EOD after each document, each slice's stream cut into seq_len rows,
-shuffled, written as parquet) against the same tokenizer's bare `encode_batch`
+Tokenize-and-pack: the data stage's pack steps (`_assign_shards`: Rust `tokenizers` encode_batch_fast of
+each document and its shard; `_pack_shard`: a shard's documents sorted by doc_id, EOD after each document,
+each slice's stream cut into seq_len rows, shuffled, written as parquet) against the same tokenizer's bare
+`encode_batch`
 over the same texts (the whole bundled corpus, `--pack-copies` times, in groups of the stage's shard
 size), in this process, alternating, median of `--repeats` rounds. The tokenizer is a byte-level BPE
 trained on the corpus (the tiny preset's vocab of 4096).
@@ -402,13 +403,16 @@ def filter_benchmark(args, work: Path) -> dict:
 
 
 def pajama_pack_function(tokenizer_json: str, eos_token_id: int, seq_len: int, slices: list[str], directory: Path):
-    """The data stage's tokenize-and-pack step (`_pack_shard`) as a function of one shard's documents:
-    sort by doc_id, encode_batch, EOD, cut each slice's stream into seq_len rows, shuffle, write parquet."""
-    from pajama.data.stage import _pack_shard
+    """The data stage's tokenize-and-pack steps (`_assign_shards`, `_pack_shard`) as a function of one shard's
+    documents: encode_batch_fast, sort by doc_id, EOD, cut each slice's stream into seq_len rows, shuffle,
+    write parquet (every document to train shard 0)."""
+    from pajama.data.stage import _assign_shards, _pack_shard
 
-    directory.mkdir(parents=True, exist_ok=True)
-    return lambda docs: _pack_shard(docs, tokenizer_json=tokenizer_json, eos_token_id=eos_token_id, seq_len=seq_len,
-                                    slices=slices, directory=str(directory), name_width=5, seed=0)
+    (directory / "train").mkdir(parents=True, exist_ok=True)
+    shard_counts = {"train_shards": 1, "eval_shards": 1}
+    return lambda docs: _pack_shard(
+        _assign_shards(docs, tokenizer_json=tokenizer_json, eval_fraction=0.0, weights=None, salt="0", **shard_counts),
+        eos_token_id=eos_token_id, seq_len=seq_len, slices=slices, shards_uri=str(directory), seed=0, **shard_counts)
 
 
 def pack_benchmark(args, work: Path) -> dict:
@@ -432,8 +436,7 @@ def pack_benchmark(args, work: Path) -> dict:
     shard_bytes = 4 * args.seq_len * 1024
     num_groups = max(1, math.ceil(megabytes * 1e6 / shard_bytes))
     rows_per_group = -(-n // num_groups)
-    groups = [table.slice(i, rows_per_group).append_column("_shard", pa.array([g] * min(rows_per_group, n - i), pa.int32()))
-              for g, i in enumerate(range(0, n, rows_per_group))]
+    groups = [table.slice(i, rows_per_group) for i in range(0, n, rows_per_group)]
     lists = [g.column("text").to_pylist() for g in groups]
     print(f"[bench] pack: {n} documents ({megabytes:.1f} MB, the bundled corpus x{args.pack_copies}) in "
           f"{len(groups)} groups, BPE vocab {len(tokenizer)}, seq_len {args.seq_len}")
