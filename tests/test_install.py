@@ -1,8 +1,9 @@
 """A non-editable install works on its own: recipes, filter recipes and bundled data are package data.
 
 The project is built as a wheel and installed from it (as `pip install .` does, not `-e`) into a fresh virtual environment
-(system site-packages give it the dependencies; `--ignore-installed` puts Pajama itself in the
-venv), and `pajama config` and `pajama data` run from a directory outside the checkout.
+(a .pth file gives it the test environment's packages as its dependencies, whether the tests run in a
+virtual environment or not; `--ignore-installed` puts Pajama itself in the venv), and `pajama config` and
+`pajama data` run from a directory outside the checkout.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_wheel_install_runs_config_and_data_outside_the_checkout(tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # The test environment's packages after the venv's own (a plain path line: the .pth files there, such
+    # as the checkout's editable install, are not read, so Pajama comes from the wheel).
+    venv_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    test_env = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(venv_site) / "test-environment.pth").write_text("".join(f"{path}\n" for path in test_env))
     # The wheel is built with the test environment's setuptools (no package index is reached), then
     # installed into the venv as a user would install a released wheel.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
