@@ -18,6 +18,8 @@ with `--cpus` CPUs, from the tiny recipe's data config:
 Marginal MB/s per core = (MB of text at the larger size - MB at the smaller) / (seconds larger - seconds
 smaller) / CPUs: the fixed costs (Ray's start, stage set-up, training the tokenizer on its fixed-size
 sample) cancel out.
+The last line is a CPU reference measured before and after the runs (fastText language id over the bundled
+corpus on one core): on a shared or throttled machine every figure above moves with it.
 A warm-up run (untimed) starts Ray's workers and loads the models first; each size runs `--repeats` times
 and its fastest run counts.
 RedPajama-1T is about 5 TB of text (its dataset card: 1.2T tokens; ~4.2 bytes a token), so at that rate
@@ -133,6 +135,20 @@ def build_references(data_cfg, root: Path):
     return Artifact("references", "bench", str(out), manifest)
 
 
+def cpu_reference() -> float:
+    """MB/s of fastText language id (lid.176, as the signals stage runs it) over the bundled corpus on one
+    core of this machine, now: the same C++ work at any time, so it tells a slow or shared machine (a noisy
+    VM's figures move together with it) from a slower stage."""
+    from pajama.data.signals import _identify_language
+
+    texts = [json.loads(line)["text"] for path in _corpus_files() for line in gzip.open(path, "rt")]
+    _identify_language(texts[0])  # loads the model
+    started = time.perf_counter()
+    for text in texts:
+        _identify_language(text)
+    return sum(len(t.encode()) for t in texts) / 1e6 / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs (default 2)")
@@ -147,6 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pajama-scaling-") as tmp:
         tmp = Path(tmp)
         sizes = {1: write_corpus(tmp / "corpus-1x", 1), args.copies: write_corpus(tmp / f"corpus-{args.copies}x", args.copies)}
+        reference = cpu_reference()
         print(f"corpus: {sizes[1]:.2f} MB of text at 1x, {sizes[args.copies]:.2f} MB at {args.copies}x "
               f"({args.cpus} CPUs)", flush=True)
         # Built once from copy 0, not timed; without quality_models the artifact holds no model.
@@ -171,6 +188,8 @@ def main() -> None:
               f"({core_hours / 100 / 24:.1f} days on 100 cores)")
         print(f"marginal throughput with all signals: {rate:.3f} MB/s per core "
               f"({rate / TARGET_MB_PER_CORE:.2f}x the {TARGET_MB_PER_CORE} MB/s target)")
+        print(f"CPU reference (fastText language id on one core, before / after the runs): {reference:.2f} / "
+              f"{cpu_reference():.2f} MB/s")
     ray.shutdown()
 
 
