@@ -253,8 +253,9 @@ def _pack_shard(docs: pa.Table, eos_token_id: int, seq_len: int, slices: list[st
     which Ray delivers them: a re-run writes the same bytes. Returns the split, and sequences and
     dropped tail tokens per slice."""
     shard = docs.column("_shard")[0].as_py()
-    split, num_shards = ("train", train_shards) if shard < train_shards else ("eval", eval_shards)
-    shard -= 0 if split == "train" else train_shards
+    split, num_shards, first = (("train", train_shards, 0) if shard < train_shards
+                                else ("eval", eval_shards, train_shards))
+    shard -= first
     docs = docs.sort_by("doc_id")
     # Every document's tokens then EOD, as one array, and the slice of each of those tokens.
     token_lists = docs.column("input_ids").combine_chunks()
