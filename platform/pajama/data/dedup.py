@@ -32,6 +32,7 @@ RAY_DATA_ENABLE_DISK_SHUFFLE=1) when the corpus exceeds the cluster's object sto
 from __future__ import annotations
 
 import hashlib
+import sys
 from itertools import chain
 
 import numpy as np
@@ -46,9 +47,10 @@ from pajama.data.text import normalize_text
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 
-_MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 # Shingles hashed per (chunk x num_perm) uint64 matrix: 16 MiB at 128 permutations.
 _SHINGLE_CHUNK = 1 << 14
+# Which of the two uint32 halves of a uint64 (viewed as uint32 pairs) is its top half.
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0
 # Documents per signature batch: bounds the per-task word arrays for book-length documents.
 _SIGNATURE_BATCH = 256
 _MAX_CC_ROUNDS = 64
@@ -210,13 +212,13 @@ def optimal_bands_rows(
 
 def _minhash_constants(num_perm: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    full_range = np.iinfo(np.uint64).max
     return {
-        # a, b < 2^32 and shingle hashes < 2^32 keep a*x + b below 2^64: no uint64 overflow.
-        "perm_a": rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64),
-        "perm_b": rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64),
+        # Multiply-add-shift permutations of the 32-bit shingle hashes (below).
+        "perm_a": rng.integers(0, full_range, size=num_perm, dtype=np.uint64) | np.uint64(1),
+        "perm_b": rng.integers(0, full_range, size=num_perm, dtype=np.uint64),
         # Odd multipliers combining the word hashes of a shingle position by position.
-        "shingle_coef": rng.integers(0, np.iinfo(np.uint64).max, size=_MAX_NGRAM, dtype=np.uint64)
-        | np.uint64(1),
+        "shingle_coef": rng.integers(0, full_range, size=_MAX_NGRAM, dtype=np.uint64) | np.uint64(1),
     }
 
 
@@ -260,6 +262,9 @@ def minhash_signatures(
     # The top 32 bits of the multiplicative combination are the best mixed.
     shingle_hashes = windows[doc_starts[owner] + offset_in_doc] >> np.uint64(32)
 
+    # Permutation i maps a 32-bit shingle hash x to the top 32 bits of (a_i * x + b_i) mod 2^64:
+    # Dietzfelbinger's multiply-add-shift family, 2-independent like datasketch's
+    # (a*x + b) mod (2^61 - 1), without its 64-bit modulo (4x the cost of the whole loop).
     signatures = np.full((signed.size, num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
     for start in range(0, shingle_hashes.size, _SHINGLE_CHUNK):
         chunk = shingle_hashes[start : start + _SHINGLE_CHUNK]
@@ -267,11 +272,9 @@ def minhash_signatures(
         # Permutation-major, so the per-document minimum runs along contiguous memory.
         permuted = np.multiply.outer(perm_a, chunk)
         permuted += perm_b[:, None]
-        permuted %= _MERSENNE_PRIME
-        # The low 32 bits are datasketch's `& max_hash`.
-        permuted = permuted.astype(np.uint32)
+        high_halves = permuted.view(np.uint32)[:, _HIGH_HALF::2]
         segment_starts = np.flatnonzero(np.r_[True, chunk_owner[1:] != chunk_owner[:-1]])
-        segment_min = np.minimum.reduceat(permuted, segment_starts, axis=1)
+        segment_min = np.minimum.reduceat(high_halves, segment_starts, axis=1)
         np.minimum.at(signatures, chunk_owner[segment_starts], segment_min.T)
     return signatures, signed
 
@@ -292,10 +295,12 @@ def _band_keys(
     the partition (of `partitions`) is the band's first minhash value modulo `partitions`, so
     equal keys share a partition."""
     docs_words = [normalize_text(t).split() for t in _texts(batch)]
-    signatures, signed = minhash_signatures(docs_words, ngram, perm_a, perm_b, shingle_coef)
+    # Only the permutations the bands read.
+    used = bands * rows
+    signatures, signed = minhash_signatures(docs_words, ngram, perm_a[:used], perm_b[:used], shingle_coef)
     keys = np.empty((signed.size, bands, rows + 1), dtype=np.uint32)
     keys[:, :, 0] = np.arange(bands, dtype=np.uint32)
-    keys[:, :, 1:] = signatures[:, : bands * rows].reshape(signed.size, bands, rows)
+    keys[:, :, 1:] = signatures.reshape(signed.size, bands, rows)
     width = 4 * (rows + 1)
     key_array = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(width), signed.size * bands, [None, pa.py_buffer(keys.tobytes())]
