@@ -151,3 +151,19 @@ def test_a_published_perplexity_model_is_downloaded_over_http(ray_session, tmp_p
                       ("data.quality_models.perplexity.kenlm", perplexity["kenlm"])]
     scored = references.score(pa.table({"text": ["the river city"]}), {"uri": str(out), "manifest": manifest})
     assert scored.column("ccnet_perplexity")[0].as_py() > 0
+
+
+def test_signals_do_not_depend_on_how_a_block_is_cut_into_chunks(monkeypatch):
+    texts = [f"Line {i} of a page about rivers.\nA shared footer line.\n" * (1 + i % 7) for i in range(40)]
+    errors = [None] * 40
+    errors[3] = errors[31] = "not UTF-8"
+    batch = pa.table({"doc_id": [f"d{i:02d}" for i in range(40)],
+                      "slice": ["common_crawl" if i % 3 else "books" for i in range(40)], "text": texts,
+                      "read_error": pa.array(errors, pa.string())})
+    whole = signal_stage.with_signals(batch, None, ["common_crawl"])
+    monkeypatch.setattr(signal_stage, "_SIGNAL_CHUNK_BYTES", 300)
+    chunks = signal_stage.text_chunks(batch, 300)
+    assert len(chunks) > 10 and sum(c.num_rows for c in chunks) == 40
+    assert all(pc.sum(signal_stage.text_bytes(c)).as_py() <= 300 + max(map(len, texts)) for c in chunks)
+    chunked = signal_stage.with_signals(batch, None, ["common_crawl"])
+    assert chunked.sort_by("doc_id").equals(whole.sort_by("doc_id"))

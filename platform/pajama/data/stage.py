@@ -94,6 +94,16 @@ def text_bytes(batch: pa.Table) -> pa.Array:
     return pc.binary_length(pc.cast(batch.column("text"), pa.binary())).cast(pa.int64())
 
 
+def text_chunks(batch: pa.Table, max_bytes: int) -> list[pa.Table]:
+    """`batch` as consecutive slices of about `max_bytes` of text: rows go by where their text starts in the
+    batch's text, so a slice holds at most max_bytes plus its last row's. At least one slice."""
+    sizes = pc.fill_null(text_bytes(batch), 0).to_numpy()
+    chunk_of_row = (np.cumsum(sizes) - sizes) // max_bytes
+    starts = [0, *(np.flatnonzero(np.diff(chunk_of_row)) + 1).tolist()]
+    ends = [*starts[1:], batch.num_rows]
+    return [batch.slice(start, end - start) for start, end in zip(starts, ends)]
+
+
 def where(ds: ray.data.Dataset, mask) -> ray.data.Dataset:
     """Rows for which `mask(batch)` (a boolean pyarrow array) is true, in Arrow batches."""
     return ds.map_batches(lambda b: b.filter(mask(b)), batch_format="pyarrow")
