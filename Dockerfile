@@ -3,8 +3,8 @@
 # (ray, uid 1000, gid 100). Every Pajama pod uses it: Ray head and workers, RayJob submitters,
 # the RayService and the MLflow server; only the gpu overlay's RayService serves from an image of
 # its own (Dockerfile.serve-gpu: vLLM). Two variants, tagged as k8s/base expects:
-#   CPU: docker build -t pajama:0.1.0-cpu .
-#   GPU: docker build -t pajama:0.1.0-gpu \
+#   CPU: docker build -t pajama:0.2.0-cpu .
+#   GPU: docker build -t pajama:0.2.0-gpu \
 #          --build-arg BASE_IMAGE=rayproject/ray:2.60.0-py311-cu128 \
 #          --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 # Ray tags images <ray>-py<python>-cpu, -cuXYZ, or -gpu (Ray's default CUDA): pick a -cuXYZ tag

@@ -1,3 +1,3 @@
 """Pajama: the RedPajama recipe (data -> base -> instruct/chat -> serve) on Ray, tracked in MLflow."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
