@@ -269,7 +269,7 @@ def minhash_signatures(
     for start in range(0, shingle_hashes.size, _SHINGLE_CHUNK):
         chunk = shingle_hashes[start : start + _SHINGLE_CHUNK]
         chunk_owner = owner[start : start + _SHINGLE_CHUNK]
-        # Permutation-major, so the per-document minimum runs along contiguous memory.
+        # Permutation-major, so the per-document minimum runs along a row.
         permuted = np.multiply.outer(perm_a, chunk)
         permuted += perm_b[:, None]
         high_halves = permuted.view(np.uint32)[:, _HIGH_HALF::2]
