@@ -192,7 +192,8 @@ def _sorted_contains(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 # The signals of a block are computed in chunks of about this much text: their batch-wide numpy and
 # Arrow passes hold several arrays the size of the chunk's characters, and slow down once those
-# outgrow the CPU caches (the bundled corpus 4x, 12.7 MB: 11.1 CPU-s in 1 MB batches, 13.2 in 4 MB, 16.6 in one).
+# outgrow the CPU caches. Blocks of real source files reach Ray's 128 MB target; on the bundled corpus
+# 4x (12.7 MB) as one batch: 16.6 CPU-s, in 4 MB batches 13.2, in 1 MB 11.1 (a 3 MB block: no difference).
 _SIGNAL_CHUNK_BYTES = 1 << 20
 
 
