@@ -18,6 +18,7 @@ from pajama.artifacts import StageContext
 from pajama import hub
 from pajama.config import DataConfig, load_config
 from pajama.data import ccnet, references, signal_stage
+from pajama.data.stage import text_bytes, text_chunks
 
 from conftest import run_data_stages
 
@@ -162,8 +163,8 @@ def test_signals_do_not_depend_on_how_a_block_is_cut_into_chunks(monkeypatch):
                       "read_error": pa.array(errors, pa.string())})
     whole = signal_stage.with_signals(batch, None, ["common_crawl"])
     monkeypatch.setattr(signal_stage, "_SIGNAL_CHUNK_BYTES", 300)
-    chunks = signal_stage.text_chunks(batch, 300)
+    chunks = text_chunks(batch, 300)
     assert len(chunks) > 10 and sum(c.num_rows for c in chunks) == 40
-    assert all(pc.sum(signal_stage.text_bytes(c)).as_py() <= 300 + max(map(len, texts)) for c in chunks)
+    assert all(pc.sum(text_bytes(c)).as_py() <= 300 + max(map(len, texts)) for c in chunks)
     chunked = signal_stage.with_signals(batch, None, ["common_crawl"])
     assert chunked.sort_by("doc_id").equals(whole.sort_by("doc_id"))

@@ -32,7 +32,6 @@ RAY_DATA_ENABLE_DISK_SHUFFLE=1) when the corpus exceeds the cluster's object sto
 from __future__ import annotations
 
 import hashlib
-import sys
 from itertools import chain
 
 import numpy as np
@@ -50,7 +49,7 @@ NEAR_DUPLICATE = "near_duplicate"
 # Shingles hashed per (chunk x num_perm) uint64 matrix: 16 MiB at 128 permutations.
 _SHINGLE_CHUNK = 1 << 14
 # Which of the two uint32 halves of a uint64 (viewed as uint32 pairs) is its top half.
-_HIGH_HALF = 1 if sys.byteorder == "little" else 0
+_HIGH_HALF = 1 if np.little_endian else 0
 # Documents per signature batch: bounds the per-task word arrays for book-length documents.
 _SIGNATURE_BATCH = 256
 _MAX_CC_ROUNDS = 64

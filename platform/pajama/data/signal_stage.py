@@ -206,9 +206,8 @@ def with_signals(batch: pa.Table, models: dict | None = None, dedup_slices: Sequ
     signals.compute_signals."""
     models = models or {"uri": "", "manifest": {"models": False}}
     duplicates = np.empty(0, np.int64) if duplicates is None else duplicates
-    chunks = [_chunk_with_signals(chunk, models, dedup_slices, duplicates, ut1_blacklist)
-              for chunk in text_chunks(batch, _SIGNAL_CHUNK_BYTES)]
-    return pa.concat_tables(chunks, promote_options="default") if len(chunks) > 1 else chunks[0]
+    return pa.concat_tables([_chunk_with_signals(chunk, models, dedup_slices, duplicates, ut1_blacklist)
+                             for chunk in text_chunks(batch, _SIGNAL_CHUNK_BYTES)], promote_options="default")
 
 
 def _chunk_with_signals(batch: pa.Table, models: dict, dedup_slices: Sequence[str], duplicates: np.ndarray,
