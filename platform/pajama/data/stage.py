@@ -329,19 +329,30 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
 @contextlib.contextmanager
 def data_context(cfg: DataConfig):
     """Ray Data's context for a data stage while the block runs: the shuffle strategy of
-    data.shuffle_strategy (if set), and reads split into at least shuffle_partitions(cfg) blocks.
+    data.shuffle_strategy (if set), reads split into at least shuffle_partitions(cfg) blocks, and no
+    per-operator resource reservation.
+
     Ray's default of 200 blocks a read is for big clusters: on a few CPUs it cuts every file into
     dozens of small blocks, each a task and an output file of every pass, several times the work
-    (the data stage's selection on 12 MB of text: 1.6 s with 200, 0.4 s with 4)."""
+    (the data stage's selection on 12 MB of text: 1.6 s with 200, 0.4 s with 4).
+
+    The reservation (Ray 2.60's ReservationOpResourceAllocator) budgets each execution from the
+    cluster's resources as its autoscaling coordinator reports them, which it reads once a second and
+    which are zero until the first answer: every execution runs one task at a time for about its first
+    second. The stages run some thirty short executions, each a fused read-map-write or a map, a sort
+    shuffle and a map, none pipelining operators that the reservation would keep from starving each
+    other: it cost them most of a core. The signals and data stages on the bundled corpus at 2 CPUs
+    (benchmarks/data_stage_scaling.py's run): 14.0 s with it, 10.7 s without; 4x the corpus 24.7 and 19.0 s."""
     context = ray.data.DataContext.get_current()
-    previous = context.shuffle_strategy, context.read_op_min_num_blocks
+    previous = context.shuffle_strategy, context.read_op_min_num_blocks, context.op_resource_reservation_enabled
     if cfg.shuffle_strategy:
         context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
     context.read_op_min_num_blocks = shuffle_partitions(cfg)
+    context.op_resource_reservation_enabled = False
     try:
         yield
     finally:
-        context.shuffle_strategy, context.read_op_min_num_blocks = previous
+        context.shuffle_strategy, context.read_op_min_num_blocks, context.op_resource_reservation_enabled = previous
 
 
 def shuffle_partitions(cfg: DataConfig) -> int:
