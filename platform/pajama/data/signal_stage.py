@@ -64,7 +64,7 @@ ALL_SIGNAL_COLUMNS = {**signals.SIGNAL_COLUMNS, **CCNET_COUNT_COLUMNS, "ccnet_la
 def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """Read the sources and write every record with its signals under `ctx.out_uri`; returns the manifest
     fields (per-slice counts) and logs them and the raw inputs to the stage's run."""
-    with data_context(cfg):
+    with data_context(cfg.shuffle_strategy, shuffle_partitions(cfg)):
         stats = _build_signals_artifact(cfg, ctx, inputs)
     ctx.log_datasets(raw_inputs(cfg), context="raw")
     ctx.log_metrics({f"{key}/{name}": e[key] for name, e in stats["slices"].items() for key in e})

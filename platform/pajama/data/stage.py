@@ -316,7 +316,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """The data stage: build the data artifact (under `ctx.out_uri`, small files in `ctx.out`),
     resuming the phases an earlier attempt finished there; returns the manifest fields (stats,
     slices, sequences) and logs the per-slice counts and the report to the stage's run."""
-    with data_context(cfg):
+    with data_context(cfg.shuffle_strategy, shuffle_partitions(cfg)):
         manifest = _build_data_artifact(cfg, ctx, inputs["signals"].join("documents"))
     ctx.log_metrics(_stats_metrics(manifest["stats"]))
     distributions = json.loads(storage.read_text(inputs["signals"].join("histograms.json")))
@@ -327,14 +327,15 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
 
 
 @contextlib.contextmanager
-def data_context(cfg: DataConfig):
-    """Ray Data's context for a data stage while the block runs: the shuffle strategy of
-    data.shuffle_strategy (if set), reads split into at least shuffle_partitions(cfg) blocks, and no
-    per-operator resource reservation.
+def data_context(shuffle_strategy: str | None, read_blocks: int | None = None):
+    """Ray Data's context for a stage's data preparation while the block runs: `shuffle_strategy` (a
+    ShuffleStrategy value; None keeps Ray's), reads split into at least `read_blocks` blocks (None keeps
+    Ray's), and no per-operator resource reservation.
 
     Ray's default of 200 blocks a read is for big clusters: on a few CPUs it cuts every file into
     dozens of small blocks, each a task and an output file of every pass, several times the work
-    (the data stage's selection on 12 MB of text: 1.6 s with 200, 0.4 s with 4).
+    (the data stage's selection on 12 MB of text: 1.6 s with 200, 0.4 s with 4): the data stages read
+    shuffle_partitions(cfg) blocks.
 
     The reservation (Ray 2.60's ReservationOpResourceAllocator) budgets each execution from the
     cluster's resources as its autoscaling coordinator reports them, which it reads once a second and
@@ -345,9 +346,10 @@ def data_context(cfg: DataConfig):
     (benchmarks/data_stage_scaling.py's run): 14.0 s with it, 10.7 s without; 4x the corpus 24.7 and 19.0 s."""
     context = ray.data.DataContext.get_current()
     previous = context.shuffle_strategy, context.read_op_min_num_blocks, context.op_resource_reservation_enabled
-    if cfg.shuffle_strategy:
-        context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
-    context.read_op_min_num_blocks = shuffle_partitions(cfg)
+    if shuffle_strategy:
+        context.shuffle_strategy = ShuffleStrategy(shuffle_strategy)
+    if read_blocks:
+        context.read_op_min_num_blocks = read_blocks
     context.op_resource_reservation_enabled = False
     try:
         yield

@@ -34,12 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.context import ShuffleStrategy
 
 from pajama import hub, storage
 from pajama.artifacts import Artifact, StageContext
 from pajama.config import SFTConfig, SFTDataConfig, resolve_path
-from pajama.data.stage import hash_unit
+from pajama.data.stage import data_context, hash_unit
 from pajama.data.tokenizer import load_tokenizer
 from pajama.kinds import kind
 from pajama.models import model_uri
@@ -198,14 +197,8 @@ def _pack_split(prepared: ray.data.Dataset, split: str, examples: int, max_lengt
 def prepare_examples(cfg: SFTConfig, tokenizer_uri: str, seed: int, out_uri: str) -> dict:
     """Packed train and eval shards under `<out_uri>/shards/{train,eval}`, and a report of what was
     loaded, dropped and packed: examples_loaded == sum(decontaminated) + train and eval examples."""
-    context = ray.data.DataContext.get_current()
-    previous = context.shuffle_strategy
-    if cfg.shuffle_strategy:
-        context.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
-    try:
+    with data_context(cfg.shuffle_strategy):
         return _prepare_shards(cfg, tokenizer_uri, seed, out_uri)
-    finally:
-        context.shuffle_strategy = previous
 
 
 def _prepare_shards(cfg: SFTConfig, tokenizer_uri: str, seed: int, out_uri: str) -> dict:
