@@ -13,12 +13,14 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
+from ray.data.context import ShuffleStrategy
 
 from pajama.artifacts import StageContext
 from pajama import hub
 from pajama.config import DataConfig, load_config
 from pajama.data import ccnet, references, signal_stage
-from pajama.data.stage import text_bytes, text_chunks
+from pajama.data.stage import data_context, text_bytes, text_chunks
 
 from conftest import run_data_stages
 
@@ -168,3 +170,16 @@ def test_signals_do_not_depend_on_how_a_block_is_cut_into_chunks(monkeypatch):
     assert all(pc.sum(text_bytes(c)).as_py() <= 300 + max(map(len, texts)) for c in chunks)
     chunked = signal_stage.with_signals(batch, None, ["common_crawl"])
     assert chunked.sort_by("doc_id").equals(whole.sort_by("doc_id"))
+
+
+def test_the_data_context_applies_the_stage_settings_and_restores_ray_data_after():
+    context = ray.data.DataContext.get_current()
+    before = context.shuffle_strategy, context.read_op_min_num_blocks, context.op_resource_reservation_enabled
+    with data_context("sort_shuffle_pull_based", 3):
+        assert context.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        assert context.read_op_min_num_blocks == 3
+        # Ray 2.60's reservation sees no CPU for an execution's first second: the stages run without it
+        assert context.op_resource_reservation_enabled is False
+    assert (context.shuffle_strategy, context.read_op_min_num_blocks, context.op_resource_reservation_enabled) == before
+    with data_context(None):  # None keeps Ray's own strategy and read blocks
+        assert (context.shuffle_strategy, context.read_op_min_num_blocks) == before[:2]
