@@ -155,7 +155,10 @@ def test_streaming_completion_and_raw_event_stream(server, client):
     plain = client.completions.create(model=MODEL, prompt="Hello", max_tokens=10, temperature=0)
     streamed = client.completions.create(model=MODEL, prompt="Hello", max_tokens=10, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
-    raw = _post(server, "/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 3, "stream": True})
+    assert plain.choices[0].finish_reason == "length"  # greedy, the model says no EOS within 10 tokens
+    # Greedy too: sampled at the default temperature 1, the test model ends with EOS now and then ("stop").
+    raw = _post(server, "/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 3, "stream": True,
+                                            "temperature": 0})
     assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
     events = [line for line in raw.text.split("\n\n") if line]
     assert all(event.startswith("data: ") for event in events)
