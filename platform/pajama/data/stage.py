@@ -342,8 +342,8 @@ def data_context(shuffle_strategy: str | None, read_blocks: int | None = None):
     which are zero until the first answer: every execution runs one task at a time for about its first
     second. The stages run some thirty short executions, each a fused read-map-write or a map, a sort
     shuffle and a map, none pipelining operators that the reservation would keep from starving each
-    other: it cost them most of a core. The signals and data stages on the bundled corpus at 2 CPUs
-    (benchmarks/data_stage_scaling.py's run): 14.0 s with it, 10.7 s without; 4x the corpus 24.7 and 19.0 s."""
+    other: it cost them most of a core. The signals and data stages as benchmarks/data_stage_scaling.py
+    runs them, on 2 CPUs: the bundled corpus 14.0 s with it, 10.7 s without; 4x the corpus 24.7 and 19.0 s."""
     context = ray.data.DataContext.get_current()
     previous = context.shuffle_strategy, context.read_op_min_num_blocks, context.op_resource_reservation_enabled
     if shuffle_strategy:
