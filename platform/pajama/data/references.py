@@ -61,13 +61,13 @@ MODEL_SIGNAL_COLUMNS: dict[str, pa.DataType] = {
 def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """Build the quality models under `ctx.out`; returns the manifest (corpus sizes, perplexity cutoffs)."""
     from pajama.data.signal_stage import read_sources
-    from pajama.data.stage import data_context, shuffle_partitions
+    from pajama.data.stage import data_stage_context
 
     models = cfg.quality_models
     if models is None:
         log.info("references: data.quality_models is not set; the model-based signals will be null")
         return {"models": False}
-    with data_context(cfg.shuffle_strategy, shuffle_partitions(cfg)):
+    with data_stage_context(cfg):
         corpora = _reference_texts(cfg, models, read_sources)
     out = ctx.out
     counts = {}

@@ -47,7 +47,7 @@ from pajama.config import DataConfig, is_remote, resolve_path
 from pajama.data import ccnet, histograms, readers, references, signals
 from pajama.data.provenance import raw_inputs
 from pajama.data.slices import READ_ERROR
-from pajama.data.stage import (TEXT_BYTES, Phases, data_context, parquet_schema, read_parquet_dir, rewrite,
+from pajama.data.stage import (TEXT_BYTES, Phases, data_stage_context, parquet_schema, read_parquet_dir, rewrite,
                                shuffle_partitions, text_bytes, text_chunks, totals)
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ ALL_SIGNAL_COLUMNS = {**signals.SIGNAL_COLUMNS, **CCNET_COUNT_COLUMNS, "ccnet_la
 def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """Read the sources and write every record with its signals under `ctx.out_uri`; returns the manifest
     fields (per-slice counts) and logs them and the raw inputs to the stage's run."""
-    with data_context(cfg.shuffle_strategy, shuffle_partitions(cfg)):
+    with data_stage_context(cfg):
         stats = _build_signals_artifact(cfg, ctx, inputs)
     ctx.log_datasets(raw_inputs(cfg), context="raw")
     ctx.log_metrics({f"{key}/{name}": e[key] for name, e in stats["slices"].items() for key in e})

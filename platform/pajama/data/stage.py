@@ -316,7 +316,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     """The data stage: build the data artifact (under `ctx.out_uri`, small files in `ctx.out`),
     resuming the phases an earlier attempt finished there; returns the manifest fields (stats,
     slices, sequences) and logs the per-slice counts and the report to the stage's run."""
-    with data_context(cfg.shuffle_strategy, shuffle_partitions(cfg)):
+    with data_stage_context(cfg):
         manifest = _build_data_artifact(cfg, ctx, inputs["signals"].join("documents"))
     ctx.log_metrics(_stats_metrics(manifest["stats"]))
     distributions = json.loads(storage.read_text(inputs["signals"].join("histograms.json")))
@@ -335,7 +335,7 @@ def data_context(shuffle_strategy: str | None, read_blocks: int | None = None):
     Ray's default of 200 blocks a read is for big clusters: on a few CPUs it cuts every file into
     dozens of small blocks, each a task and an output file of every pass, several times the work
     (the data stage's selection on 12 MB of text: 1.6 s with 200, 0.4 s with 4): the data stages read
-    shuffle_partitions(cfg) blocks.
+    shuffle_partitions(cfg) blocks (data_stage_context).
 
     The reservation (Ray 2.60's ReservationOpResourceAllocator) budgets each execution from the
     cluster's resources as its autoscaling coordinator reports them, which it reads once a second and
@@ -355,6 +355,12 @@ def data_context(shuffle_strategy: str | None, read_blocks: int | None = None):
         yield
     finally:
         context.shuffle_strategy, context.read_op_min_num_blocks, context.op_resource_reservation_enabled = previous
+
+
+def data_stage_context(cfg: DataConfig):
+    """data_context for the references, signals and data stages: data.shuffle_strategy, and reads of
+    shuffle_partitions(cfg) blocks."""
+    return data_context(cfg.shuffle_strategy, shuffle_partitions(cfg))
 
 
 def shuffle_partitions(cfg: DataConfig) -> int:
