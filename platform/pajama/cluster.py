@@ -6,6 +6,13 @@ on loopback only (GCS, raylet, workers, agents, metrics export, Serve replicas),
 running `pajama run` or `pajama serve` exposes nothing to its network. Workers import `pajama` from the node's Python when
 it is installed there (the container image, or `pip install -e .` on a laptop); otherwise the
 driver ships the package to them with runtime_env `py_modules`.
+
+Without the dashboard there is no State API, and Ray Train V2's detached PlacementGroupCleaner, which
+asks the State API every second whether the training controller is alive, cannot tell and warns each
+time ("Failed to query Ray Train Controller actor state"): a hundred lines per training stage. On a
+local instance its job (freeing a dead controller's placement group) ends with the driver anyway, so
+the local instance's workers run `quiet_placement_group_cleaner` first (runtime_env
+`worker_process_setup_hook`), which keeps that logger's errors only.
 """
 
 from __future__ import annotations
@@ -33,13 +40,21 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = None if _installed() else {"py_modules": [str(Path(pajama.__file__).parent)]}
+    runtime_env = {} if _installed() else {"py_modules": [str(Path(pajama.__file__).parent)]}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=True)
         return
     _use_loopback_node_ip()
     # No dashboard: its job API runs code for whoever reaches it, and Pajama does not need it.
+    runtime_env["worker_process_setup_hook"] = f"{__name__}.{quiet_placement_group_cleaner.__name__}"
     ray.init(runtime_env=runtime_env, log_to_driver=True, _node_ip_address=LOOPBACK, include_dashboard=False)
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Keep only the errors of Ray Train's PlacementGroupCleaner (see the module docstring)."""
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def _use_loopback_node_ip() -> None:

@@ -16,8 +16,8 @@ The artifact holds:
                 `duplicate_paragraphs`.
 - `duplicate_paragraphs/`  the hashes of the lines found two or more times across those slices
 - `stats.json`  per slice: records, bytes and bad input read (and bad input naming no slice)
-- `histograms.json`, `histograms.png`  per-slice distributions of the numeric signals
-  (pajama.data.histograms); the data stage draws them again with its recipes' thresholds
+- `histograms.json`  per-slice distributions of the numeric signals (pajama.data.histograms); the data
+  stage draws them with the thresholds of its recipes (one figure, where the recipes are known)
 - `_phases/`    a marker per finished phase (paragraphs, signals): an attempt killed midway resumes
                 after the last finished one, clearing what the unfinished one left.
 
@@ -68,7 +68,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
         stats = _build_signals_artifact(cfg, ctx, inputs)
     ctx.log_datasets(raw_inputs(cfg), context="raw")
     ctx.log_metrics({f"{key}/{name}": e[key] for name, e in stats["slices"].items() for key in e})
-    ctx.log_artifact(ctx.out / "histograms.png")
+    ctx.log_artifact(ctx.out / "histograms.json")
     return {"slices": sorted(stats["slices"]), "stats": stats}
 
 
@@ -100,7 +100,6 @@ def _build_signals_artifact(cfg: DataConfig, ctx: StageContext, inputs: dict) ->
     numeric = histograms.numeric_signals(parquet_schema(documents_uri), list(ALL_SIGNAL_COLUMNS))
     distributions = histograms.compute(read_parquet_dir(documents_uri, ["slice", *numeric]), numeric)
     (ctx.out / "histograms.json").write_text(json.dumps(distributions))
-    histograms.plot(distributions, ctx.out / "histograms.png")
     return stats
 
 
