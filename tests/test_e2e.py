@@ -24,6 +24,8 @@ STAGES = ["references", "signals", "data", "pretrain", "instruct", "chat", "eval
 def test_dag_runs_every_stage_and_serves_a_chat_answer(tiny_project, tiny_dag):
     for stage in STAGES:
         assert f"[pajama] {stage}: running" in tiny_dag.output
+    # Ray Train's placement-group cleaner cannot reach the State API of a dashboard-less local Ray (pajama.cluster)
+    assert "Failed to query Ray Train Controller actor state" not in tiny_dag.output
     _, serve = tiny_project.artifact("serve")
     probe = serve["probe"]
     assert probe["model"] == "pajama-chat" and probe["latency_s"] > 0
