@@ -28,6 +28,7 @@ import json
 import logging
 import shutil
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -70,30 +71,24 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     with data_stage_context(cfg):
         corpora = _reference_texts(cfg, models, read_sources)
     out = ctx.out
-    counts = {}
-    log.info("references: fastText classifiers")
-    for name, targets in CLASSIFIER_TARGETS.items():
-        positives = {target: corpora[target] for target in targets}
-        counts[f"classifier_{name}"] = classifiers.train_classifier(
-            positives, corpora["web"], name, out / "classifiers" / f"{name}.model.bin",
-            samples_per_class=max(getattr(models, t).max_documents for t in targets), seed=ctx.seed,
-            epoch=models.classifier_epochs)
-    log.info("references: DSIR distributions")
-    for dataset, corpus in {**{t: corpora[t] for t in DSIR_TARGETS}, _DSIR_SOURCE: corpora["web"]}.items():
-        dsir.build_distribution(corpus, models.dsir_buckets).save(out / "dsir", dataset, _LANGUAGE)
+    log.info("references: fastText classifiers, DSIR distributions and the perplexity model")
+    # The classifiers and the perplexity model train side by side in threads: fastText and SentencePiece
+    # release the GIL, and each model trains on one thread with its seed, so the files are the same as
+    # when they train one after another.
+    with ThreadPoolExecutor(max_workers=len(CLASSIFIER_TARGETS) + 1) as pool:
+        trained = {
+            name: pool.submit(
+                classifiers.train_classifier, {target: corpora[target] for target in targets}, corpora["web"],
+                name, out / "classifiers" / f"{name}.model.bin",
+                samples_per_class=max(getattr(models, t).max_documents for t in targets), seed=ctx.seed,
+                epoch=models.classifier_epochs)
+            for name, targets in CLASSIFIER_TARGETS.items()}
+        perplexity = pool.submit(_perplexity_model, models, corpora["wikipedia"], out / "perplexity", ctx.seed)
+        for dataset, corpus in {**{t: corpora[t] for t in DSIR_TARGETS}, _DSIR_SOURCE: corpora["web"]}.items():
+            dsir.build_distribution(corpus, models.dsir_buckets).save(out / "dsir", dataset, _LANGUAGE)
+        counts = {f"classifier_{name}": future.result() for name, future in trained.items()}
+        kenlm_file = perplexity.result()
     perplexity_dir = out / "perplexity"
-    if models.perplexity.kenlm:
-        log.info("references: perplexity model from %s", models.perplexity.kenlm)
-        perplexity_dir.mkdir(parents=True)
-        _copy_file(models.perplexity.sentencepiece, perplexity_dir / "lm.sp.model")
-        kenlm_file = "lm.arpa.bin" if models.perplexity.kenlm.endswith(".bin") else "lm.arpa"
-        _copy_file(models.perplexity.kenlm, perplexity_dir / kenlm_file)
-    else:
-        log.info("references: perplexity model (SentencePiece + KenLM %d-gram) from the wikipedia corpus",
-                 models.perplexity.order)
-        _, arpa = ccnet.build_perplexity_model(corpora["wikipedia"], perplexity_dir, order=models.perplexity.order,
-                                               vocab_size=models.perplexity.vocab_size, seed=ctx.seed)
-        kenlm_file = arpa.name
     cutoffs = models.perplexity.cutoffs or ccnet.perplexity_cutoffs(
         ccnet.PerplexityModel(perplexity_dir / "lm.sp.model", perplexity_dir / kenlm_file).perplexities(corpora["web"]))
     manifest = {"models": True, "perplexity_cutoffs": list(cutoffs), "kenlm_file": kenlm_file,
@@ -104,6 +99,21 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     for name in ("references.json", "classifiers", "dsir", "perplexity"):
         ctx.log_artifact(out / name)
     return manifest
+
+
+def _perplexity_model(models: QualityModelsConfig, wikipedia: list[str], perplexity_dir: Path, seed: int) -> str:
+    """cc_net's perplexity model in `perplexity_dir`: the given files, or built from the wikipedia corpus;
+    returns the KenLM file's name."""
+    if models.perplexity.kenlm:
+        log.info("references: perplexity model from %s", models.perplexity.kenlm)
+        perplexity_dir.mkdir(parents=True)
+        _copy_file(models.perplexity.sentencepiece, perplexity_dir / "lm.sp.model")
+        kenlm_file = "lm.arpa.bin" if models.perplexity.kenlm.endswith(".bin") else "lm.arpa"
+        _copy_file(models.perplexity.kenlm, perplexity_dir / kenlm_file)
+        return kenlm_file
+    _, arpa = ccnet.build_perplexity_model(wikipedia, perplexity_dir, order=models.perplexity.order,
+                                           vocab_size=models.perplexity.vocab_size, seed=seed)
+    return arpa.name
 
 
 def _reference_texts(cfg: DataConfig, models: QualityModelsConfig, read_sources) -> dict[str, list[str]]:
