@@ -24,8 +24,10 @@ STAGES = ["references", "signals", "data", "pretrain", "instruct", "chat", "eval
 def test_dag_runs_every_stage_and_serves_a_chat_answer(tiny_project, tiny_dag):
     for stage in STAGES:
         assert f"[pajama] {stage}: running" in tiny_dag.output
-    # Ray Train's placement-group cleaner cannot reach the State API of a dashboard-less local Ray (pajama.cluster)
-    assert "Failed to query Ray Train Controller actor state" not in tiny_dag.output
+    # No known noise: Ray Train's placement-group cleaner cannot reach the State API of a dashboard-less local
+    # Ray (pajama.cluster); MLflow's local dataset source is registered twice (pajama.artifacts.dataset_source).
+    for noise in ("Failed to query Ray Train Controller actor state", "can be interpreted in multiple ways"):
+        assert noise not in tiny_dag.output, noise
     _, serve = tiny_project.artifact("serve")
     probe = serve["probe"]
     assert probe["model"] == "pajama-chat" and probe["latency_s"] > 0

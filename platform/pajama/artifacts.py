@@ -92,17 +92,14 @@ class StageContext:
         """Record inputs as MLflow datasets: {uri, name, digest, source_type, tags} each."""
         if not self.run_id or not entries:
             return
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
         inputs = []
         for entry in entries:
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": local, as meant
-                warnings.simplefilter("ignore", UserWarning)
-                source = HuggingFaceDatasetSource(path=entry["uri"]) if entry["source_type"] == "hf_hub" \
-                    else resolve_dataset_source(entry["uri"])
+            source = HuggingFaceDatasetSource(path=entry["uri"]) if entry["source_type"] == "hf_hub" \
+                else dataset_source(entry["uri"])
             dataset = MetaDataset(source, name=entry["name"], digest=entry["digest"])._to_mlflow_entity()
             tags = [InputTag("mlflow.data.context", context), *(InputTag(k, str(v)) for k, v in entry["tags"].items())]
             inputs.append(DatasetInput(dataset, tags))
@@ -112,6 +109,17 @@ class StageContext:
     def log_dict(self, value: dict, name: str) -> None:
         if self.run_id:
             self._client().log_dict(self.run_id, value, name)
+
+
+def dataset_source(uri: str):
+    """MLflow's dataset source for a path or URI. MLflow 3.17 registers its local-file source class twice, so
+    that a local path "can be interpreted in multiple ways" (the same class both times): that warning is dropped."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways",
+                                UserWarning)
+        return resolve_dataset_source(uri)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
-from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import LoggedModelInput
 from mlflow.tracking import MlflowClient
 
 from pajama import storage
-from pajama.artifacts import Artifact
+from pajama.artifacts import Artifact, dataset_source
 from pajama.config import PajamaConfig
 from pajama.kinds import ModelKind
 from pajama.redact import redact_uri
@@ -100,7 +99,7 @@ def _log_upstream_inputs(upstream: dict[str, Artifact]) -> None:
         model_id = artifact.manifest.get("mlflow_model_id")
         if model_id:
             models.append(LoggedModelInput(model_id))
-        source = resolve_dataset_source(artifact.uri)
+        source = dataset_source(artifact.uri)
         datasets.append(MetaDataset(source, name=f"{stage}:{artifact.fingerprint}", digest=artifact.fingerprint[:16]))
         contexts.append(stage)
         tags.append({"pajama.upstream_run_id": artifact.run_id or "", "pajama.upstream_stage": stage})
