@@ -40,14 +40,15 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {} if _installed() else {"py_modules": [str(Path(pajama.__file__).parent)]}
+    runtime_env = None if _installed() else {"py_modules": [str(Path(pajama.__file__).parent)]}
     if address:
-        ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     _use_loopback_node_ip()
     # No dashboard: its job API runs code for whoever reaches it, and Pajama does not need it.
-    runtime_env["worker_process_setup_hook"] = f"{__name__}.{quiet_placement_group_cleaner.__name__}"
-    ray.init(runtime_env=runtime_env, log_to_driver=True, _node_ip_address=LOOPBACK, include_dashboard=False)
+    local_env = {**(runtime_env or {}),
+                 "worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"}
+    ray.init(runtime_env=local_env, log_to_driver=True, _node_ip_address=LOOPBACK, include_dashboard=False)
 
 
 def quiet_placement_group_cleaner() -> None:
