@@ -18,6 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from pajama.config import resolve_path
 from pajama.data import cleaning
 from pajama.data.readers import FORMATS, read_source
 from pajama.data.readers.common import QUARANTINED_TEXT_CHARS
@@ -594,6 +595,17 @@ def test_text_files_one_book_each_relative_paths_made_absolute(ray_session, tmp_
         str(tmp_path / "cafe.txt"): {"doc_id": str(tmp_path / "cafe.txt"), "slice": "books",
                                      "text": "Le café.\n", "meta": {"title": "cafe"}},
     }
+
+
+def test_bundled_files_have_doc_ids_independent_of_where_the_package_is(ray_session):
+    # Hash choices (samples, splits, shards, dedup ties) follow doc_ids: from two checkouts they must agree.
+    path = resolve_path("bundled:corpus/arxiv.jsonl.gz")
+    with gzip.open(path, "rt") as f:
+        lines = sum(1 for _ in f)
+
+    doc_ids = {r["doc_id"] for r in read_source("jsonl", path).take_all()}
+
+    assert lines > 10 and doc_ids == {f"bundled:corpus/arxiv.jsonl.gz#{n}" for n in range(1, lines + 1)}
 
 
 # --- cleaning without Ray -------------------------------------------------------------------

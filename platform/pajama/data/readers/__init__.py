@@ -34,7 +34,10 @@ rows, batching, file listing and opening).
 
 doc_id is `<file or project path>#<locator>` (jsonl: line number from 1; parquet/hf: row index
 from 0; WARC/WET: WARC-Record-ID; mediawiki: page id; stackexchange: question id; github: path
-inside the repository), or the path itself for `text` and `arxiv`.
+inside the repository), or the path itself for `text` and `arxiv`. A file of the package's bundled
+resources is named as recipes name it (`bundled:corpus/arxiv.jsonl.gz#1`), not by where the package is
+installed: every choice made by a hash of doc_ids (samples, splits, shards, dedup's smallest doc_id)
+is then the same in every checkout, as the fingerprints that name those artifacts are.
 
 Bad input is never skipped silently. The `read_error` column is null for a document, else why
 the record could not be read, naming the file and the record ("<path>: line 7: not JSON (...)").
@@ -63,9 +66,13 @@ question is missing from the dump, which are logged), repository files that are 
 """
 
 import os
+import re
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
+from pajama.config import BUNDLED_PREFIX, RESOURCES_DIR
 from pajama.data.readers.arxiv import read_arxiv
 from pajama.data.readers.common import BadInputError, BadInputPolicy
 from pajama.data.readers.github import read_github
@@ -133,7 +140,22 @@ def read_source(
     if fmt != "hf_hub" and filesystem is None:
         paths = _absolute_local_paths(paths)
     policy = BadInputPolicy(on_bad_input == "fail", max_document_bytes)
-    return reader(paths, slice_name, filesystem=filesystem, policy=policy, **options)
+    documents = reader(paths, slice_name, filesystem=filesystem, policy=policy, **options)
+    if filesystem is None and any(_is_bundled(path) for path in ([paths] if isinstance(paths, str) else paths)):
+        documents = documents.map_batches(_bundled_doc_ids, batch_format="pyarrow", batch_size=None)
+    return documents
+
+
+_BUNDLED_DIR = f"{RESOURCES_DIR}{os.sep}"
+
+
+def _is_bundled(path: str) -> bool:
+    return path.startswith(_BUNDLED_DIR)
+
+
+def _bundled_doc_ids(batch: pa.Table) -> pa.Table:
+    doc_ids = pc.replace_substring_regex(batch.column("doc_id"), f"^{re.escape(_BUNDLED_DIR)}", BUNDLED_PREFIX)
+    return batch.set_column(batch.column_names.index("doc_id"), "doc_id", doc_ids)
 
 
 def _absolute_local_paths(paths: str | list[str]) -> list[str]:
