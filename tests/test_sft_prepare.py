@@ -12,7 +12,7 @@ import pytest
 from pajama.config import SFTConfig, resolve_path
 from pajama.serve.tiny_model import make_tiny_model
 from pajama.sft import IGNORE_INDEX, SFTDataError, load_examples
-from pajama.train import sft
+from pajama.sft import prepare
 
 EVAL_TEXT = "The quick brown fox jumps over the lazy dog near the quiet river bank today."
 
@@ -40,16 +40,16 @@ def test_shards_are_byte_identical_across_runs_and_counts_add_up(ray_session, ba
                               {"format": "instruct_jsonl", "path": planted}],
                     decontaminate_against=[{"format": "instruct_jsonl", "path": evaluation}])
     # Several shards per split; the second run cuts the input into other blocks (other tasks, other order).
-    monkeypatch.setattr(sft, "EXAMPLES_PER_SHARD", 120)
+    monkeypatch.setattr(prepare, "EXAMPLES_PER_SHARD", 120)
     first, second = tmp_path / "first", tmp_path / "second"
-    report = sft.prepare_examples(cfg, base_dir, seed=7, out_uri=str(first))
-    monkeypatch.setattr(sft, "READ_BLOCK_EXAMPLES", 37)
-    assert sft.prepare_examples(cfg, base_dir, seed=7, out_uri=str(second)) == report
+    report = prepare.prepare_examples(cfg, base_dir, seed=7, out_uri=str(first))
+    monkeypatch.setattr(prepare, "READ_BLOCK_EXAMPLES", 37)
+    assert prepare.prepare_examples(cfg, base_dir, seed=7, out_uri=str(second)) == report
     files = shard_files(first)
     assert files == shard_files(second)
     assert len([f for f in files if f.startswith("shards/train/")]) == 4  # ceil(~450 / 120)
     # Another seed: another split and order.
-    sft.prepare_examples(cfg, base_dir, seed=8, out_uri=str(tmp_path / "seed8"))
+    prepare.prepare_examples(cfg, base_dir, seed=8, out_uri=str(tmp_path / "seed8"))
     assert shard_files(tmp_path / "seed8") != files
 
     loaded = len(load_examples("instruct_jsonl", resolve_path("bundled:sft/instruct.jsonl"))) + 3
@@ -60,11 +60,11 @@ def test_shards_are_byte_identical_across_runs_and_counts_add_up(ray_session, ba
     for split in ("train", "eval"):
         r = report[split]
         table = pq.read_table(first / "shards" / split)
-        assert table.column_names == list(sft.PACKED_COLUMNS)
+        assert table.column_names == list(prepare.PACKED_COLUMNS)
         assert all(str(t) == "list<element: int32>" for t in table.schema.types)
         assert table.num_rows == r["sequences"] > 0
         rows = table.to_pylist()
-        assert all(len(row[c]) == cfg.max_length for row in rows for c in sft.PACKED_COLUMNS)
+        assert all(len(row[c]) == cfg.max_length for row in rows for c in prepare.PACKED_COLUMNS)
         # Each packed example starts at position 0 (with its first label masked); padding follows.
         starts = sum(p == 0 for row in rows for p in row["position_ids"][: _used(row)])
         assert starts == r["examples"] - r["dropped_no_response"]
@@ -85,7 +85,7 @@ def test_a_bad_record_stops_the_stage_naming_its_file_and_line(ray_session, base
     cfg = SFTConfig(style="instruct", datasets=[{"format": "instruct_jsonl", "path": str(bad)}],
                     shuffle_strategy="sort_shuffle_pull_based")
     with pytest.raises(SFTDataError, match=rf"{bad}:2: missing field 'response'"):
-        sft.prepare_examples(cfg, base_dir, seed=0, out_uri=str(tmp_path / "out"))
+        prepare.prepare_examples(cfg, base_dir, seed=0, out_uri=str(tmp_path / "out"))
 
 
 def test_a_hub_dataset_is_read_file_by_file(tmp_path, monkeypatch):
@@ -101,7 +101,7 @@ def test_a_hub_dataset_is_read_file_by_file(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     cfg = SFTConfig(style="instruct", datasets=[{"format": "p3", "path": "hf://datasets/org/ni",
                                                  "options": {"data_files": "train/*", "task": "ni"}}])
-    units = sft.read_units(cfg.datasets)
+    units = prepare.read_units(cfg.datasets)
     assert [json.loads(u["options"]) for u in units] == [{"task": "ni", "data_files": "train/task1.jsonl"},
                                                         {"task": "ni", "data_files": "train/task2.jsonl"}]
     # Each unit is what one task loads: that one file, in the dataset's format.

@@ -38,10 +38,12 @@ their input order inside a sequence, and sequences are ordered by their first ex
 from __future__ import annotations
 
 import bisect
-
-import torch
+from typing import TYPE_CHECKING
 
 from pajama.sft.templates import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
 
 
 def truncate_example(example: dict, max_length: int, min_response_tokens: int = 16) -> dict:
@@ -122,13 +124,19 @@ def pack_examples(
     return sequences, report
 
 
-def block_diagonal_attention_mask(segment_ids, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def block_diagonal_attention_mask(segment_ids, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A (batch, 1, seq, seq) causal mask letting a token see only earlier tokens of its own segment.
 
     `segment_ids` is (batch, seq) or (seq,), as from `pack_examples`. Padding (segment 0) sees
     earlier padding only, so no row is fully masked. `dtype=torch.bool` gives True = attend (SDPA
-    only); a float dtype gives an additive mask, 0 or the dtype's minimum (eager and SDPA).
+    only); a float dtype (default torch.float32) gives an additive mask, 0 or the dtype's minimum
+    (eager and SDPA).
     """
+    # torch is imported here, not with the module: packing runs in Ray Data workers (and pajama.sft is
+    # imported by the data stage's), which would each pay seconds for an import they never use.
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     segments = torch.as_tensor(segment_ids)
     if segments.dim() == 1:
         segments = segments.unsqueeze(0)
