@@ -20,8 +20,9 @@ smaller) / CPUs: the fixed costs (Ray's start, stage set-up, training the tokeni
 sample) cancel out.
 The last line is a CPU reference measured before and after the runs (fastText language id over the bundled
 corpus on one core): on a shared or throttled machine every figure above moves with it.
-A warm-up run (untimed) starts Ray's workers and loads the models first; each size runs `--repeats` times,
-the two sizes alternating, and its fastest run counts.
+A warm-up run (untimed) starts Ray's workers and loads the models first; each size runs `--repeats` times
+(default 3), the two sizes alternating, and its fastest run counts: the machine's noise only ever adds time,
+so the fastest run is the closest to the work's own cost.
 RedPajama-1T is about 5 TB of text (its dataset card: 1.2T tokens; ~4.2 bytes a token), so at that rate
 it needs 5e6 MB / rate core-seconds. Target (issue 15): >= 0.58 MB/s per core with every signal on, which
 rebuilds RedPajama-1T on 100 cores in a day.
@@ -155,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs (default 2)")
     parser.add_argument("--copies", type=int, default=4, help="the larger size, in copies of the corpus (default 4)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each size; the fastest counts (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each size; the fastest counts (default 3)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
