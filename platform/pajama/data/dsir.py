@@ -12,7 +12,8 @@ What follows RPv2 exactly:
 - score = sum over buckets b of features[b] * (log(p_target[b] + 1e-8) - log(p_source[b] + 1e-8)), with
   p = counts / counts.sum();
 - the length-corrected score adds log(pmf(len; lambda_target) + 1e-8) - log(pmf(len; lambda_source) + 1e-8),
-  pmf being scipy.stats.poisson.pmf, logged after the +1e-8 as RPv2 does (the pmf underflows to 0 for long
+  pmf being scipy.stats.poisson.pmf (computed here with its own formula, exp(xlogy(k, lambda) -
+  gammaln(k + 1) - lambda), which gives the same floats without importing scipy.stats), logged after the +1e-8 as RPv2 does (the pmf underflows to 0 for long
   documents and the term is then 0). `len` is len(text), the number of characters, because RPv2 passes
   len(Document), which is the length of the raw content, while lambda is a mean word count: RPv2's
   mismatch, kept so that the values mean what RPv2's do;
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import xxhash
-from scipy.stats import poisson
+from scipy.special import gammaln, xlogy
 
 from pajama.data.signals import raw_words
 
@@ -132,8 +133,8 @@ def _importance_weights(
     _, feature_doc, feature_bucket = features
     scores = np.bincount(feature_doc, weights=log_ratio[feature_bucket], minlength=len(texts))
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
-    length_correction = np.log(poisson.pmf(lengths, target.mean_words) + _SMOOTHING) - np.log(
-        poisson.pmf(lengths, source.mean_words) + _SMOOTHING
+    length_correction = np.log(_poisson_pmf(lengths, target.mean_words) + _SMOOTHING) - np.log(
+        _poisson_pmf(lengths, source.mean_words) + _SMOOTHING
     )
     plain = [round(float(score), PRECISION) if length else None for score, length in zip(scores, lengths)]
     corrected = [
@@ -141,6 +142,10 @@ def _importance_weights(
         for score, correction, length in zip(scores, length_correction, lengths)
     ]
     return plain, corrected
+
+
+def _poisson_pmf(k: np.ndarray, mean: float) -> np.ndarray:
+    return np.exp(xlogy(k, mean) - gammaln(k + 1) - mean)
 
 
 def _features(texts: list[str], buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
