@@ -12,11 +12,11 @@ What follows RPv2 exactly:
 - score = sum over buckets b of features[b] * (log(p_target[b] + 1e-8) - log(p_source[b] + 1e-8)), with
   p = counts / counts.sum();
 - the length-corrected score adds log(pmf(len; lambda_target) + 1e-8) - log(pmf(len; lambda_source) + 1e-8),
-  pmf being scipy.stats.poisson.pmf (computed here with its own formula, exp(xlogy(k, lambda) -
-  gammaln(k + 1) - lambda), which gives the same floats without importing scipy.stats), logged after the +1e-8 as RPv2 does (the pmf underflows to 0 for long
-  documents and the term is then 0). `len` is len(text), the number of characters, because RPv2 passes
-  len(Document), which is the length of the raw content, while lambda is a mean word count: RPv2's
-  mismatch, kept so that the values mean what RPv2's do;
+  pmf being scipy.stats.poisson.pmf (computed with that function's own formula, exp(xlogy(k, lambda) -
+  gammaln(k + 1) - lambda): the same floats without importing scipy.stats), logged after the +1e-8 as
+  RPv2 does (the pmf underflows to 0 for long documents and the term is then 0). `len` is len(text), the
+  number of characters, because RPv2 passes len(Document), which is the length of the raw content, while
+  lambda is a mean word count: RPv2's mismatch, kept so that the values mean what RPv2's do;
 - null for an empty text (a whitespace-only text has no features and scores 0.0, as in RPv2); values are
   rounded to 8 decimals (Python's round, as RPv2);
 - files: `{dataset}.{lang}.{buckets}.counts.npy` (int64 counts) and `{dataset}.{lang}.lambda.npy` (a 0-d
