@@ -66,13 +66,9 @@ question is missing from the dump, which are logged), repository files that are 
 """
 
 import os
-import re
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
-from pajama.config import BUNDLED_PREFIX, RESOURCES_DIR
 from pajama.data.readers.arxiv import read_arxiv
 from pajama.data.readers.common import BadInputError, BadInputPolicy
 from pajama.data.readers.github import read_github
@@ -140,22 +136,7 @@ def read_source(
     if fmt != "hf_hub" and filesystem is None:
         paths = _absolute_local_paths(paths)
     policy = BadInputPolicy(on_bad_input == "fail", max_document_bytes)
-    documents = reader(paths, slice_name, filesystem=filesystem, policy=policy, **options)
-    if filesystem is None and any(_is_bundled(path) for path in ([paths] if isinstance(paths, str) else paths)):
-        documents = documents.map_batches(_bundled_doc_ids, batch_format="pyarrow", batch_size=None)
-    return documents
-
-
-_BUNDLED_DIR = f"{RESOURCES_DIR}{os.sep}"
-
-
-def _is_bundled(path: str) -> bool:
-    return path.startswith(_BUNDLED_DIR)
-
-
-def _bundled_doc_ids(batch: pa.Table) -> pa.Table:
-    doc_ids = pc.replace_substring_regex(batch.column("doc_id"), f"^{re.escape(_BUNDLED_DIR)}", BUNDLED_PREFIX)
-    return batch.set_column(batch.column_names.index("doc_id"), "doc_id", doc_ids)
+    return reader(paths, slice_name, filesystem=filesystem, policy=policy, **options)
 
 
 def _absolute_local_paths(paths: str | list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from xml.etree import ElementTree
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from ray.data._internal.util import RetryingPyFileSystem
 from ray.data.block import BlockMetadata
@@ -25,6 +26,7 @@ from ray.data.datasource.file_based_datasource import FileBasedDatasource, _has_
 from ray.data.datasource.file_meta_provider import DefaultFileMetadataProvider
 from resiliparse.parse.encoding import bytes_to_str
 
+from pajama.config import BUNDLED_PREFIX, RESOURCES_DIR
 from pajama.data.slices import DOCUMENT_COLUMNS, READ_ERROR
 
 DOCUMENT_SCHEMA = pa.schema([(column, pa.string()) for column in (*DOCUMENT_COLUMNS, READ_ERROR)])
@@ -109,10 +111,10 @@ def batched_tables(
         rows.append(item)
         text_chars += len(item["text"])
         if len(rows) >= BATCH_ROWS or text_chars >= BATCH_TEXT_CHARS:
-            yield pa.Table.from_pylist(rows, schema=schema)
+            yield _named_as_in_recipes(pa.Table.from_pylist(rows, schema=schema), path)
             rows, text_chars = [], 0
     if rows:
-        yield pa.Table.from_pylist(rows, schema=schema)
+        yield _named_as_in_recipes(pa.Table.from_pylist(rows, schema=schema), path)
     if rejected:
         listed = "\n".join(f"  {r.where}: {r.reason}" for r in rejected[:_MAX_LISTED_BAD_RECORDS])
         more = len(rejected) - _MAX_LISTED_BAD_RECORDS
@@ -121,6 +123,18 @@ def batched_tables(
             + listed
             + (f"\n  ... and {more} more" if more > 0 else "")
         )
+
+
+_BUNDLED_DIR = f"{RESOURCES_DIR}{os.sep}"
+
+
+def _named_as_in_recipes(table: pa.Table, path: str) -> pa.Table:
+    """The table with the doc_ids of a bundled file (one of the package's resources) named as recipes name
+    that file, `bundled:corpus/arxiv.jsonl.gz#1`, not by where the package is installed (see pajama.data.readers)."""
+    if not path.startswith(_BUNDLED_DIR):
+        return table
+    doc_ids = pc.replace_substring(table.column("doc_id"), _BUNDLED_DIR, BUNDLED_PREFIX, max_replacements=1)
+    return table.set_column(table.schema.get_field_index("doc_id"), "doc_id", doc_ids)
 
 
 def decode_source_file(data: bytes) -> str:
