@@ -71,6 +71,7 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
     with data_stage_context(cfg):
         corpora = _reference_texts(cfg, models, read_sources)
     out = ctx.out
+    perplexity_dir = out / "perplexity"
     log.info("references: fastText classifiers, DSIR distributions and the perplexity model")
     # The classifiers and the perplexity model train side by side in threads: fastText and SentencePiece
     # release the GIL, and each model trains on one thread with its seed, so the files are the same as
@@ -83,12 +84,11 @@ def run(cfg: DataConfig, ctx: StageContext, inputs: dict) -> dict:
                 samples_per_class=max(getattr(models, t).max_documents for t in targets), seed=ctx.seed,
                 epoch=models.classifier_epochs)
             for name, targets in CLASSIFIER_TARGETS.items()}
-        perplexity = pool.submit(_perplexity_model, models, corpora["wikipedia"], out / "perplexity", ctx.seed)
+        perplexity = pool.submit(_perplexity_model, models, corpora["wikipedia"], perplexity_dir, ctx.seed)
         for dataset, corpus in {**{t: corpora[t] for t in DSIR_TARGETS}, _DSIR_SOURCE: corpora["web"]}.items():
             dsir.build_distribution(corpus, models.dsir_buckets).save(out / "dsir", dataset, _LANGUAGE)
         counts = {f"classifier_{name}": future.result() for name, future in trained.items()}
         kenlm_file = perplexity.result()
-    perplexity_dir = out / "perplexity"
     cutoffs = models.perplexity.cutoffs or ccnet.perplexity_cutoffs(
         ccnet.PerplexityModel(perplexity_dir / "lm.sp.model", perplexity_dir / kenlm_file).perplexities(corpora["web"]))
     manifest = {"models": True, "perplexity_cutoffs": list(cutoffs), "kenlm_file": kenlm_file,
@@ -111,6 +111,8 @@ def _perplexity_model(models: QualityModelsConfig, wikipedia: list[str], perplex
         kenlm_file = "lm.arpa.bin" if models.perplexity.kenlm.endswith(".bin") else "lm.arpa"
         _copy_file(models.perplexity.kenlm, perplexity_dir / kenlm_file)
         return kenlm_file
+    log.info("references: perplexity model (SentencePiece + KenLM %d-gram) from the wikipedia corpus",
+             models.perplexity.order)
     _, arpa = ccnet.build_perplexity_model(wikipedia, perplexity_dir, order=models.perplexity.order,
                                            vocab_size=models.perplexity.vocab_size, seed=seed)
     return arpa.name
