@@ -20,15 +20,15 @@ smaller) / CPUs: the fixed costs (Ray's start, stage set-up, training the tokeni
 sample) cancel out.
 The last line is a CPU reference measured before and after the runs (fastText language id over the bundled
 corpus on one core): on a shared or throttled machine every figure above moves with it.
-A warm-up run (untimed) starts Ray's workers and loads the models first; each size runs `--repeats` times
-(default 3), the two sizes alternating, and its fastest run counts: the machine's noise only ever adds time,
-so the fastest run is the closest to the work's own cost.
+A warm-up run (untimed) starts Ray's workers and loads the models first; each mode runs each size
+`--repeats` times (default 3), the four (mode, size) runs taking turns, and the fastest of each counts: the
+machine's noise only ever adds time, so the fastest run is the closest to the work's own cost.
 RedPajama-1T is about 5 TB of text (its dataset card: 1.2T tokens; ~4.2 bytes a token), so at that rate
 it needs 5e6 MB / rate core-seconds. Target (issue 15): >= 0.58 MB/s per core with every signal on, which
 rebuilds RedPajama-1T on 100 cores in a day.
 
-    python benchmarks/data_stage_scaling.py                 # 2 CPUs, 1x and 4x
-    python benchmarks/data_stage_scaling.py --cpus 8 --copies 8
+    python benchmarks/data_stage_scaling.py                 # 2 CPUs, 1x and 8x
+    python benchmarks/data_stage_scaling.py --cpus 8 --copies 16
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def _config(corpus: Path, all_signals: bool):
 
     # The tokenizer trains on a sample of a fixed size at any corpus size (tokenizer.sample_documents):
     # 1,000 documents, fewer than the 1x corpus keeps, so that both sizes train on the same amount and
-    # training cancels out like the other fixed costs (the tiny recipe's 5,000 would take the whole
-    # corpus at 1x and at 4x, a cost that grows with the corpus here but not at RedPajama's size).
+    # training cancels out like the other fixed costs (the tiny recipe's 5,000 would take the whole 1x
+    # corpus and more at the larger size: a cost that grows with the corpus here but not at RedPajama's size).
     cfg = load_config("tiny", [f"data.sources=[{{format: jsonl, path: '{corpus}/*.jsonl.gz'}}]",
                                "data.tokenizer.sample_documents=1000"])
     return cfg.data if all_signals else cfg.data.model_copy(update={"quality_models": None})
@@ -155,7 +155,8 @@ def cpu_reference() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs (default 2)")
-    parser.add_argument("--copies", type=int, default=4, help="the larger size, in copies of the corpus (default 4)")
+    # 8x: a difference of ~17 s on 2 CPUs, against a second or two of a noisy machine's jitter (4x: ~8 s)
+    parser.add_argument("--copies", type=int, default=8, help="the larger size, in copies of the corpus (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each size; the fastest counts (default 3)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -173,19 +174,21 @@ def main() -> None:
         references = {all_signals: build_references(_config(tmp / "corpus-1x", all_signals), tmp / f"models-{all_signals}")
                       for all_signals in (True, False)}
         run_stages(_config(tmp / "corpus-1x", True), references[True], tmp / "warm-up")
+        modes = {"all signals": True, "rule signals only": False}
+        seconds = {(label, copies): float("inf") for label in modes for copies in sizes}
+        # Every (mode, size) runs once per repeat, in turn, so that a slow spell of a shared machine falls
+        # on all four rather than on one mode or one size.
+        for r in range(args.repeats):
+            for label, copies in seconds:
+                data_cfg = _config(tmp / f"corpus-{copies}x", modes[label])
+                seconds[label, copies] = min(seconds[label, copies], run_stages(
+                    data_cfg, references[modes[label]], tmp / f"run-{label}-{copies}-{r}"))
         rates = {}
-        for all_signals, label in ((True, "all signals"), (False, "rule signals only")):
-            seconds = {1: float("inf"), args.copies: float("inf")}
-            # The sizes alternate, so that a slow spell of a shared machine falls on both.
-            for r in range(args.repeats):
-                for copies in seconds:
-                    data_cfg = _config(tmp / f"corpus-{copies}x", all_signals)
-                    seconds[copies] = min(seconds[copies], run_stages(data_cfg, references[all_signals],
-                                                                      tmp / f"run-{label}-{copies}-{r}"))
-            rate = (sizes[args.copies] - sizes[1]) / (seconds[args.copies] - seconds[1]) / args.cpus
-            rates[label] = rate
-            print(f"{label}: 1x {seconds[1]:.1f} s, {args.copies}x {seconds[args.copies]:.1f} s, "
-                  f"marginal {rate:.3f} MB/s per core", flush=True)
+        for label in modes:
+            small, large = (seconds[label, copies] for copies in sizes)
+            rates[label] = (sizes[args.copies] - sizes[1]) / (large - small) / args.cpus
+            print(f"{label}: 1x {small:.1f} s, {args.copies}x {large:.1f} s, "
+                  f"marginal {rates[label]:.3f} MB/s per core", flush=True)
         rate = rates["all signals"]
         core_hours = REDPAJAMA_1T_MB / rate / 3600
         print(f"all signals / rule signals only: {rates['all signals'] / rates['rule signals only']:.2f}x the throughput")
