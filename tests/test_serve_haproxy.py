@@ -22,9 +22,14 @@ from test_serve import (  # noqa: F401 - collected here, against this module's s
 )
 
 
+# An ingress replica that stops keeps serving for 30 s (Serve's default), time for a cloud load balancer
+# to take it out of rotation; here nothing routes around it, so the wait would only add to the teardown.
+NO_DRAIN_WAIT = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from test_serve.running_server(tmp_path_factory, HIGH_THROUGHPUT_ENV)
+    yield from test_serve.running_server(tmp_path_factory, {**HIGH_THROUGHPUT_ENV, **NO_DRAIN_WAIT})
 
 
 def test_haproxy_listens_on_the_serve_port(server):
