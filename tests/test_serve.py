@@ -28,6 +28,7 @@ KEY_ENV = "PAJAMA_TEST_SERVE_API_KEY"
 MODEL = "chat"
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]
 HANG_MARKER = "please hang the generation thread"  # the engine's test hook (PAJAMA_TEST_HANG_ON)
+BODY_TIMEOUT_S = 5
 
 
 def running_server(tmp_path_factory, ray_env: dict[str, str]):
@@ -45,6 +46,7 @@ def running_server(tmp_path_factory, ray_env: dict[str, str]):
                 "num_cpus": 1,
                 "num_gpus": 0,
                 "stall_timeout_s": 3,
+                "request_body_timeout_s": BODY_TIMEOUT_S,
                 "default_max_tokens": 16,
                 "health_check_period_s": 1,
             },
@@ -344,6 +346,36 @@ def test_api_key_is_required_when_set(server):
     assert page.status_code == 200 and 'id="api-key"' in page.text and "/v1/chat/completions" in page.text
 
 
+def test_a_stalled_body_gets_408_without_holding_up_others(server):
+    """A client that sends half its body and waits gets 408 once `request_body_timeout_s` has passed (Ray
+    Serve's retry of a request whose body the first replica had read looks the same to the replica)."""
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode()
+
+    async def stalled():
+        reader, writer = await asyncio.open_connection(host, int(port))
+        started = time.monotonic()
+        writer.write(f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=60)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        payload = json.loads(await reader.readexactly(length))
+        writer.close()
+        return int(head.split(b" ")[1]), payload, time.monotonic() - started
+
+    async def both():
+        async with httpx.AsyncClient(timeout=60) as http:
+            ok = http.post(f"{server.base_url}{CHAT}", json={"model": MODEL, "messages": HELLO, "max_tokens": 2},
+                           headers={"Authorization": f"Bearer {API_KEY}"})
+            return await asyncio.gather(stalled(), ok)
+
+    (status, payload, seconds), ok = asyncio.run(both())
+    assert status == 408 and payload["error"]["code"] == "request_timeout", payload
+    assert BODY_TIMEOUT_S <= seconds < BODY_TIMEOUT_S + 20, seconds
+    assert ok.status_code == 200
+
+
 # ----------------------------------------------------------------------------------------------
 # The playground in headless Chromium, driven over the DevTools protocol
 
@@ -533,12 +565,15 @@ def test_killed_replica_is_restarted_and_only_in_flight_requests_fail(server):
     assert "at" in killed and len(results) == 160
     in_flight = [r for r in results if r[0] < killed["at"] < r[1]]
     failed = [r for r in results if r[2] != 200]
-    print(f"replica killed with {len(in_flight)} requests in flight; {len(failed)} requests failed")
+    print(f"replica killed with {len(in_flight)} requests in flight; {len(failed)} requests failed: "
+          f"{sorted(r[2] for r in failed)}")
     # Only requests that were in flight at the kill fail, and they fail cleanly (503 with a body).
-    # Some may not fail at all: the router retries a request the dead replica had not taken yet.
+    # Some may not fail at all: the router retries a request the dead replica had not taken yet. A
+    # request whose body the dead replica had read is retried too, without its body (Ray's proxy sends
+    # it once): 408 after request_body_timeout_s, which clients retry, where it would wait forever.
     assert in_flight, "the replica should have been killed under load"
     assert all(r in in_flight for r in failed)
-    assert {r[2] for r in failed} <= {500, 503}
+    assert {r[2] for r in failed} <= {408, 500, 503}
     # Serve replaced the replica, and everything sent after it came back succeeded.
     (replacement,) = _model_replica_names()
     assert replacement != victim

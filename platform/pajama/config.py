@@ -540,6 +540,10 @@ class ServeAppOptions(ReplicaOptions):
     max_request_bytes: int = Field(1 << 20, ge=1024, json_schema_extra=NOT_FINGERPRINTED)
     """Bounded cost per request: larger bodies are refused before they are read whole (413). 1 MiB holds
     any prompt a Pajama context can take."""
+    request_body_timeout_s: float = Field(30.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
+    """A body not read whole this long after its request reached a replica gets 408 (clients send the
+    request again): a stalled client holds nothing longer, and neither does a request that Ray Serve
+    retried on another replica after the first had read its body (the proxy does not send it twice)."""
     max_prompt_chars: int = Field(256 * 1024, ge=1, json_schema_extra=NOT_FINGERPRINTED)
     """Longer prompts are refused before they are tokenized (400)."""
     ingress_num_cpus: float = Field(0.5, ge=0)

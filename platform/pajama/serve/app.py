@@ -57,7 +57,8 @@ def build_app(args: dict) -> serve.Application:
     tracking_uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     storage_uri = config.storage_uri or os.environ.get("PAJAMA_STORAGE_URI")
     kinds = {spec.name: spec.kind for spec in config.models}
-    limits = config.model_dump(include={"max_request_bytes", "max_prompt_chars", "sse_keepalive_s"})
+    limits = config.model_dump(include={"max_request_bytes", "request_body_timeout_s", "max_prompt_chars",
+                                        "sse_keepalive_s"})
     ingress_args = (kinds, limits, config.api_key_env, config.log_interval_s)
     if config.engine == "vllm":
         if _vllm_usable(config):

@@ -6,7 +6,8 @@ records metrics, and serves the playground page. Its rules for what a client get
 
 - every mistake of the client is a 4xx naming it (413 for a body over `max_request_bytes`, 415
   for a JSON endpoint called without `Content-Type: application/json`, which also keeps web pages
-  from posting to a keyless local server with a "simple" cross-site request);
+  from posting to a keyless local server with a "simple" cross-site request, 408 for a body that has
+  not arrived whole within `request_body_timeout_s`, which OpenAI's clients send again);
 - 503 only where a retry can help (a replica died or is overloaded), 500 for anything else;
 - an error of one request is that request's alone, in-band once a stream has started;
 - metric labels take only bounded values: a model name the app does not serve is "unknown".
@@ -224,8 +225,8 @@ def _no_json_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
-async def read_json_body(request: Request, max_bytes: int) -> dict:
-    """The request's JSON object, read only as far as `max_bytes` allow."""
+async def read_json_body(request: Request, max_bytes: int, timeout_s: float) -> dict:
+    """The request's JSON object, read only as far as `max_bytes` allow and only for `timeout_s` seconds."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise APIError(415, "Send the request body as JSON with 'Content-Type: application/json'.", code="unsupported_media_type")
@@ -237,10 +238,18 @@ async def read_json_body(request: Request, max_bytes: int) -> dict:
     if declared > max_bytes:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():  # chunked bodies declare no length: count while reading
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():  # chunked bodies declare no length: count while reading
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_large
+    except TimeoutError:
+        # A client that stalls, or a request Ray Serve retried on another replica after the first had
+        # read its body: the proxy does not send a body twice, so without a bound it would wait forever.
+        logger.warning("request body incomplete after %.0f s (%d bytes read): 408", timeout_s, len(body))
+        raise APIError(408, f"The request body did not arrive within {timeout_s:g} s; send the request again.",
+                       code="request_timeout") from None
     try:
         payload = json.loads(body, parse_constant=_no_json_constant)
         # A \ud800 escape decodes to a lone surrogate, which no tokenizer (nor UTF-8) can take.
@@ -339,6 +348,7 @@ class OpenAIIngress:
         self.models = {name: _served(model) for name, model in models.items()}
         self.kinds = kinds
         self.max_request_bytes = limits["max_request_bytes"]
+        self.request_body_timeout_s = limits["request_body_timeout_s"]
         self.max_prompt_chars = limits["max_prompt_chars"]
         self.sse_keepalive_s = limits["sse_keepalive_s"]
         self.api_key = os.environ.get(api_key_env) or None
@@ -416,7 +426,7 @@ class OpenAIIngress:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     async def _parse(self, request: Request, schema: type[BaseModel]) -> BaseModel:
-        payload = await read_json_body(request, self.max_request_bytes)
+        payload = await read_json_body(request, self.max_request_bytes, self.request_body_timeout_s)
         try:
             return schema.model_validate(payload)
         except ValidationError as error:
