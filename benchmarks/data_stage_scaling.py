@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs (default 2)")
     # 8x: a difference of ~17 s on 2 CPUs, against a second or two of a noisy machine's jitter (4x: ~8 s)
     parser.add_argument("--copies", type=int, default=8, help="the larger size, in copies of the corpus (default 8)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each size; the fastest counts (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each mode and size; the fastest counts (default 3)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
