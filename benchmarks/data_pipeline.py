@@ -31,10 +31,10 @@ counts distinct stop words, takes "-" as a bullet and "'" as terminal punctuatio
 ipsum" and "{" only in the lines C4 keeps; Pajama uses RedPajama-V2's signal definitions (normalised
 words, a sentence regex, stop-word occurrences; pajama.data.signals).
 
-Tokenize-and-pack: the data stage's pack steps (`_assign_shards`: Rust `tokenizers` encode_batch_fast of
-each document and its shard; `_pack_shard`: a shard's documents sorted by doc_id, EOD after each document,
-each slice's stream cut into seq_len rows, shuffled, written as parquet) against the same tokenizer's bare
-`encode_batch`
+Tokenize-and-pack: the data stage's pack steps (`_assign_shards`: each document encoded as the stage
+encodes it, with tiktoken for this byte-level BPE (pajama.data.tokenizer.BatchEncoder), and its shard;
+`_pack_shard`: a shard's documents sorted by doc_id, EOD after each document, each slice's stream cut into
+seq_len rows, shuffled, written as parquet) against the same tokenizer's bare `tokenizers` encode_batch
 over the same texts (the whole bundled corpus, `--pack-copies` times, in groups of the stage's shard
 size), in this process, alternating, median of `--repeats` rounds. The tokenizer is a byte-level BPE
 trained on the corpus (the tiny preset's vocab of 4096).
@@ -404,14 +404,14 @@ def filter_benchmark(args, work: Path) -> dict:
 
 def pajama_pack_function(tokenizer_json: str, eos_token_id: int, seq_len: int, slices: list[str], directory: Path):
     """The data stage's tokenize-and-pack steps (`_assign_shards`, `_pack_shard`) as a function of one shard's
-    documents: encode_batch_fast, sort by doc_id, EOD, cut each slice's stream into seq_len rows, shuffle,
+    documents: encode (BatchEncoder), sort by doc_id, EOD, cut each slice's stream into seq_len rows, shuffle,
     write parquet (every document to train shard 0)."""
     from pajama.data.stage import _assign_shards, _pack_shard
 
     (directory / "train").mkdir(parents=True, exist_ok=True)
     shard_counts = {"train_shards": 1, "eval_shards": 1}
     return lambda docs: _pack_shard(
-        _assign_shards(docs, tokenizer_json=tokenizer_json, eval_fraction=0.0, weights=None, salt="0", **shard_counts),
+        _assign_shards(docs, tokenizer_json=tokenizer_json, encoder="auto", eval_fraction=0.0, weights=None, salt="0", **shard_counts),
         eos_token_id=eos_token_id, seq_len=seq_len, slices=slices, shards_uri=str(directory), seed=0, **shard_counts)
 
 

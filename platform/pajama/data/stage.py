@@ -61,14 +61,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data.context import ShuffleStrategy
-from tokenizers import Tokenizer
 
 from pajama import storage
 from pajama.artifacts import StageContext
 from pajama.config import DataConfig
 from pajama.data import decontam, dedup, filters, histograms, signals
 from pajama.data.slices import READ_ERROR, SLICES
-from pajama.data.tokenizer import load_tokenizer, train_bpe
+from pajama.data.tokenizer import BatchEncoder, batch_encoder, load_tokenizer, train_bpe
 from pajama.train.shards import ROW_GROUP_SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -195,7 +194,7 @@ def mixture_weights(cfg: DataConfig, bytes_per_slice: dict[str, int],
 _BYTES_PER_TOKEN_SAMPLE = 2000
 
 
-def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
+def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, encoder: str, salt: str,
                      documents_per_slice: dict[str, int]) -> dict[str, float]:
     """UTF-8 bytes per token of each slice, counted with the data's tokenizer on a doc_id-hash
     sample of about _BYTES_PER_TOKEN_SAMPLE documents a slice."""
@@ -206,10 +205,10 @@ def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
                                        zip(batch.column("doc_id").to_pylist(), batch.column("slice").to_pylist())],
                                       pa.bool_()))
         texts = batch.column("text").to_pylist()
-        encoded = _rust_tokenizer(tokenizer_json).encode_batch_fast(texts, add_special_tokens=False)
+        encoded = batch_encoder(tokenizer_json, encoder).encode(texts)
         return pa.table({"slice": batch.column("slice"),
                          "bytes": pa.array([len(t.encode("utf-8")) for t in texts], pa.int64()),
-                         "tokens": pa.array([len(e.ids) for e in encoded], pa.int64())})
+                         "tokens": pa.array([len(ids) for ids in encoded], pa.int64())})
 
     per_slice = totals(docs.map_batches(count, batch_format="pyarrow"), ["slice"], ("bytes", "tokens"))
     return {row["slice"]: row["bytes"] / row["tokens"] for row in per_slice if row["tokens"]}
@@ -219,20 +218,24 @@ def _bytes_per_token(docs: ray.data.Dataset, tokenizer_json: str, salt: str,
 _BYTES_PER_TOKEN = 4
 
 
-def _assign_shards(batch: pa.Table, tokenizer_json: str, eval_fraction: float, weights: dict[str, float] | None,
-                   train_shards: int, eval_shards: int, salt: str) -> pa.Table:
+def _assign_shards(batch: pa.Table, tokenizer_json: str, encoder: str, eval_fraction: float,
+                   weights: dict[str, float] | None, train_shards: int, eval_shards: int, salt: str) -> pa.Table:
     """Each document's tokens (`input_ids`, in place of its text), its split (a hash of its doc_id, below
     eval_fraction: eval), its train copies (up-sampled by `weights`, None: one), and its shard: a hash of its
     doc_id, so a random sample of the corpus. `_shard` numbers the shards of both splits at once: train
-    0 .. train_shards-1, then eval. Tokenizing here spreads it over every block, not over the few shards."""
-    # encode_batch_fast: the same ids without the character offsets, which packing never reads
-    encoded = _rust_tokenizer(tokenizer_json).encode_batch_fast(batch.column("text").to_pylist(),
-                                                                add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encoded), np.int32, len(encoded))
-    offsets = pa.array(np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int32))
-    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encoded), np.int32, int(lengths.sum()))
-    batch = batch.drop_columns(["text"]).append_column("input_ids", pa.ListArray.from_arrays(offsets, pa.array(flat)))
+    0 .. train_shards-1, then eval. Tokenizing here spreads it over every block, not over the few shards.
+
+    `encoder` (data.tokenizer.encoder): where it is tiktoken, a doc_id-hash sample of ENCODER_CHECK_FRACTION
+    of the documents is encoded with `tokenizers` too, and a difference stops the stage."""
+    encoder_of_batch = batch_encoder(tokenizer_json, encoder)
+    texts = batch.column("text").to_pylist()
     doc_ids = batch.column("doc_id").to_pylist()
+    _check_encoder(encoder_of_batch, texts, doc_ids, salt)
+    encoded = encoder_of_batch.encode(texts)
+    lengths = np.fromiter((len(ids) for ids in encoded), np.int32, len(encoded))
+    offsets = pa.array(np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int32))
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
+    batch = batch.drop_columns(["text"]).append_column("input_ids", pa.ListArray.from_arrays(offsets, pa.array(flat)))
     in_eval = pa.array([hash_unit(d, salt + ":eval") < eval_fraction for d in doc_ids], pa.bool_())
     train, evaluation = batch.filter(pc.invert(in_eval)), batch.filter(in_eval)
     if weights:
@@ -244,12 +247,19 @@ def _assign_shards(batch: pa.Table, tokenizer_json: str, eval_fraction: float, w
     return pa.concat_tables(parts)
 
 
-@functools.lru_cache(maxsize=1)
-def _rust_tokenizer(tokenizer_json: str) -> Tokenizer:
-    # The Rust tokenizer behind the saved HF tokenizer (`tokenizer_json`: its tokenizer.json text):
-    # batch-encodes in parallel, and the worker starts without importing transformers and torch.
-    # Loaded once per worker process.
-    return Tokenizer.from_str(tokenizer_json)
+# The share of documents that a tiktoken encoding checks against `tokenizers` (chosen by doc_id hash).
+ENCODER_CHECK_FRACTION = 0.01
+
+
+def _check_encoder(encoder: BatchEncoder, texts: list[str], doc_ids: list[str], salt: str) -> None:
+    if encoder.engine == "huggingface":
+        return
+    sample = [i for i, doc_id in enumerate(doc_ids) if hash_unit(doc_id, salt + ":encoder") < ENCODER_CHECK_FRACTION]
+    differs = encoder.mismatch([texts[i] for i in sample])
+    if differs is not None:
+        raise ValueError(
+            f"data.tokenizer.encoder: tiktoken encodes document {doc_ids[sample[differs]]!r} differently from the "
+            "tokenizer itself (`tokenizers`); set data.tokenizer.encoder=huggingface to encode with the tokenizer")
 
 
 def _pack_shard(docs: pa.Table, eos_token_id: int, seq_len: int, slices: list[str],
@@ -516,9 +526,11 @@ def _pack(cfg: DataConfig, final_docs: ray.data.Dataset, stats: dict, tokenizer_
     (and the mixture weights) to `stats`."""
     salt = str(seed)
     slices = sorted(stats["slices"])
+    stats["encoder"] = batch_encoder(tokenizer_json, cfg.tokenizer.encoder).engine
     bytes_per_token = None
     if cfg.mixture == "rpv1":
-        bytes_per_token = _bytes_per_token(final_docs, tokenizer_json, salt + ":bytes_per_token",
+        bytes_per_token = _bytes_per_token(final_docs, tokenizer_json, cfg.tokenizer.encoder,
+                                           salt + ":bytes_per_token",
                                            {s: stats["slices"][s]["documents_out"] for s in slices})
         stats["bytes_per_token"] = bytes_per_token
     weights = mixture_weights(cfg, {s: stats["slices"][s]["bytes_out"] for s in slices}, bytes_per_token)
@@ -533,7 +545,8 @@ def _pack(cfg: DataConfig, final_docs: ray.data.Dataset, stats: dict, tokenizer_
     upsampling = weights if any(w != 1.0 for w in weights.values()) else None
     shard_counts = {"train_shards": num_shards["train"], "eval_shards": num_shards["eval"]}
     summary = (final_docs.map_batches(_assign_shards, batch_format="pyarrow",
-                                      fn_kwargs={"tokenizer_json": tokenizer_json, "eval_fraction": cfg.eval_fraction,
+                                      fn_kwargs={"tokenizer_json": tokenizer_json, "encoder": cfg.tokenizer.encoder,
+                                                 "eval_fraction": cfg.eval_fraction,
                                                  "weights": upsampling, "salt": salt, **shard_counts})
                .groupby("_shard", num_partitions=min(partitions, sum(num_shards.values())))
                .map_groups(_pack_shard, batch_format="pyarrow",
