@@ -1,21 +1,23 @@
 """The data stage's encoder (pajama.data.tokenizer.BatchEncoder): tiktoken gives the ids of `tokenizers` for
 the trained byte-level BPE and for one shaped like GPT-NeoX-20B's (NFC, whitespace runs as added tokens, merges
 as "a b" strings) on the whole bundled corpus; other tokenizers stay on `tokenizers`; a document that tiktoken
-encodes differently stops the packing with a message that says what to set."""
+encodes differently (in a checked sample) stops the packing with a message that says what to set."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import random
 import string
+import unicodedata
 
 import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from pajama.config import RESOURCES_DIR
-from pajama.data.stage import ENCODER_CHECK_FRACTION, _assign_shards, hash_unit
-from pajama.data.tokenizer import PROBE_TEXTS, BatchEncoder, train_bpe
+from pajama.data.stage import ENCODER_CHECK_FRACTION, _assign_shards, _check_encoder, hash_unit
+from pajama.data.tokenizer import PROBE_TEXTS, BatchEncoder, _bytes_to_unicode, train_bpe
 
 CODE = "def f(x):\n" + "".join(" " * n + f"line{n} = {n}  # {' ' * n}x\n" for n in range(1, 40)) + "\t\tend\n"
 
@@ -74,23 +76,33 @@ def test_a_tokenizer_tiktoken_cannot_reproduce_stays_on_tokenizers(corpus_texts)
         BatchEncoder(tokenizer.to_str(), "tiktoken")
 
 
-def test_a_document_tiktoken_encodes_differently_stops_the_packing(trained_json):
-    # A vocabulary entry that no merge builds: `tokenizers` spells the word out with merges, tiktoken takes a
-    # word found whole in the vocabulary as one token. No probe text holds the word, so tiktoken is chosen.
+def test_a_vocabulary_entry_that_no_merge_builds_keeps_tokenizers(trained_json):
+    # `tokenizers` spells "zqxjv" out with its merges; tiktoken would take the word found whole in the
+    # vocabulary as one token. The encoder sees it in the vocabulary and stays on `tokenizers`.
     spec = json.loads(trained_json)
     spec["model"]["vocab"]["zqxjv"] = len(spec["model"]["vocab"])
-    tokenizer_json = json.dumps(spec)
-    encoder = BatchEncoder(tokenizer_json)
-    assert encoder.engine == "tiktoken"
-    assert encoder.mismatch(["a normal text", "zqxjv"]) == 1
+    encoder = BatchEncoder(json.dumps(spec))
+    assert encoder.engine == "huggingface"
+    assert encoder.encode(["a zqxjv"]) == reference_ids(json.dumps(spec), ["a zqxjv"])
+
+
+def test_a_document_tiktoken_encodes_differently_stops_the_packing(trained_json, corpus_texts):
+    """No tokenizer at hand gets past the encoder's checks and still encodes differently (the bundled corpus,
+    every Unicode code point in context and a million random token concatenations agree), so the difference
+    is made: the tiktoken encoding of the trained tokenizer checked against another trained tokenizer."""
+    encoder = BatchEncoder(trained_json)
+    encoder._reference = Tokenizer.from_str(train_bpe(corpus_texts[1::3], vocab_size=600).backend_tokenizer.to_str())
     salt = "0"
-    checked = next(f"doc-{i}" for i in range(10_000) if hash_unit(f"doc-{i}", salt + ":encoder") < ENCODER_CHECK_FRACTION)
-    batch = pa.table({"doc_id": ["doc-a", checked], "slice": ["web", "web"], "text": ["a normal text", "zqxjv"]})
-    kwargs = dict(eval_fraction=0.0, weights=None, train_shards=1, eval_shards=1, salt=salt)
-    with pytest.raises(ValueError, match=f"document '{checked}'.*set data.tokenizer.encoder=huggingface"):
-        _assign_shards(batch, tokenizer_json=tokenizer_json, encoder="auto", **kwargs)
-    packed = _assign_shards(batch, tokenizer_json=tokenizer_json, encoder="huggingface", **kwargs)
-    assert packed.column("input_ids").to_pylist() == reference_ids(tokenizer_json, ["a normal text", "zqxjv"])
+    sampled = [f"doc-{i}" for i in range(10_000) if hash_unit(f"doc-{i}", salt + ":encoder") < ENCODER_CHECK_FRACTION]
+    not_sampled = [f"doc-{i}" for i in range(10) if f"doc-{i}" not in sampled]
+    texts = corpus_texts[:3]
+    _check_encoder(encoder, texts, not_sampled[:3], salt)  # nothing sampled, nothing compared
+    with pytest.raises(ValueError, match=f"document '{sampled[0]}'.*set data.tokenizer.encoder=huggingface"):
+        _check_encoder(encoder, texts, [not_sampled[0], sampled[0], not_sampled[1]], salt)
+    batch = pa.table({"doc_id": [sampled[0]], "slice": ["web"], "text": texts[:1]})
+    packed = _assign_shards(batch, tokenizer_json=trained_json, encoder="huggingface", eval_fraction=0.0,
+                            weights=None, train_shards=1, eval_shards=1, salt=salt)
+    assert packed.column("input_ids").to_pylist() == reference_ids(trained_json, texts[:1])
 
 
 def test_the_encoder_setting_is_left_out_of_the_fingerprints(tmp_path):
@@ -108,3 +120,23 @@ def test_the_encoder_setting_is_left_out_of_the_fingerprints(tmp_path):
     assert fingerprints("data.tokenizer.encoder=huggingface") == default
     resized = fingerprints("data.tokenizer.vocab_size=2048")
     assert resized["signals"] == default["signals"] and resized["data"] != default["data"]
+
+
+def test_every_code_point_and_random_token_sequences_encode_the_same(trained_json):
+    """Where the two could part: each assigned Unicode code point beside letters, a space, itself, a quote and a digit (the
+    pre-tokenizer regexes of `tokenizers` (Oniguruma) and tiktoken (fancy-regex) class every one alike), and
+    texts made of random runs of vocabulary tokens (neighbours the merges may not expect)."""
+    encoder = BatchEncoder(trained_json)
+    assert encoder.engine == "tiktoken"
+    # the assigned ones (unassigned and private-use code points are no letter, number or space to either)
+    code_points = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) not in ("Cn", "Co", "Cs")]
+    for start in range(0, len(code_points), 8192):
+        texts = [f"a{c}b {c}{c}'1{c}" for c in code_points[start:start + 8192]]
+        assert encoder.mismatch(texts) is None
+    to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+    tokens = [bytes(to_byte[c] for c in token) for token in json.loads(trained_json)["model"]["vocab"]
+              if token not in ("<|endoftext|>", "<|padding|>")]
+    rng = random.Random(0)
+    texts = [b"".join(rng.choices(tokens, k=rng.randint(1, 12))).decode("utf-8", errors="ignore")
+             for _ in range(20_000)]
+    assert encoder.mismatch(texts) is None
