@@ -153,7 +153,7 @@ class _TiktokenBpe:
         # tiktoken merges the adjacent pair whose concatenation has the lowest id; `tokenizers` the pair that
         # comes first in `merges`: the same order only when each merge's result has a larger id than the last.
         merged_ids = [vocab.get("".join(m) if isinstance(m, list) else m.replace(" ", "", 1)) for m in model["merges"]]
-        if (len(ranks) != len(set(ranks.values())) or any(bytes([b]) not in ranks for b in range(256))
+        if (len(ranks) != len(set(ranks.values())) or any(bytes([b]) not in ranks for b in _UTF8_BYTES)
                 or None in merged_ids or any(a >= b for a, b in zip(merged_ids, merged_ids[1:]))):
             return None
         # tiktoken also takes a piece found whole in the vocabulary as one token, and merges any two adjacent
@@ -209,6 +209,10 @@ def _split(text: str, pattern: re.Pattern | None, ids: dict[str, int]) -> list[t
     if start < len(text):
         pieces.append((text[start:], None))
     return pieces
+
+
+# The bytes UTF-8 text can hold: all but C0, C1 and F5-FF (GPT-NeoX-20B's vocabulary leaves those 13 out).
+_UTF8_BYTES = [b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
