@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -196,7 +197,7 @@ def tiny_dag(tiny_project) -> PajamaRun:
     """The README's main job: the whole DAG on the tiny recipe, CPU, bundled data."""
     # A bound, not a speed target: the README's budget is 10 minutes on 2 idle cores.
     run = tiny_project.pajama("run", "--set", f"serve.port={free_port()}", timeout=2400)
-    print(f"\n[tiny DAG] exit {run.returncode} in {run.seconds:.0f}s")
+    print(f"\n[tiny DAG] exit {run.returncode} in {run.seconds:.0f}s ({stage_seconds(run.output)})")
     assert run.returncode == 0, run.output[-6000:]
     return run
 
@@ -209,6 +210,11 @@ def client(tiny_project, tiny_dag):
 
     mlflow.set_tracking_uri(tiny_project.tracking_uri)
     return MlflowClient(tiny_project.tracking_uri, registry_uri=tiny_project.tracking_uri)
+
+
+def stage_seconds(output: str) -> str:
+    """The seconds each stage of a `pajama run` took, from its "[pajama] <stage>: done in <n>s" lines."""
+    return ", ".join(f"{stage} {seconds}s" for stage, seconds in re.findall(r"\[pajama\] (\w+): done in (\d+)s", output))
 
 
 def dag_runs(client) -> list:

@@ -21,15 +21,17 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, stage_seconds
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "pajama-e2e"
-# Every stage of the tiny recipe, with fewer steps (each still checkpoints twice): what is under test
-# is where things are stored, which the local tiny DAG's tests cover for the rest.
-SHORTER = [f"{stage}.{key}={value}" for stage, steps in (("pretrain", 20), ("instruct", 10), ("chat", 10))
-           for key, value in (("max_steps", steps), ("checkpoint_every", steps // 2), ("eval_every", steps // 2))]
+# Every stage of the tiny recipe, with fewer steps (each still checkpoints twice) and the serve stage on the
+# chat model alone (one replica to start, not three): what is under test is where things are stored, which
+# the local tiny DAG's tests cover for the rest.
+SHORTER = [*(f"{stage}.{key}={value}" for stage, steps in (("pretrain", 20), ("instruct", 10), ("chat", 10))
+             for key, value in (("max_steps", steps), ("checkpoint_every", steps // 2), ("eval_every", steps // 2))),
+           "serve.models=[chat]"]
 STAGES = ("references", "signals", "data", "pretrain", "instruct", "chat", "evaluate", "serve")
 
 
@@ -55,7 +57,7 @@ def s3_dag(s3_server, tmp_path_factory):
     overrides = [arg for override in [*SHORTER, f"serve.port={free_port()}"] for arg in ("--set", override)]
     proc = _pajama(cwd, env, "run", *overrides)
     output = proc.stdout + proc.stderr
-    print(f"\n[tiny DAG on S3] exit {proc.returncode} in {time.time() - started:.0f}s")
+    print(f"\n[tiny DAG on S3] exit {proc.returncode} in {time.time() - started:.0f}s ({stage_seconds(output)})")
     assert proc.returncode == 0, output[-6000:]
     return SimpleNamespace(uri=uri, env=env, cwd=cwd, cache=cache, output=output,
                            keys=s3_server.keys(BUCKET, "tiny/"))
