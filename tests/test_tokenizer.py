@@ -72,7 +72,7 @@ def test_a_tokenizer_tiktoken_cannot_reproduce_stays_on_tokenizers(corpus_texts)
     encoder = BatchEncoder(tokenizer.to_str())
     assert encoder.engine == "huggingface"
     assert encoder.encode(corpus_texts[:50]) == reference_ids(tokenizer.to_str(), corpus_texts[:50])
-    with pytest.raises(ValueError, match="engine must be 'auto' or 'huggingface'"):
+    with pytest.raises(ValueError, match="encoder must be 'auto' or 'huggingface'"):
         BatchEncoder(tokenizer.to_str(), "tiktoken")
 
 

@@ -60,18 +60,18 @@ class BatchEncoder:
     lowest id; `tokenizers`: the pair listed first in `merges`), which agree when ids grow with the merges and
     every token is what the merges make of its own bytes: both are checked on the vocabulary, and the two
     encoders compared on PROBE_TEXTS. Any other tokenizer, or one that fails a check, is encoded with
-    `tokenizers` itself. `engine` says which one runs; `mismatch` compares the two on texts (the data stage
+    `tokenizers` itself, as it is with `encoder="huggingface"`. `engine` says which one runs; `mismatch` compares the two on texts (the data stage
     compares a sample of its documents).
     """
 
-    def __init__(self, tokenizer_json: str, engine: str = "auto"):
+    def __init__(self, tokenizer_json: str, encoder: str = "auto"):
         from tokenizers import Tokenizer
 
-        if engine not in ("auto", "huggingface"):
-            raise ValueError(f"engine must be 'auto' or 'huggingface', not {engine!r}")
+        if encoder not in ("auto", "huggingface"):
+            raise ValueError(f"encoder must be 'auto' or 'huggingface' (data.tokenizer.encoder), not {encoder!r}")
         self._reference = Tokenizer.from_str(tokenizer_json)
         self._tiktoken = (_TiktokenBpe.from_tokenizer_json(json.loads(tokenizer_json), self._reference)
-                          if engine == "auto" else None)
+                          if encoder == "auto" else None)
         if self._tiktoken is not None and self.mismatch(PROBE_TEXTS) is not None:
             self._tiktoken = None
         self.engine = "tiktoken" if self._tiktoken is not None else "huggingface"
@@ -92,9 +92,9 @@ class BatchEncoder:
 
 
 @functools.lru_cache(maxsize=1)
-def batch_encoder(tokenizer_json: str, engine: str = "auto") -> BatchEncoder:
+def batch_encoder(tokenizer_json: str, encoder: str = "auto") -> BatchEncoder:
     """The BatchEncoder of a tokenizer, built once per worker process."""
-    return BatchEncoder(tokenizer_json, engine)
+    return BatchEncoder(tokenizer_json, encoder)
 
 
 # Where a byte-level BPE's encoders could part: contractions, runs and kinds of whitespace (Unicode's
