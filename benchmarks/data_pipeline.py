@@ -411,7 +411,8 @@ def pajama_pack_function(tokenizer_json: str, eos_token_id: int, seq_len: int, s
     (directory / "train").mkdir(parents=True, exist_ok=True)
     shard_counts = {"train_shards": 1, "eval_shards": 1}
     return lambda docs: _pack_shard(
-        _assign_shards(docs, tokenizer_json=tokenizer_json, encoder="auto", eval_fraction=0.0, weights=None, salt="0", **shard_counts),
+        _assign_shards(docs, tokenizer_json=tokenizer_json, encoder="auto", eval_fraction=0.0, weights=None,
+                       salt="0", **shard_counts),
         eos_token_id=eos_token_id, seq_len=seq_len, slices=slices, shards_uri=str(directory), seed=0, **shard_counts)
 
 

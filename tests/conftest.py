@@ -214,7 +214,8 @@ def client(tiny_project, tiny_dag):
 
 def stage_seconds(output: str) -> str:
     """The seconds each stage of a `pajama run` took, from its "[pajama] <stage>: done in <n>s" lines."""
-    return ", ".join(f"{stage} {seconds}s" for stage, seconds in re.findall(r"\[pajama\] (\w+): done in (\d+)s", output))
+    done = re.findall(r"\[pajama\] (\w+): done in (\d+)s", output)
+    return ", ".join(f"{stage} {seconds}s" for stage, seconds in done)
 
 
 def dag_runs(client) -> list:

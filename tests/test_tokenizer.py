@@ -93,7 +93,8 @@ def test_a_document_tiktoken_encodes_differently_stops_the_packing(trained_json,
     encoder = BatchEncoder(trained_json)
     encoder._reference = Tokenizer.from_str(train_bpe(corpus_texts[1::3], vocab_size=600).backend_tokenizer.to_str())
     salt = "0"
-    sampled = [f"doc-{i}" for i in range(10_000) if hash_unit(f"doc-{i}", salt + ":encoder") < ENCODER_CHECK_FRACTION]
+    sampled = [f"doc-{i}" for i in range(10_000)
+               if hash_unit(f"doc-{i}", salt + ":encoder") < ENCODER_CHECK_FRACTION]
     not_sampled = [f"doc-{i}" for i in range(10) if f"doc-{i}" not in sampled]
     texts = corpus_texts[:3]
     _check_encoder(encoder, texts, not_sampled[:3], salt)  # nothing sampled, nothing compared

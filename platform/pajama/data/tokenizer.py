@@ -60,13 +60,11 @@ class BatchEncoder:
     lowest id; `tokenizers`: the pair listed first in `merges`), which agree when ids grow with the merges and
     every token is what the merges make of its own bytes: both are checked on the vocabulary, and the two
     encoders compared on PROBE_TEXTS. Any other tokenizer, or one that fails a check, is encoded with
-    `tokenizers` itself, as it is with `encoder="huggingface"`. `engine` says which one runs; `mismatch` compares the two on texts (the data stage
-    compares a sample of its documents).
+    `tokenizers` itself, as it is with `encoder="huggingface"`. `engine` says which one runs; `mismatch`
+    compares the two on texts (the data stage compares a sample of its documents).
     """
 
     def __init__(self, tokenizer_json: str, encoder: str = "auto"):
-        from tokenizers import Tokenizer
-
         if encoder not in ("auto", "huggingface"):
             raise ValueError(f"encoder must be 'auto' or 'huggingface' (data.tokenizer.encoder), not {encoder!r}")
         self._reference = Tokenizer.from_str(tokenizer_json)
