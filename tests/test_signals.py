@@ -9,7 +9,7 @@ from importlib import resources
 import pyarrow as pa
 import pytest
 from pajama.config import RESOURCES_DIR
-from pajama.data.signals import SIGNAL_COLUMNS, compute_signals
+from pajama.data.signals import SIGNAL_COLUMNS, _language_detector, compute_signals
 from pajama.data.text import normalize_text
 
 # A UT1 blacklist tree in the distributed format: blacklists/<category>/domains (+ urls, usage),
@@ -280,6 +280,20 @@ def test_language_id():
     assert english["language"] == "en" and 0.5 < english["language_score"] <= 1.0
     assert german["language"] == "de" and 0.5 < german["language_score"] <= 1.0
     assert blank["language"] is None and blank["language_score"] is None
+
+
+def test_language_id_is_cc_nets_newlines_removed_score_rounded_to_two_decimals():
+    # cc_net's split_by_lang.Classifier: predict(text.replace("\n", "")), scores.round(2)
+    lines = "Der Ausschuss hat heute\nMorgen seinen Jahresbericht\nveröffentlicht."
+    split, joined, spaced = signals_of(lines, lines.replace("\n", ""), lines.replace("\n", " "))
+    assert (split["language"], split["language_score"]) == (joined["language"], joined["language_score"])
+    assert split["language"] == "de"
+    for row in (split, spaced):
+        assert row["language_score"] == round(row["language_score"], 2)
+    # the newlines are removed, not made spaces: "heuteMorgen" is another word than "heute Morgen"
+    detector = _language_detector()
+    scores = [detector.detect(text, k=1)[0]["score"] for text in (lines.replace("\n", ""), lines.replace("\n", " "))]
+    assert scores[0] != scores[1] and round(scores[0], 2) == split["language_score"]
 
 
 def test_empty_document_gives_nulls_where_undefined():

