@@ -124,9 +124,9 @@ def test_the_encoder_setting_is_left_out_of_the_fingerprints(tmp_path):
 
 
 def test_every_code_point_and_random_token_sequences_encode_the_same(trained_json):
-    """Where the two could part: each assigned Unicode code point beside letters, a space, itself, a quote and a digit (the
-    pre-tokenizer regexes of `tokenizers` (Oniguruma) and tiktoken (fancy-regex) class every one alike), and
-    texts made of random runs of vocabulary tokens (neighbours the merges may not expect)."""
+    """Where the two could part: each assigned Unicode code point beside letters, a space, itself, a quote and a
+    digit (the pre-tokenizer regexes of `tokenizers` (Oniguruma) and tiktoken (fancy-regex) class every one
+    alike), and texts made of random runs of vocabulary tokens (neighbours the merges may not expect)."""
     encoder = BatchEncoder(trained_json)
     assert encoder.engine == "tiktoken"
     # the assigned ones (unassigned and private-use code points are no letter, number or space to either)

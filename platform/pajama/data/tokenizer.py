@@ -196,10 +196,8 @@ def _leftmost_longest(tokens: dict[str, int]) -> re.Pattern | None:
 
 def _split(text: str, pattern: re.Pattern | None, ids: dict[str, int]) -> list[tuple[str, int | None]]:
     """`text` cut at the tokens `pattern` finds: (piece, None) for the text between them, (token, its id)."""
-    if pattern is None or pattern.search(text) is None:
-        return [(text, None)] if text else []
     pieces, start = [], 0
-    for match in pattern.finditer(text):
+    for match in pattern.finditer(text) if pattern is not None else ():
         if match.start() > start:
             pieces.append((text[start:match.start()], None))
         pieces.append((match.group(), ids[match.group()]))
@@ -209,7 +207,7 @@ def _split(text: str, pattern: re.Pattern | None, ids: dict[str, int]) -> list[t
     return pieces
 
 
-# The bytes UTF-8 text can hold: all but C0, C1 and F5-FF (GPT-NeoX-20B's vocabulary leaves those 13 out).
+# The bytes UTF-8 text can hold: all but 0xC0, 0xC1 and 0xF5-0xFF (GPT-NeoX-20B's vocabulary leaves those 13 out).
 _UTF8_BYTES = [b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5]
 
 
